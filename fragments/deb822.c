@@ -1,0 +1,126 @@
+/* A parser for one Debian control paragraph (deb822): "Field: value" lines, continuation
+ * lines starting with a space or tab, '#' comments. Input is untrusted (it comes from a .deb). */
+#include "fragments/internal.h"
+
+#include <ctype.h>
+#include <string.h>
+#include <strings.h>
+
+void deb822_clear(struct deb822 *p)
+{
+	for (size_t i = 0; i < p->n; i++) {
+		free(p->fields[i].name);
+		free(p->fields[i].value);
+	}
+	free(p->fields);
+	p->fields = NULL;
+	p->n = 0;
+}
+
+const char *deb822_get(const struct deb822 *p, const char *name)
+{
+	for (size_t i = 0; i < p->n; i++)
+		if (strcasecmp(p->fields[i].name, name) == 0)
+			return p->fields[i].value;
+	return NULL;
+}
+
+static char *trim(const char *s, size_t n)
+{
+	while (n && isspace((unsigned char)*s))
+		s++, n--;
+	while (n && isspace((unsigned char)s[n - 1]))
+		n--;
+	return xstrndup(s, n);
+}
+
+int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic_error *err)
+{
+	struct deb822 p = { 0 };
+	size_t line = 0, cap = 0;
+	const char *s = text, *end = text + len;
+	bool started = false;
+
+	while (s < end) {
+		const char *nl = memchr(s, '\n', end - s);
+		const char *eol = nl ? nl : end;
+		size_t n = eol - s;
+		line++;
+		if (memchr(s, '\0', n)) {
+			deb822_clear(&p);
+			return mosaic_errorf(err, -EINVAL, "line %zu: NUL byte", line);
+		}
+		bool blank = true;
+		for (size_t i = 0; i < n; i++)
+			if (!isspace((unsigned char)s[i]))
+				blank = false;
+		if (blank) {
+			if (started)
+				break; /* end of the first paragraph */
+		} else if (s[0] == '#') {
+			/* comment */
+		} else if (s[0] == ' ' || s[0] == '\t') {
+			if (p.n == 0) {
+				deb822_clear(&p);
+				return mosaic_errorf(err, -EINVAL,
+						     "line %zu: continuation line before any field", line);
+			}
+			struct deb822_field *f = &p.fields[p.n - 1];
+			_cleanup_free_ char *t = trim(s, n);
+			char *v = xasprintf("%s\n%s", f->value, t);
+			free(f->value);
+			f->value = v;
+		} else {
+			const char *colon = memchr(s, ':', n);
+			if (!colon || colon == s) {
+				deb822_clear(&p);
+				return mosaic_errorf(err, -EINVAL, "line %zu: expected 'Field: value'",
+						     line);
+			}
+			for (const char *c = s; c < colon; c++)
+				if (!isgraph((unsigned char)*c)) {
+					deb822_clear(&p);
+					return mosaic_errorf(err, -EINVAL,
+							     "line %zu: invalid character in field name",
+							     line);
+				}
+			_cleanup_free_ char *name = xstrndup(s, colon - s);
+			if (deb822_get(&p, name)) {
+				deb822_clear(&p);
+				return mosaic_errorf(err, -EINVAL, "line %zu: duplicate field '%s'",
+						     line, name);
+			}
+			if (p.n == cap) {
+				cap = cap ? cap * 2 : 16;
+				p.fields = xrealloc(p.fields, cap * sizeof(*p.fields));
+			}
+			p.fields[p.n].name = TAKE_PTR(name);
+			p.fields[p.n].value = trim(colon + 1, eol - colon - 1);
+			p.n++;
+			started = true;
+		}
+		s = nl ? nl + 1 : end;
+	}
+	if (p.n == 0)
+		return mosaic_errorf(err, -EINVAL, "empty control paragraph");
+	*out = p;
+	return 0;
+}
+
+json_object *deb822_relations(const char *value)
+{
+	json_object *a = json_object_new_array();
+	const char *s = value;
+	while (*s) {
+		const char *comma = strchrnul(s, ',');
+		_cleanup_free_ char *t = trim(s, comma - s);
+		/* Folded fields keep their newlines; relations read better on one line. */
+		for (char *c = t; *c; c++)
+			if (*c == '\n')
+				*c = ' ';
+		if (*t)
+			json_object_array_add(a, json_object_new_string(t));
+		s = *comma ? comma + 1 : comma;
+	}
+	return a;
+}

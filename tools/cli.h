@@ -1,0 +1,21 @@
+/* tools/: the mosaic command line. Shared helpers for the subcommand files. */
+#pragma once
+
+#include "common/common.h"
+#include "fragments/fragment.h"
+
+#include <getopt.h>
+
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
+/* Prints "mosaic: <message>" and returns the exit code that fits the error. */
+int cli_fail(const struct mosaic_error *err);
+int cli_usage(const char *usage, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Opens the store named by path (NULL: the default). */
+int cli_open_store(const char *path, bool create, struct store **out);
+int cli_open_keyring(const char *path, struct keyring **out);
+/* Turns a FRAGMENT argument (image path or store reference) into an image path. */
+int cli_fragment_path(const char *arg, const char *store_path, char **out);
+
+int cmd_fragment(int argc, char **argv);
+int cmd_store(int argc, char **argv);

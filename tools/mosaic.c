@@ -1,0 +1,99 @@
+/* The mosaic command: subcommand dispatch, help and version. Logic lives in the modules. */
+#include "tools/cli.h"
+
+#include <locale.h>
+#include <string.h>
+
+static const char usage[] =
+	"Usage: mosaic COMMAND [ARGS...]\n"
+	"\n"
+	"Compose Linux root filesystems from signed squashfs fragments.\n"
+	"\n"
+	"Commands:\n"
+	"  fragment create|verify|inspect   make, check and list fragments\n"
+	"  store add|list|show|verify|gc    manage a content-addressed fragment store\n"
+	"\n"
+	"Options:\n"
+	"  -h, --help      show this help (every command has its own --help)\n"
+	"  -V, --version   show the version\n"
+	"\n"
+	"Exit status: 0 ok, 1 failure, 2 bad usage or bad input.\n";
+
+int cli_fail(const struct mosaic_error *err)
+{
+	fprintf(stderr, "mosaic: %s\n", err->msg[0] ? err->msg : strerror(-err->code));
+	return err->code == -EINVAL ? EXIT_USAGE : EXIT_FAIL;
+}
+
+int cli_usage(const char *u, const char *fmt, ...)
+{
+	va_list ap;
+	fputs("mosaic: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	fputs(u, stderr);
+	return EXIT_USAGE;
+}
+
+int cli_open_store(const char *path, bool create, struct store **out)
+{
+	struct mosaic_error err = { 0 };
+	_cleanup_free_ char *def = path ? NULL : store_default_path();
+	int r = store_open(path ? path : def, create, out, &err);
+	return r < 0 ? cli_fail(&err) : 0;
+}
+
+int cli_open_keyring(const char *path, struct keyring **out)
+{
+	struct mosaic_error err = { 0 };
+	_cleanup_free_ char *def = path ? NULL : keyring_default_path();
+	int r = keyring_open(path ? path : def, out, &err);
+	return r < 0 ? cli_fail(&err) : 0;
+}
+
+int cli_fragment_path(const char *arg, const char *store_path, char **out)
+{
+	size_t l = strlen(arg);
+	if ((l > 5 && strcmp(arg + l - 5, ".sqfs") == 0) || strchr(arg, '/')) {
+		if (access(arg, F_OK) < 0) {
+			fprintf(stderr, "mosaic: %s: %s\n", arg, strerror(errno));
+			return EXIT_FAIL;
+		}
+		*out = xstrdup(arg);
+		return 0;
+	}
+	struct store *s;
+	int r = cli_open_store(store_path, false, &s);
+	if (r)
+		return r;
+	struct mosaic_error err = { 0 };
+	char digest[SHA256_HEX_LEN + 1];
+	r = store_resolve(s, arg, digest, &err);
+	if (r == 0)
+		*out = store_object_path(s, digest, ".sqfs");
+	store_free(s);
+	return r < 0 ? cli_fail(&err) : 0;
+}
+
+int main(int argc, char **argv)
+{
+	setlocale(LC_ALL, "");
+	if (argc < 2)
+		return cli_usage(usage, "no command given");
+	const char *cmd = argv[1];
+	if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
+		fputs(usage, stdout);
+		return EXIT_OK;
+	}
+	if (strcmp(cmd, "-V") == 0 || strcmp(cmd, "--version") == 0) {
+		printf("mosaic %s\n", MOSAIC_VERSION);
+		return EXIT_OK;
+	}
+	if (strcmp(cmd, "fragment") == 0)
+		return cmd_fragment(argc - 1, argv + 1);
+	if (strcmp(cmd, "store") == 0)
+		return cmd_store(argc - 1, argv + 1);
+	return cli_usage(usage, "unknown command '%s'", cmd);
+}
