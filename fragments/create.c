@@ -42,16 +42,12 @@ int fragment_create(struct store *s, const char *src, const struct fragment_crea
 		[SRC_DIR] = src_dir_read,
 		[SRC_TAR] = src_tar_read,
 		[SRC_DEB] = src_deb_read,
-#ifndef MOSAIC_NO_RPM
 		[SRC_RPM] = src_rpm_read,
-#endif
 	};
 	enum source_type type = SRC_TAR;
 	int r = detect(src, &type, err);
 	if (r < 0)
 		return r;
-	if (!readers[type])
-		return mosaic_errorf(err, -ENOTSUP, "%s: this build cannot read .rpm", src);
 
 	int64_t now = time(NULL);
 	int64_t when = o->source_date_epoch >= 0 ? o->source_date_epoch : now;

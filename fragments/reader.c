@@ -180,9 +180,17 @@ static json_object *xattrs_json(sqfs *fs, sqfs_inode *inode)
 	while (x.remain > 0) {
 		if (sqfs_xattr_read(&x) != SQFS_OK)
 			break;
+		/* libsquashfuse 0.1.105 (bookworm) names type 1 "security." and type 2 "trusted.",
+		 * the wrong way round (fixed upstream in squashfuse#83): name the prefix here. */
+		static const char *const prefixes[] = { "user.", "trusted.", "security." };
+		unsigned type = x.type & SQUASHFS_XATTR_PREFIX_MASK;
+		if (type >= ARRAY_SIZE(prefixes))
+			break;
 		size_t nl = sqfs_xattr_name_size(&x), vl;
-		_cleanup_free_ char *name = xcalloc(1, nl + 1);
-		if (sqfs_xattr_name(&x, name, true) != SQFS_OK ||
+		size_t pl = strlen(prefixes[type]);
+		_cleanup_free_ char *name = xcalloc(1, pl + nl + 1);
+		memcpy(name, prefixes[type], pl);
+		if (sqfs_xattr_name(&x, name + pl, false) != SQFS_OK ||
 		    sqfs_xattr_value_size(&x, &vl) != SQFS_OK)
 			break;
 		_cleanup_free_ unsigned char *val = xmalloc(vl + 1);

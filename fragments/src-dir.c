@@ -145,7 +145,8 @@ static int walk_dir(struct walk *wk, int dfd, const char *rel, struct mosaic_err
 	}
 	closedir(d);
 	/* Sorted, so that the same tree always gives the same data block order. */
-	qsort(names, n, sizeof(*names), strcmp_ptr);
+	if (n > 1)
+		qsort(names, n, sizeof(*names), strcmp_ptr);
 	int r = 0;
 	for (size_t i = 0; r == 0 && i < n; i++) {
 		_cleanup_free_ char *child = *rel ? path_join(rel, names[i]) : xstrdup(names[i]);

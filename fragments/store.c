@@ -292,7 +292,8 @@ static int list_objects(const struct store *s, const char *prefix, char ***out, 
 		closedir(sd);
 	}
 	closedir(d);
-	qsort(v, n, sizeof(*v), strcmp_ptr);
+	if (n > 1)
+		qsort(v, n, sizeof(*v), strcmp_ptr);
 	*out = v;
 	*n_out = n;
 	return 0;
@@ -414,7 +415,8 @@ int store_gc(struct store *s, bool dry_run, struct store_gc_stats *st, struct mo
 	_cleanup_free_ char *refs = path_join(s->root, "refs"), *roots = path_join(s->root, "roots");
 	collect_roots(refs, &keep, &n_keep);
 	collect_roots(roots, &keep, &n_keep);
-	qsort(keep, n_keep, sizeof(*keep), strcmp_ptr);
+	if (n_keep > 1)
+		qsort(keep, n_keep, sizeof(*keep), strcmp_ptr);
 
 	time_t now = time(NULL);
 	_cleanup_free_ char *tmp = path_join(s->root, "tmp");
@@ -444,7 +446,7 @@ int store_gc(struct store *s, bool dry_run, struct store_gc_stats *st, struct mo
 			if (!is_sha256_hex(hex) || strcmp(suffix, ".sqfs"))
 				continue;
 			char *key = hex;
-			bool referenced = bsearch(&key, keep, n_keep, sizeof(*keep), strcmp_ptr);
+			bool referenced = n_keep && bsearch(&key, keep, n_keep, sizeof(*keep), strcmp_ptr);
 			_cleanup_free_ char *json = xasprintf("%s/%s.json", sub, hex);
 			if (referenced && access(json, F_OK) == 0) {
 				st->kept++;

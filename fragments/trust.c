@@ -106,6 +106,12 @@ int keyring_open(const char *path, struct keyring **out, struct mosaic_error *er
 	}
 	_cleanup_ctx_ gpgme_ctx_t ctx = NULL;
 	_cleanup_data_ gpgme_data_t keys = NULL;
+	/* Public keys need no gpg-agent; without this gpg starts one per home and leaves it. */
+	_cleanup_free_ char *conf = path_join(tmp, "gpg.conf");
+	if ((r = write_file_atomic(conf, "no-autostart\n", 13, 0600)) < 0) {
+		r = mosaic_errorf(err, r, "%s: %s", conf, strerror(-r));
+		goto fail;
+	}
 	if ((r = new_ctx(tmp, &ctx, err)) < 0)
 		goto fail;
 	gpgme_data_new_from_mem(&keys, data, len, 0);

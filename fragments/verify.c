@@ -31,10 +31,16 @@ static bool is_sha256_hex_prefix(const char *name)
 	return strspn(name, "0123456789abcdef") == SHA256_HEX_LEN;
 }
 
-static const char *short_name(const char *image_path)
+/* Store objects are named by their digest; 12 hex digits name one well enough in messages. */
+static const char *short_name(const char *image_path, char buf[16])
 {
 	const char *b = strrchr(image_path, '/');
-	return b ? b + 1 : image_path;
+	b = b ? b + 1 : image_path;
+	if (strlen(b) == SHA256_HEX_LEN + 5 && is_sha256_hex_prefix(b)) {
+		snprintf(buf, 16, "%.12s", b);
+		return buf;
+	}
+	return b;
 }
 
 int fragment_verify(struct keyring *k, const char *image_path, struct fragment_descriptor *desc,
@@ -43,7 +49,8 @@ int fragment_verify(struct keyring *k, const char *image_path, struct fragment_d
 	size_t l = strlen(image_path);
 	if (l < 5 || strcmp(image_path + l - 5, ".sqfs") != 0)
 		return mosaic_errorf(err, -EINVAL, "%s: a fragment image ends in .sqfs", image_path);
-	const char *name = short_name(image_path);
+	char namebuf[16];
+	const char *name = short_name(image_path, namebuf);
 	_cleanup_free_ char *json = xasprintf("%.*s.json", (int)(l - 5), image_path);
 	_cleanup_free_ char *sigp = xasprintf("%s.sig", json);
 	struct stat st_img, st_json, st_sig;

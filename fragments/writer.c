@@ -475,7 +475,8 @@ static int name_cmp(const void *a, const void *b)
  * that each directory is written after every inode its entries point to. */
 static void number_files(struct fnode *d, uint32_t *next)
 {
-	qsort(d->children, d->n_children, sizeof(*d->children), name_cmp);
+	if (d->n_children > 1)
+		qsort(d->children, d->n_children, sizeof(*d->children), name_cmp);
 	for (size_t i = 0; i < d->n_children; i++) {
 		struct fnode *c = d->children[i];
 		if (S_ISDIR(c->mode))

@@ -153,7 +153,7 @@ static int fragment_create_cmd(int argc, char **argv)
 			break;
 		case OPT_JSON: json = true; break;
 		case 'h': fputs(usage_create, stdout); return EXIT_OK;
-		default: return cli_usage(usage_create, "bad option");
+		default: return cli_usage(usage_create, "unknown option '%s'", argv[optind - 1]);
 		}
 	}
 	if (optind >= argc)
@@ -240,7 +240,7 @@ static int fragment_verify_cmd(int argc, char **argv)
 		case 's': store = optarg; break;
 		case OPT_KEYRING: keyring_path = optarg; break;
 		case 'h': fputs(usage_verify, stdout); return EXIT_OK;
-		default: return cli_usage(usage_verify, "bad option");
+		default: return cli_usage(usage_verify, "unknown option '%s'", argv[optind - 1]);
 		}
 	}
 	if (optind >= argc)
@@ -286,7 +286,7 @@ static int fragment_inspect_cmd(int argc, char **argv)
 		case 's': store = optarg; break;
 		case OPT_JSON: json = true; break;
 		case 'h': fputs(usage_inspect, stdout); return EXIT_OK;
-		default: return cli_usage(usage_inspect, "bad option");
+		default: return cli_usage(usage_inspect, "unknown option '%s'", argv[optind - 1]);
 		}
 	}
 	if (optind + 1 != argc)

@@ -42,7 +42,7 @@ static int parse(int argc, char **argv, struct store_args *a)
 		case OPT_JSON: a->json = true; break;
 		case OPT_DRY_RUN: a->dry_run = true; break;
 		case 'h': fputs(usage_store, stdout); return -1;
-		default: return cli_usage(usage_store, "bad option");
+		default: return cli_usage(usage_store, "unknown option '%s'", argv[optind - 1]);
 		}
 	}
 	a->first = optind;

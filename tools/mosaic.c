@@ -33,7 +33,8 @@ int cli_usage(const char *u, const char *fmt, ...)
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
 	fputc('\n', stderr);
-	fputs(u, stderr);
+	/* The synopsis line only; --help has the rest. */
+	fprintf(stderr, "%.*s(see --help)\n", (int)(strchrnul(u, '\n') - u + 1), u);
 	return EXIT_USAGE;
 }
 
@@ -80,6 +81,7 @@ int cli_fragment_path(const char *arg, const char *store_path, char **out)
 int main(int argc, char **argv)
 {
 	setlocale(LC_ALL, "");
+	opterr = 0; /* unknown options are reported by cli_usage, once */
 	if (argc < 2)
 		return cli_usage(usage, "no command given");
 	const char *cmd = argv[1];

@@ -1,0 +1,223 @@
+"""Shared fixtures for mosaic's integration tests: the binary, throwaway OpenPGP keys, stores,
+real mounts (squashfuse and kernel squashfs) that are always unmounted, and tree listings."""
+
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MOSAIC = os.environ.get("MOSAIC_BIN", str(REPO / "build" / "tools" / "mosaic"))
+# Slow inputs (real Debian packages) are fetched once into this cache and reused.
+CACHE = Path(os.environ.get("MOSAIC_TEST_CACHE", "/var/cache/mosaic-tests"))
+
+
+def run(args, env=None, check=True, input=None, user=None, cwd=None):
+    """Runs a command, returns CompletedProcess with text output. user= runs it unprivileged."""
+    args = [str(a) for a in args]
+    if user is not None:
+        args = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"] + args
+    p = subprocess.run(args, env=env, input=input, capture_output=True, text=True, cwd=cwd)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+    return p
+
+
+def _make_key(home, name):
+    home.mkdir(mode=0o700)
+    env = dict(os.environ, GNUPGHOME=str(home))
+    run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key",
+         f"{name} <{name}@mosaic.invalid>", "ed25519", "sign", "never"], env=env)
+    out = run(["gpg", "--list-keys", "--with-colons"], env=env).stdout
+    fpr = next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
+    keyring = home / "public.gpg"
+    keyring.write_bytes(subprocess.run(["gpg", "--export", fpr], env=env,
+                                       capture_output=True, check=True).stdout)
+    return SimpleNamespace(gnupghome=str(home), keyid=fpr[-16:], fingerprint=fpr,
+                           keyring=str(keyring), env=env)
+
+
+@contextlib.contextmanager
+def _key(name):
+    home = Path(tempfile.mkdtemp(prefix="mosaic-gpg-")) / "g"
+    try:
+        yield _make_key(home, name)
+    finally:
+        subprocess.run(["gpgconf", "--kill", "all"], env=dict(os.environ, GNUPGHOME=str(home)),
+                       capture_output=True)
+        shutil.rmtree(home.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def signer():
+    """The trusted key: fragments signed by it verify against signer.keyring."""
+    with _key("mosaic-test") as k:
+        yield k
+
+
+@pytest.fixture(scope="session")
+def outsider():
+    """A key that is in no keyring the tests trust."""
+    with _key("outsider") as k:
+        yield k
+
+
+@pytest.fixture
+def env(signer, tmp_path):
+    """Environment for mosaic: the signer's GnuPG home and a private cache per test."""
+    return dict(signer.env, MOSAIC_CACHE_DIR=str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def store(tmp_path):
+    return tmp_path / "store"
+
+
+def object_path(store, digest, suffix=".sqfs"):
+    return Path(store) / "sha256" / digest[:2] / f"{digest}{suffix}"
+
+
+def create(store, src, env, *extra, check=True, user=None):
+    """mosaic fragment create; returns the digest (or the CompletedProcess when check=False)."""
+    p = run([MOSAIC, "fragment", "create", src, "-o", store, *extra], env=env, check=check,
+            user=user)
+    if not check:
+        return p
+    return p.stdout.split()[0]
+
+
+def _wait_mounted(mnt, proc=None, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.ismount(mnt):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"mount of {mnt} failed: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError(f"{mnt} did not become a mount point")
+
+
+@contextlib.contextmanager
+def squashfuse_mount(image, mountpoint):
+    """Mounts image with squashfuse (FUSE) and always unmounts it."""
+    mountpoint = Path(mountpoint)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(["squashfuse", "-f", str(image), str(mountpoint)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_mounted(mountpoint, proc)
+        yield mountpoint
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def kernel_mount(image, mountpoint):
+    """Loop-mounts image with the kernel's squashfs and always unmounts it."""
+    mountpoint = Path(mountpoint)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    run(["mount", "-t", "squashfs", "-o", "loop,ro", image, mountpoint])
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tree_listing(root):
+    """{relative path: attributes} for every entry under root ('' is root itself)."""
+    root = Path(root)
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        entries = [Path(dirpath) / n for n in dirnames + filenames]
+        if Path(dirpath) == root:
+            entries.append(root)
+        for p in entries:
+            st = os.lstat(p)
+            rel = "" if p == root else str(p.relative_to(root))
+            e = dict(mode=st.st_mode, uid=st.st_uid, gid=st.st_gid, mtime=int(st.st_mtime),
+                     nlink=st.st_nlink, link=None, sha256=None, size=None, rdev=None)
+            if stat.S_ISREG(st.st_mode):
+                e["size"] = st.st_size
+                e["sha256"] = file_sha256(p)
+            elif stat.S_ISLNK(st.st_mode):
+                e["link"] = os.readlink(p)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                e["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
+            try:
+                names = os.listxattr(p, follow_symlinks=False)
+            except OSError:
+                names = []
+            e["xattrs"] = {n: os.getxattr(p, n, follow_symlinks=False) for n in sorted(names)}
+            out[rel] = e
+    return out
+
+
+def flip_byte(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+@pytest.fixture(scope="session")
+def debs():
+    """Real .deb files from the Debian archive through the host's apt sources, fetched once."""
+    d = CACHE / "debs"
+    d.mkdir(parents=True, exist_ok=True)
+    wanted = ["busybox-static", "coreutils", "iputils-ping", "tzdata"]
+    have = {p.name.split("_")[0]: p for p in d.glob("*.deb")}
+    missing = [w for w in wanted if w not in have]
+    if missing:
+        cmd = ["apt-get", "download", *missing]
+        p = subprocess.run(cmd, cwd=d, capture_output=True, text=True)
+        if p.returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+            p = subprocess.run(cmd, cwd=d, capture_output=True, text=True)
+        if p.returncode != 0:
+            pytest.skip(f"the Debian archive is not reachable through apt: {p.stderr.strip()}")
+        have = {p.name.split("_")[0]: p for p in d.glob("*.deb")}
+    return {w: have[w] for w in wanted}
+
+
+@pytest.fixture
+def shared_tmp():
+    """A temp dir an unprivileged user can write to (pytest's own is private to root)."""
+    d = Path(tempfile.mkdtemp(prefix="mosaic-shared-"))
+    d.chmod(0o777)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def squashfuse_xattr_names(tree):
+    """Undoes a known bug of the squashfuse *binary* in bookworm (0.1.105): it reports
+    trusted.* xattrs as security.* and the other way round (fixed upstream, squashfuse PR #83).
+    The image is right (the kernel reads it as written); mosaic's own reader names them itself."""
+    swap = {"trusted.": "security.", "security.": "trusted."}
+    for e in tree.values():
+        e["xattrs"] = {next((swap[p] + k[len(p):] for p in swap if k.startswith(p)), k): v
+                       for k, v in e["xattrs"].items()}
+    return tree
