@@ -57,10 +57,10 @@ struct mosaic_error {
 
 /* Formats msg into err (which may be NULL) and returns code (a negative errno). */
 int mosaic_errorf(struct mosaic_error *err, int code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 /* Prefixes an already set message with more context ("while doing X: <old message>"). */
 int mosaic_error_prefix(struct mosaic_error *err, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 
 /* qsort comparator for an array of strings. */
 int strcmp_ptr(const void *a, const void *b);

@@ -24,7 +24,8 @@ char *mosaic_config_get(const char *env, const char *key, const char *fallback)
 	json_object *root = json_object_from_file(cfg && *cfg ? cfg : "/etc/mosaic/config.json");
 	char *v = NULL;
 	json_object *o;
-	if (root && json_object_object_get_ex(root, key, &o) && json_object_is_type(o, json_type_string))
+	if (root && json_object_object_get_ex(root, key, &o) &&
+	    json_object_is_type(o, json_type_string))
 		v = xstrdup(json_object_get_string(o));
 	json_object_put(root);
 	if (!v && fallback)

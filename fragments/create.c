@@ -18,7 +18,7 @@ static int detect(const char *src, enum source_type *t, struct mosaic_error *err
 		*t = SRC_DIR;
 		return 0;
 	}
-	unsigned char magic[8] = { 0 };
+	unsigned char magic[8] = {0};
 	_cleanup_close_ int fd = open(src, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return mosaic_errorf(err, -errno, "%s: %m", src);
@@ -34,15 +34,15 @@ static int detect(const char *src, enum source_type *t, struct mosaic_error *err
 }
 
 int fragment_create(struct store *s, const char *src, const struct fragment_create_options *o,
-		    struct fragment_info *out, struct mosaic_error *err)
+                    struct fragment_info *out, struct mosaic_error *err)
 {
 	static int (*const readers[])(const char *, struct fwriter *, struct src_meta *,
-				      const struct fragment_create_options *,
-				      struct mosaic_error *) = {
-		[SRC_DIR] = src_dir_read,
-		[SRC_TAR] = src_tar_read,
-		[SRC_DEB] = src_deb_read,
-		[SRC_RPM] = src_rpm_read,
+	                              const struct fragment_create_options *,
+	                              struct mosaic_error *) = {
+	    [SRC_DIR] = src_dir_read,
+	    [SRC_TAR] = src_tar_read,
+	    [SRC_DEB] = src_deb_read,
+	    [SRC_RPM] = src_rpm_read,
 	};
 	enum source_type type = SRC_TAR;
 	int r = detect(src, &type, err);
@@ -52,9 +52,9 @@ int fragment_create(struct store *s, const char *src, const struct fragment_crea
 	int64_t now = time(NULL);
 	int64_t when = o->source_date_epoch >= 0 ? o->source_date_epoch : now;
 	_cleanup_free_ char *tmp = store_tmp_path(s, ".sqfs");
-	struct fwriter_options wo = { .mtime = when, .workers = o->workers };
+	struct fwriter_options wo = {.mtime = when, .workers = o->workers};
 	struct fwriter *w = NULL;
-	struct src_meta m = { 0 };
+	struct src_meta m = {0};
 	_cleanup_free_ char *desc = NULL;
 	_cleanup_free_ void *sig = NULL;
 	size_t sig_len = 0;
@@ -93,18 +93,19 @@ int fragment_create(struct store *s, const char *src, const struct fragment_crea
 
 	const char *name = o->name ? o->name : m.name;
 	if (!name || !*name || strchr(name, '/') || name[0] == '.') {
-		r = mosaic_errorf(err, -EINVAL, "%s: cannot name the fragment '%s'; pass --name", src,
-				  name ? name : "");
+		r = mosaic_errorf(err, -EINVAL, "%s: cannot name the fragment '%s'; pass --name",
+		                  src, name ? name : "");
 		goto out;
 	}
-	enum fragment_kind kind = o->kind != FRAGMENT_KIND_AUTO ? o->kind
-				  : (type == SRC_DEB || type == SRC_RPM) ? FRAGMENT_PACKAGE
-									   : FRAGMENT_BASE;
+	enum fragment_kind kind = o->kind != FRAGMENT_KIND_AUTO          ? o->kind
+	                          : (type == SRC_DEB || type == SRC_RPM) ? FRAGMENT_PACKAGE
+	                                                                 : FRAGMENT_BASE;
 	const char *base = strrchr(src, '/');
 	base = base && base[1] ? base + 1 : src;
 	desc = descriptor_build(&m, o, kind, digest, image_size, files, content,
-				have_src_hash ? src_hex : NULL, source_size, base, when);
-	if (o->sign_key && (r = openpgp_sign(o->sign_key, desc, strlen(desc), &sig, &sig_len, err)) < 0)
+	                        have_src_hash ? src_hex : NULL, source_size, base, when);
+	if (o->sign_key &&
+	    (r = openpgp_sign(o->sign_key, desc, strlen(desc), &sig, &sig_len, err)) < 0)
 		goto out;
 	if ((r = store_commit(s, tmp, digest, name, desc, strlen(desc), sig, sig_len, err)) < 0)
 		goto out;

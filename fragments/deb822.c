@@ -36,7 +36,7 @@ static char *trim(const char *s, size_t n)
 
 int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic_error *err)
 {
-	struct deb822 p = { 0 };
+	struct deb822 p = {0};
 	size_t line = 0, cap = 0;
 	const char *s = text, *end = text + len;
 	bool started = false;
@@ -63,7 +63,8 @@ int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic
 			if (p.n == 0) {
 				deb822_clear(&p);
 				return mosaic_errorf(err, -EINVAL,
-						     "line %zu: continuation line before any field", line);
+				                     "line %zu: continuation line before any field",
+				                     line);
 			}
 			struct deb822_field *f = &p.fields[p.n - 1];
 			_cleanup_free_ char *t = trim(s, n);
@@ -74,21 +75,21 @@ int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic
 			const char *colon = memchr(s, ':', n);
 			if (!colon || colon == s) {
 				deb822_clear(&p);
-				return mosaic_errorf(err, -EINVAL, "line %zu: expected 'Field: value'",
-						     line);
+				return mosaic_errorf(err, -EINVAL,
+				                     "line %zu: expected 'Field: value'", line);
 			}
 			for (const char *c = s; c < colon; c++)
 				if (!isgraph((unsigned char)*c)) {
 					deb822_clear(&p);
-					return mosaic_errorf(err, -EINVAL,
-							     "line %zu: invalid character in field name",
-							     line);
+					return mosaic_errorf(
+					    err, -EINVAL,
+					    "line %zu: invalid character in field name", line);
 				}
 			_cleanup_free_ char *name = xstrndup(s, colon - s);
 			if (deb822_get(&p, name)) {
 				deb822_clear(&p);
 				return mosaic_errorf(err, -EINVAL, "line %zu: duplicate field '%s'",
-						     line, name);
+				                     line, name);
 			}
 			if (p.n == cap) {
 				cap = cap ? cap * 2 : 16;

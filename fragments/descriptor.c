@@ -3,7 +3,7 @@
 
 #include <string.h>
 
-static const char *kind_names[] = { "base", "package", "config", "dev" };
+static const char *kind_names[] = {"base", "package", "config", "dev"};
 
 const char *fragment_kind_to_string(enum fragment_kind k)
 {
@@ -33,7 +33,7 @@ void fragment_descriptor_clear(struct fragment_descriptor *d)
 }
 
 static int get_field(json_object *o, const char *key, json_type type, bool required,
-		     json_object **out, struct mosaic_error *err)
+                     json_object **out, struct mosaic_error *err)
 {
 	json_object *v = NULL;
 	if (!json_object_object_get_ex(o, key, &v) || json_object_is_type(v, json_type_null)) {
@@ -44,7 +44,7 @@ static int get_field(json_object *o, const char *key, json_type type, bool requi
 	}
 	if (!json_object_is_type(v, type))
 		return mosaic_errorf(err, -EBADMSG, "descriptor: field '%s' must be a %s", key,
-				     json_type_to_name(type));
+		                     json_type_to_name(type));
 	*out = v;
 	return 0;
 }
@@ -57,7 +57,8 @@ static int check_string_array(json_object *o, const char *key, struct mosaic_err
 		return r;
 	for (size_t i = 0; i < json_object_array_length(a); i++)
 		if (!json_object_is_type(json_object_array_get_idx(a, i), json_type_string))
-			return mosaic_errorf(err, -EBADMSG, "descriptor: '%s' must hold strings", key);
+			return mosaic_errorf(err, -EBADMSG, "descriptor: '%s' must hold strings",
+			                     key);
 	return 0;
 }
 
@@ -75,9 +76,9 @@ static int get_u64(json_object *o, const char *key, uint64_t *out, struct mosaic
 }
 
 int fragment_descriptor_parse(const char *buf, size_t len, struct fragment_descriptor *out,
-			      struct mosaic_error *err)
+                              struct mosaic_error *err)
 {
-	struct fragment_descriptor d = { 0 };
+	struct fragment_descriptor d = {0};
 	json_object *v, *image;
 	int r;
 
@@ -91,7 +92,7 @@ int fragment_descriptor_parse(const char *buf, size_t len, struct fragment_descr
 	if (!d.json || je != json_tokener_success) {
 		json_object_put(d.json);
 		return mosaic_errorf(err, -EBADMSG, "descriptor: not valid JSON: %s",
-				     json_tokener_error_desc(je));
+		                     json_tokener_error_desc(je));
 	}
 	for (size_t i = consumed; i < len; i++)
 		if (buf[i] != ' ' && buf[i] != '\n' && buf[i] != '\t' && buf[i] != '\r') {
@@ -106,9 +107,9 @@ int fragment_descriptor_parse(const char *buf, size_t len, struct fragment_descr
 		goto fail;
 	if (json_object_get_int64(v) != FRAGMENT_FORMAT_VERSION) {
 		r = mosaic_errorf(err, -EPROTONOSUPPORT,
-				  "descriptor: format version %" PRId64 " is not supported (this "
-				  "mosaic reads version %d)",
-				  json_object_get_int64(v), FRAGMENT_FORMAT_VERSION);
+		                  "descriptor: format version %" PRId64 " is not supported (this "
+		                  "mosaic reads version %d)",
+		                  json_object_get_int64(v), FRAGMENT_FORMAT_VERSION);
 		goto fail;
 	}
 	if ((r = get_field(d.json, "name", json_type_string, true, &v, err)) < 0)
@@ -128,7 +129,7 @@ int fragment_descriptor_parse(const char *buf, size_t len, struct fragment_descr
 		goto fail;
 	if ((r = fragment_kind_from_string(json_object_get_string(v))) < 0) {
 		r = mosaic_errorf(err, -EBADMSG, "descriptor: unknown kind '%s'",
-				  json_object_get_string(v));
+		                  json_object_get_string(v));
 		goto fail;
 	}
 	d.kind = r;
@@ -146,8 +147,10 @@ int fragment_descriptor_parse(const char *buf, size_t len, struct fragment_descr
 		goto fail;
 	const char *dg = json_object_get_string(v);
 	if (strncmp(dg, "sha256:", 7) != 0 || !is_sha256_hex(dg + 7)) {
-		r = mosaic_errorf(err, -EBADMSG, "descriptor: image digest '%.80s' is not "
-				  "sha256:<64 hex digits>", dg);
+		r = mosaic_errorf(err, -EBADMSG,
+		                  "descriptor: image digest '%.80s' is not "
+		                  "sha256:<64 hex digits>",
+		                  dg);
 		goto fail;
 	}
 	memcpy(d.digest, dg + 7, SHA256_HEX_LEN + 1);
@@ -162,9 +165,9 @@ fail:
 
 /* Serialises with a fixed key order and no floating point, so equal input gives equal bytes. */
 char *descriptor_build(const struct src_meta *m, const struct fragment_create_options *o,
-		       enum fragment_kind kind, const char *digest, uint64_t image_size,
-		       uint64_t files, uint64_t content_bytes, const char *source_sha256,
-		       uint64_t source_size, const char *source_file, int64_t created)
+                       enum fragment_kind kind, const char *digest, uint64_t image_size,
+                       uint64_t files, uint64_t content_bytes, const char *source_sha256,
+                       uint64_t source_size, const char *source_file, int64_t created)
 {
 	json_object *d = json_object_new_object();
 	json_object_object_add(d, "mosaic_fragment", json_object_new_int(FRAGMENT_FORMAT_VERSION));
@@ -174,15 +177,15 @@ char *descriptor_build(const struct src_meta *m, const struct fragment_create_op
 	json_object_object_add(d, "version", version ? json_object_new_string(version) : NULL);
 	json_object_object_add(d, "arch", arch ? json_object_new_string(arch) : NULL);
 	json_object_object_add(d, "kind", json_object_new_string(fragment_kind_to_string(kind)));
-	json_object_object_add(d, "provides",
-			       m->provides ? json_object_get(m->provides) : json_object_new_array());
-	json_object_object_add(d, "requires",
-			       m->requires ? json_object_get(m->requires) : json_object_new_array());
+	json_object_object_add(
+	    d, "provides", m->provides ? json_object_get(m->provides) : json_object_new_array());
+	json_object_object_add(
+	    d, "requires", m->requires ? json_object_get(m->requires) : json_object_new_array());
 	json_object *src = json_object_new_object();
 	json_object_object_add(src, "type", json_object_new_string(m->type));
 	json_object_object_add(src, "file", json_object_new_string(source_file));
 	json_object_object_add(src, "sha256",
-			       source_sha256 ? json_object_new_string(source_sha256) : NULL);
+	                       source_sha256 ? json_object_new_string(source_sha256) : NULL);
 	json_object_object_add(src, "size", json_object_new_int64(source_size));
 	json_object_object_add(d, "source", src);
 	json_object_object_add(d, "files", json_object_new_int64(files));
@@ -198,8 +201,8 @@ char *descriptor_build(const struct src_meta *m, const struct fragment_create_op
 	if (m->extra)
 		json_object_object_add(d, m->extra_key, json_object_get(m->extra));
 	char *s = xasprintf("%s\n", json_object_to_json_string_ext(
-					    d, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
-						       JSON_C_TO_STRING_NOSLASHESCAPE));
+	                                d, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
+	                                       JSON_C_TO_STRING_NOSLASHESCAPE));
 	json_object_put(d);
 	return s;
 }

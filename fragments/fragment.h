@@ -8,7 +8,13 @@
 
 #define FRAGMENT_FORMAT_VERSION 1
 
-enum fragment_kind { FRAGMENT_KIND_AUTO = -1, FRAGMENT_BASE, FRAGMENT_PACKAGE, FRAGMENT_CONFIG, FRAGMENT_DEV };
+enum fragment_kind {
+	FRAGMENT_KIND_AUTO = -1,
+	FRAGMENT_BASE,
+	FRAGMENT_PACKAGE,
+	FRAGMENT_CONFIG,
+	FRAGMENT_DEV
+};
 
 const char *fragment_kind_to_string(enum fragment_kind k);
 /* Returns the kind, or -EINVAL for an unknown name. */
@@ -19,14 +25,14 @@ struct keyring;
 
 struct fragment_create_options {
 	const char *name, *version, *arch; /* NULL: taken from the source (or the file name) */
-	enum fragment_kind kind;           /* FRAGMENT_KIND_AUTO: package for .deb/.rpm, else base */
-	const char *sign_key;              /* OpenPGP key id in $GNUPGHOME; NULL: unsigned */
-	int64_t source_date_epoch;         /* < 0: now */
-	bool owner_set;                    /* directory sources: force this owner on every entry */
+	enum fragment_kind kind;   /* FRAGMENT_KIND_AUTO: package for .deb/.rpm, else base */
+	const char *sign_key;      /* OpenPGP key id in $GNUPGHOME; NULL: unsigned */
+	int64_t source_date_epoch; /* < 0: now */
+	bool owner_set;            /* directory sources: force this owner on every entry */
 	uid_t uid;
 	gid_t gid;
-	struct keyring *keyring;           /* checks .rpm header signatures; may be NULL */
-	unsigned workers;                  /* compression threads for this image (0: 1) */
+	struct keyring *keyring; /* checks .rpm header signatures; may be NULL */
+	unsigned workers;        /* compression threads for this image (0: 1) */
 };
 
 /* What fragment_create made; strings owned by the struct, freed by fragment_info_clear. */
@@ -40,7 +46,7 @@ void fragment_info_clear(struct fragment_info *info);
 
 /* Creates a fragment from src (directory, tar, .deb or .rpm) and adds it to the store. */
 int fragment_create(struct store *s, const char *src, const struct fragment_create_options *o,
-		    struct fragment_info *out, struct mosaic_error *err);
+                    struct fragment_info *out, struct mosaic_error *err);
 
 /* A parsed, validated descriptor. json is owned (json_object_put it via _clear). */
 struct fragment_descriptor {
@@ -53,7 +59,7 @@ struct fragment_descriptor {
 };
 /* Parses untrusted descriptor bytes; rejects unknown versions, missing or mistyped fields. */
 int fragment_descriptor_parse(const char *buf, size_t len, struct fragment_descriptor *out,
-			      struct mosaic_error *err);
+                              struct mosaic_error *err);
 void fragment_descriptor_clear(struct fragment_descriptor *d);
 
 /* The keyring that decides trust: a file of OpenPGP public keys (binary or armored). */
@@ -67,7 +73,7 @@ char *keyring_default_path(void);
  * A verified, unchanged fragment is remembered, so verifying it again costs one stat per file.
  * Fills desc when not NULL. */
 int fragment_verify(struct keyring *k, const char *image_path, struct fragment_descriptor *desc,
-		    struct mosaic_error *err);
+                    struct mosaic_error *err);
 /* Checks that the image parses as squashfs (superblock, tables, every inode and directory). */
 int fragment_image_check(const char *image_path, struct mosaic_error *err);
 /* Lists the image like ls -lR (or as JSON) to out. */
@@ -84,19 +90,19 @@ const char *store_root(const struct store *s);
 char *store_object_path(const struct store *s, const char *digest, const char *suffix);
 /* Turns a full digest, a unique digest prefix, a ref name or an image path into a digest. */
 int store_resolve(const struct store *s, const char *ref, char digest[SHA256_HEX_LEN + 1],
-		  struct mosaic_error *err);
+                  struct mosaic_error *err);
 /* Moves a finished image (a temp file inside the store) with its descriptor and signature (sig
  * may be NULL) into place atomically and points refs/<ref> at it (ref may be NULL); concurrent
  * commits of the same fragment both succeed and one copy stays. */
 int store_commit(struct store *s, const char *tmp_image, const char *digest, const char *ref,
-		 const char *desc, size_t desc_len, const void *sig, size_t sig_len,
-		 struct mosaic_error *err);
+                 const char *desc, size_t desc_len, const void *sig, size_t sig_len,
+                 struct mosaic_error *err);
 /* A fresh temp file name inside the store (same filesystem as the objects). Caller frees. */
 char *store_tmp_path(const struct store *s, const char *suffix);
 /* Copies the fragment at image_path (with .json and .json.sig beside it) into the store after
  * verifying it against k. */
-int store_add(struct store *s, struct keyring *k, const char *image_path, char digest[SHA256_HEX_LEN + 1],
-	      struct mosaic_error *err);
+int store_add(struct store *s, struct keyring *k, const char *image_path,
+              char digest[SHA256_HEX_LEN + 1], struct mosaic_error *err);
 /* Points refs/<name> at digest (ostree-style names keep fragments alive through gc). */
 int store_set_ref(struct store *s, const char *name, const char *digest, struct mosaic_error *err);
 /* All complete fragments (sorted digests); caller frees with strv_free. */
@@ -107,4 +113,3 @@ struct store_gc_stats {
 };
 /* Removes fragments no ref or root names, half-written objects and stale temp files. */
 int store_gc(struct store *s, bool dry_run, struct store_gc_stats *st, struct mosaic_error *err);
-

@@ -22,8 +22,8 @@ struct fentry {
 	uid_t uid;
 	gid_t gid;
 	int64_t mtime;
-	dev_t rdev;             /* block and character devices */
-	const char *link;       /* symlink target */
+	dev_t rdev;       /* block and character devices */
+	const char *link; /* symlink target */
 	const struct fxattr *xattrs;
 	size_t n_xattrs;
 };
@@ -38,7 +38,7 @@ struct fwriter_options {
 };
 
 int fwriter_new(const char *image_path, const struct fwriter_options *o, struct fwriter **out,
-		struct mosaic_error *err);
+                struct mosaic_error *err);
 void fwriter_free(struct fwriter *w);
 
 /* Adds path (normalised here; ".." is refused naming the entry). Missing parent directories are
@@ -46,14 +46,14 @@ void fwriter_free(struct fwriter *w);
  * directory given again takes the new attributes. For regular files read is called until it
  * returns 0. */
 int fwriter_add(struct fwriter *w, const char *path, const struct fentry *e, fwriter_read_fn read,
-		void *ctx, struct mosaic_error *err);
+                void *ctx, struct mosaic_error *err);
 /* Adds path as a hard link to target, which must be an earlier non-directory entry. */
 int fwriter_add_hardlink(struct fwriter *w, const char *path, const char *target,
-			 struct mosaic_error *err);
+                         struct mosaic_error *err);
 /* Calls fn for every path added so far that is not a directory-only parent, in the order added
  * (dpkg's .list). Paths are relative, without a leading slash; "" is the root. */
 int fwriter_foreach_path(struct fwriter *w, int (*fn)(void *ctx, const char *path, bool is_dir),
-			 void *ctx);
+                         void *ctx);
 /* Writes the tables and superblock. After this the image is complete. */
 int fwriter_finish(struct fwriter *w, struct mosaic_error *err);
 /* Entries (all but the root) and bytes of regular file content. */
@@ -73,13 +73,13 @@ struct src_meta {
 void src_meta_clear(struct src_meta *m);
 
 int src_dir_read(const char *path, struct fwriter *w, struct src_meta *m,
-		 const struct fragment_create_options *o, struct mosaic_error *err);
+                 const struct fragment_create_options *o, struct mosaic_error *err);
 int src_tar_read(const char *path, struct fwriter *w, struct src_meta *m,
-		 const struct fragment_create_options *o, struct mosaic_error *err);
+                 const struct fragment_create_options *o, struct mosaic_error *err);
 int src_deb_read(const char *path, struct fwriter *w, struct src_meta *m,
-		 const struct fragment_create_options *o, struct mosaic_error *err);
+                 const struct fragment_create_options *o, struct mosaic_error *err);
 int src_rpm_read(const char *path, struct fwriter *w, struct src_meta *m,
-		 const struct fragment_create_options *o, struct mosaic_error *err);
+                 const struct fragment_create_options *o, struct mosaic_error *err);
 
 /* Feeds every entry of an open libarchive reader to the writer (shared by tar and deb). */
 struct archive;
@@ -106,22 +106,22 @@ json_object *deb822_relations(const char *value);
 
 /* Makes a detached binary signature of data with key_id from the default $GNUPGHOME. */
 int openpgp_sign(const char *key_id, const void *data, size_t len, void **sig, size_t *sig_len,
-		 struct mosaic_error *err);
+                 struct mosaic_error *err);
 /* Exports every public key of the keyring, each as its own binary packet sequence (for librpm). */
 int keyring_export_keys(struct keyring *k, void ***keys, size_t **lens, size_t *n,
-			struct mosaic_error *err);
+                        struct mosaic_error *err);
 
 /* ---- descriptor (descriptor.c) ------------------------------------------------------------ */
 
 /* The descriptor's exact bytes for a new fragment; caller frees. */
 char *descriptor_build(const struct src_meta *m, const struct fragment_create_options *o,
-		       enum fragment_kind kind, const char *digest, uint64_t image_size,
-		       uint64_t files, uint64_t content_bytes, const char *source_sha256,
-		       uint64_t source_size, const char *source_file, int64_t created);
+                       enum fragment_kind kind, const char *digest, uint64_t image_size,
+                       uint64_t files, uint64_t content_bytes, const char *source_sha256,
+                       uint64_t source_size, const char *source_file, int64_t created);
 /* Checks a detached signature over data against the keyring; on success *signer (if not NULL)
  * is the signing key's fingerprint. Distinct errors: -EBADMSG malformed, -ENOKEY unknown key,
  * -EKEYREJECTED bad signature, -EKEYREVOKED revoked or expired. */
-int keyring_verify(struct keyring *k, const void *data, size_t len, const void *sig,
-		   size_t sig_len, char **signer, struct mosaic_error *err);
+int keyring_verify(struct keyring *k, const void *data, size_t len, const void *sig, size_t sig_len,
+                   char **signer, struct mosaic_error *err);
 /* The SHA-256 of the keyring file: part of every remembered verification. */
 const char *keyring_hash(const struct keyring *k);

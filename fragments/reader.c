@@ -42,15 +42,17 @@ static int image_open(const char *path, struct image *im, struct mosaic_error *e
 			return mosaic_errorf(err, -EBADMSG, "%s: not a squashfs image", path);
 		if (e == SQFS_BADVERSION || e == SQFS_BADCOMP || e == SQFS_UNSUP)
 			return mosaic_errorf(err, -EPROTONOSUPPORT,
-					     "%s: squashfs image uses an unsupported version or "
-					     "compressor", path);
-		return mosaic_errorf(err, -EBADMSG, "%s: corrupt squashfs image (tables unreadable)",
-				     path);
+			                     "%s: squashfs image uses an unsupported version or "
+			                     "compressor",
+			                     path);
+		return mosaic_errorf(err, -EBADMSG,
+		                     "%s: corrupt squashfs image (tables unreadable)", path);
 	}
 	im->inited = true;
 	if ((uint64_t)st.st_size < im->fs.sb.bytes_used)
-		return mosaic_errorf(err, -EBADMSG, "%s: truncated squashfs image (%jd of %ju bytes)",
-				     path, (intmax_t)st.st_size, (uintmax_t)im->fs.sb.bytes_used);
+		return mosaic_errorf(err, -EBADMSG,
+		                     "%s: truncated squashfs image (%jd of %ju bytes)", path,
+		                     (intmax_t)st.st_size, (uintmax_t)im->fs.sb.bytes_used);
 	return 0;
 }
 
@@ -93,7 +95,7 @@ static int entry_stat(sqfs *fs, sqfs_inode *inode, struct entry_info *e)
 }
 
 typedef int (*visit_fn)(void *ctx, sqfs *fs, const char *path, sqfs_inode *inode,
-			const struct entry_info *e);
+                        const struct entry_info *e);
 
 static int image_walk(const char *image_path, visit_fn fn, void *ctx, struct mosaic_error *err)
 {
@@ -109,7 +111,7 @@ static int image_walk(const char *image_path, visit_fn fn, void *ctx, struct mos
 	    entry_stat(&im.fs, &inode, &e) < 0 || !S_ISDIR(e.mode)) {
 		image_close(&im);
 		return mosaic_errorf(err, -EBADMSG, "%s: corrupt squashfs image (root inode)",
-				     image_path);
+		                     image_path);
 	}
 	if (fn && (r = fn(ctx, &im.fs, "", &inode, &e)) < 0) {
 		image_close(&im);
@@ -120,7 +122,7 @@ static int image_walk(const char *image_path, visit_fn fn, void *ctx, struct mos
 	if (sqfs_traverse_open(&trv, &im.fs, sqfs_inode_root(&im.fs)) != SQFS_OK) {
 		image_close(&im);
 		return mosaic_errorf(err, -EBADMSG, "%s: corrupt squashfs image (root directory)",
-				     image_path);
+		                     image_path);
 	}
 	while (sqfs_traverse_next(&trv, &se)) {
 		if (trv.dir_end)
@@ -128,7 +130,7 @@ static int image_walk(const char *image_path, visit_fn fn, void *ctx, struct mos
 		if (sqfs_inode_get(&im.fs, &inode, trv.entry.inode) != SQFS_OK ||
 		    entry_stat(&im.fs, &inode, &e) < 0) {
 			r = mosaic_errorf(err, -EBADMSG, "%s: corrupt squashfs image (inode of %s)",
-					  image_path, trv.path);
+			                  image_path, trv.path);
 			break;
 		}
 		if (fn && (r = fn(ctx, &im.fs, trv.path, &inode, &e)) < 0)
@@ -136,7 +138,7 @@ static int image_walk(const char *image_path, visit_fn fn, void *ctx, struct mos
 	}
 	if (r == 0 && se != SQFS_OK)
 		r = mosaic_errorf(err, -EBADMSG, "%s: corrupt squashfs image (directory table)",
-				  image_path);
+		                  image_path);
 	sqfs_traverse_close(&trv);
 	image_close(&im);
 	return r;
@@ -182,7 +184,7 @@ static json_object *xattrs_json(sqfs *fs, sqfs_inode *inode)
 			break;
 		/* libsquashfuse 0.1.105 (bookworm) names type 1 "security." and type 2 "trusted.",
 		 * the wrong way round (fixed upstream in squashfuse#83): name the prefix here. */
-		static const char *const prefixes[] = { "user.", "trusted.", "security." };
+		static const char *const prefixes[] = {"user.", "trusted.", "security."};
 		unsigned type = x.type & SQUASHFS_XATTR_PREFIX_MASK;
 		if (type >= ARRAY_SIZE(prefixes))
 			break;
@@ -206,14 +208,14 @@ static json_object *xattrs_json(sqfs *fs, sqfs_inode *inode)
 }
 
 static int inspect_visit(void *ctx, sqfs *fs, const char *path, sqfs_inode *inode,
-			 const struct entry_info *e)
+                         const struct entry_info *e)
 {
 	struct inspect *in = ctx;
 	_cleanup_free_ char *abs = xasprintf("/%s", path);
 	if (in->json) {
 		json_object *o = json_object_new_object();
 		json_object_object_add(o, "path", json_object_new_string(abs));
-		char type[2] = { 0 };
+		char type[2] = {0};
 		char ms[11];
 		mode_string(e->mode, ms);
 		type[0] = ms[0];
@@ -247,7 +249,8 @@ static int inspect_visit(void *ctx, sqfs *fs, const char *path, sqfs_inode *inod
 		snprintf(size, sizeof(size), "%u, %u", e->major, e->minor);
 	else
 		snprintf(size, sizeof(size), "%ju", (uintmax_t)e->size);
-	fprintf(in->out, "%s %3d %5u %5u %10s %s %s", ms, e->nlink, e->uid, e->gid, size, when, abs);
+	fprintf(in->out, "%s %3d %5u %5u %10s %s %s", ms, e->nlink, e->uid, e->gid, size, when,
+	        abs);
 	if (S_ISLNK(e->mode))
 		fprintf(in->out, " -> %s", e->link);
 	fputc('\n', in->out);
@@ -256,15 +259,15 @@ static int inspect_visit(void *ctx, sqfs *fs, const char *path, sqfs_inode *inod
 
 int fragment_inspect(const char *image_path, bool json, FILE *out, struct mosaic_error *err)
 {
-	struct inspect in = { .out = out, .json = json };
+	struct inspect in = {.out = out, .json = json};
 	if (json)
 		in.arr = json_object_new_array();
 	int r = image_walk(image_path, inspect_visit, &in, err);
 	if (r == 0 && json)
 		fprintf(out, "%s\n",
-			json_object_to_json_string_ext(in.arr, JSON_C_TO_STRING_PRETTY |
-								       JSON_C_TO_STRING_SPACED |
-								       JSON_C_TO_STRING_NOSLASHESCAPE));
+		        json_object_to_json_string_ext(in.arr, JSON_C_TO_STRING_PRETTY |
+		                                                   JSON_C_TO_STRING_SPACED |
+		                                                   JSON_C_TO_STRING_NOSLASHESCAPE));
 	json_object_put(in.arr);
 	return r;
 }

@@ -32,12 +32,12 @@ int archive_feed(struct archive *a, const char *what, struct fwriter *w, struct 
 			continue;
 		}
 		struct fentry e = {
-			.mode = archive_entry_mode(ae),
-			.uid = archive_entry_uid(ae),
-			.gid = archive_entry_gid(ae),
-			.mtime = archive_entry_mtime(ae),
-			.rdev = archive_entry_rdev(ae),
-			.link = archive_entry_symlink(ae),
+		    .mode = archive_entry_mode(ae),
+		    .uid = archive_entry_uid(ae),
+		    .gid = archive_entry_gid(ae),
+		    .mtime = archive_entry_mtime(ae),
+		    .rdev = archive_entry_rdev(ae),
+		    .link = archive_entry_symlink(ae),
 		};
 		size_t nx = archive_entry_xattr_reset(ae);
 		if (nx > xa_cap) {
@@ -83,7 +83,7 @@ static void meta_from_filename(const char *path, struct src_meta *m)
 }
 
 int src_tar_read(const char *path, struct fwriter *w, struct src_meta *m,
-		 const struct fragment_create_options *o, struct mosaic_error *err)
+                 const struct fragment_create_options *o, struct mosaic_error *err)
 {
 	_cleanup_archive_ struct archive *a = archive_reader();
 	if (archive_read_open_filename(a, path, 1 << 16) != ARCHIVE_OK)
@@ -142,7 +142,7 @@ static void control_clear(struct control *c)
 #define CONTROL_MAX (64u << 20)
 
 static int read_control(struct archive *outer, const char *deb, struct control *c,
-			struct mosaic_error *err)
+                        struct mosaic_error *err)
 {
 	_cleanup_archive_ struct archive *a = open_member(outer);
 	struct archive_entry *ae;
@@ -154,17 +154,19 @@ static int read_control(struct archive *outer, const char *deb, struct control *
 			continue;
 		_cleanup_free_ char *name = xstrdup(archive_entry_pathname(ae));
 		if (path_normalise(name) < 0 || strchr(name, '/') || !*name)
-			return mosaic_errorf(err, -EINVAL, "%s: control member '%s' is not a plain "
-					     "file name", deb, archive_entry_pathname(ae));
+			return mosaic_errorf(err, -EINVAL,
+			                     "%s: control member '%s' is not a plain "
+			                     "file name",
+			                     deb, archive_entry_pathname(ae));
 		int64_t size = archive_entry_size(ae);
 		if (size < 0 || size > CONTROL_MAX)
 			return mosaic_errorf(err, -EFBIG, "%s: control file '%s' is too large", deb,
-					     name);
+			                     name);
 		struct control_file f = {
-			.name = TAKE_PTR(name),
-			.data = xmalloc(size + 1),
-			.mode = archive_entry_mode(ae),
-			.mtime = archive_entry_mtime(ae),
+		    .name = TAKE_PTR(name),
+		    .data = xmalloc(size + 1),
+		    .mode = archive_entry_mode(ae),
+		    .mtime = archive_entry_mtime(ae),
 		};
 		la_ssize_t n;
 		while ((n = archive_read_data(a, f.data + f.len, size - f.len)) > 0)
@@ -174,11 +176,11 @@ static int read_control(struct archive *outer, const char *deb, struct control *
 		c->files[c->n++] = f;
 		if (n < 0)
 			return mosaic_errorf(err, -EBADMSG, "%s: control.tar: %s", deb,
-					     archive_error_string(a));
+			                     archive_error_string(a));
 	}
 	if (r != ARCHIVE_EOF)
 		return mosaic_errorf(err, -EBADMSG, "%s: control.tar: %s", deb,
-				     archive_error_string(a));
+		                     archive_error_string(a));
 	return 0;
 }
 
@@ -215,17 +217,17 @@ static ssize_t mem_read(void *ctx, void *buf, size_t len)
 }
 
 static int add_memory_file(struct fwriter *w, const char *path, const char *data, size_t len,
-			   mode_t mode, int64_t mtime, struct mosaic_error *err)
+                           mode_t mode, int64_t mtime, struct mosaic_error *err)
 {
-	struct fentry e = { .mode = S_IFREG | (mode & 07777), .mtime = mtime };
-	struct mem_reader mr = { .data = data, .len = len };
+	struct fentry e = {.mode = S_IFREG | (mode & 07777), .mtime = mtime};
+	struct mem_reader mr = {.data = data, .len = len};
 	return fwriter_add(w, path, &e, mem_read, &mr, err);
 }
 
 /* Adds var/lib/dpkg/info/<pkg>.<file> for every maintainer file but control, which belongs in
  * the status file that compose/ synthesises. Missing parents are made 0755 root:root. */
 static int add_dpkg_info(struct fwriter *w, const char *deb, const char *pkg,
-			 const struct control *c, struct mosaic_error *err)
+                         const struct control *c, struct mosaic_error *err)
 {
 	for (size_t i = 0; i < c->n; i++) {
 		const struct control_file *f = &c->files[i];
@@ -240,17 +242,17 @@ static int add_dpkg_info(struct fwriter *w, const char *deb, const char *pkg,
 }
 
 int src_deb_read(const char *path, struct fwriter *w, struct src_meta *m,
-		 const struct fragment_create_options *o, struct mosaic_error *err)
+                 const struct fragment_create_options *o, struct mosaic_error *err)
 {
 	_cleanup_archive_ struct archive *outer = archive_read_new();
 	archive_read_support_format_ar(outer);
 	if (archive_read_open_filename(outer, path, 1 << 16) != ARCHIVE_OK)
 		return mosaic_errorf(err, -EBADMSG, "%s: not a .deb: %s", path,
-				     archive_error_string(outer));
+		                     archive_error_string(outer));
 
-	struct control c = { 0 };
-	struct deb822 para = { 0 };
-	struct list_ctx payload_list = { 0 };
+	struct control c = {0};
+	struct deb822 para = {0};
+	struct list_ctx payload_list = {0};
 	bool have_control = false, have_data = false, have_binary = false;
 	_cleanup_free_ char *info_name = NULL, *list_path = NULL;
 	struct archive_entry *ae;
@@ -259,11 +261,11 @@ int src_deb_read(const char *path, struct fwriter *w, struct src_meta *m,
 	while ((ar = archive_read_next_header(outer, &ae)) == ARCHIVE_OK) {
 		const char *name = archive_entry_pathname(ae);
 		if (strcmp(name, "debian-binary") == 0) {
-			char v[16] = { 0 };
+			char v[16] = {0};
 			archive_read_data(outer, v, sizeof(v) - 1);
 			if (strncmp(v, "2.", 2) != 0) {
-				r = mosaic_errorf(err, -EBADMSG, "%s: unsupported .deb format '%.4s'",
-						  path, v);
+				r = mosaic_errorf(err, -EBADMSG,
+				                  "%s: unsupported .deb format '%.4s'", path, v);
 				goto out;
 			}
 			have_binary = true;
@@ -274,8 +276,8 @@ int src_deb_read(const char *path, struct fwriter *w, struct src_meta *m,
 		} else if (strncmp(name, "data.tar", 8) == 0) {
 			_cleanup_archive_ struct archive *a = open_member(outer);
 			if (!a) {
-				r = mosaic_errorf(err, -EBADMSG, "%s: data member is not a tar archive",
-						  path);
+				r = mosaic_errorf(err, -EBADMSG,
+				                  "%s: data member is not a tar archive", path);
 				goto out;
 			}
 			_cleanup_free_ char *what = xasprintf("%s: %s", path, name);
@@ -287,12 +289,14 @@ int src_deb_read(const char *path, struct fwriter *w, struct src_meta *m,
 	}
 	if (ar != ARCHIVE_EOF) {
 		r = mosaic_errorf(err, -EBADMSG, "%s: truncated or corrupt .deb: %s", path,
-				  archive_error_string(outer));
+		                  archive_error_string(outer));
 		goto out;
 	}
 	if (!have_binary || !have_control || !have_data) {
 		r = mosaic_errorf(err, -EBADMSG, "%s: not a binary package (missing %s)", path,
-				  !have_binary ? "debian-binary" : !have_control ? "control.tar" : "data.tar");
+		                  !have_binary    ? "debian-binary"
+		                  : !have_control ? "control.tar"
+		                                  : "data.tar");
 		goto out;
 	}
 
@@ -309,15 +313,14 @@ int src_deb_read(const char *path, struct fwriter *w, struct src_meta *m,
 		goto out;
 	}
 	const char *pkg = deb822_get(&para, "Package"), *ver = deb822_get(&para, "Version"),
-		   *arch = deb822_get(&para, "Architecture"), *ma = deb822_get(&para, "Multi-Arch");
+	           *arch = deb822_get(&para, "Architecture"), *ma = deb822_get(&para, "Multi-Arch");
 	if (!pkg || !ver || !arch) {
-		r = mosaic_errorf(err, -EBADMSG, "%s: control lacks Package, Version or Architecture",
-				  path);
+		r = mosaic_errorf(err, -EBADMSG,
+		                  "%s: control lacks Package, Version or Architecture", path);
 		goto out;
 	}
 	/* dpkg names info files "pkg:arch" only for Multi-Arch: same packages. */
-	info_name = ma && strcmp(ma, "same") == 0
-						 ? xasprintf("%s:%s", pkg, arch) : xstrdup(pkg);
+	info_name = ma && strcmp(ma, "same") == 0 ? xasprintf("%s:%s", pkg, arch) : xstrdup(pkg);
 	int64_t mtime = cf->mtime; /* deterministic without --source-date-epoch too */
 
 	/* Info files, then the .list of the payload alone (as dpkg writes it). */
@@ -325,7 +328,7 @@ int src_deb_read(const char *path, struct fwriter *w, struct src_meta *m,
 		goto out;
 	list_path = xasprintf("var/lib/dpkg/info/%s.list", info_name);
 	if ((r = add_memory_file(w, list_path, payload_list.buf ? payload_list.buf : "",
-				 payload_list.len, 0644, mtime, err)) < 0)
+	                         payload_list.len, 0644, mtime, err)) < 0)
 		goto out;
 
 	m->type = xstrdup("deb");
@@ -339,11 +342,11 @@ int src_deb_read(const char *path, struct fwriter *w, struct src_meta *m,
 		json_object *p = deb822_relations(prov);
 		for (size_t i = 0; i < json_object_array_length(p); i++)
 			json_object_array_add(m->provides,
-					      json_object_get(json_object_array_get_idx(p, i)));
+			                      json_object_get(json_object_array_get_idx(p, i)));
 		json_object_put(p);
 	}
 	m->requires = json_object_new_array();
-	const char *req_fields[] = { "Pre-Depends", "Depends" };
+	const char *req_fields[] = {"Pre-Depends", "Depends"};
 	for (size_t k = 0; k < ARRAY_SIZE(req_fields); k++) {
 		const char *v = deb822_get(&para, req_fields[k]);
 		if (!v)
@@ -351,14 +354,14 @@ int src_deb_read(const char *path, struct fwriter *w, struct src_meta *m,
 		json_object *p = deb822_relations(v);
 		for (size_t i = 0; i < json_object_array_length(p); i++)
 			json_object_array_add(m->requires,
-					      json_object_get(json_object_array_get_idx(p, i)));
+			                      json_object_get(json_object_array_get_idx(p, i)));
 		json_object_put(p);
 	}
 	m->extra_key = xstrdup("deb");
 	m->extra = json_object_new_object();
-	const char *keys[] = { "Package", "Version", "Architecture", "Multi-Arch", "Depends",
-			       "Pre-Depends", "Provides", "Conflicts", "Breaks", "Replaces",
-			       "Essential", "Priority", "Section", "Source" };
+	const char *keys[] = {"Package",     "Version",  "Architecture", "Multi-Arch", "Depends",
+	                      "Pre-Depends", "Provides", "Conflicts",    "Breaks",     "Replaces",
+	                      "Essential",   "Priority", "Section",      "Source"};
 	for (size_t k = 0; k < ARRAY_SIZE(keys); k++) {
 		const char *v = deb822_get(&para, keys[k]);
 		if (v)

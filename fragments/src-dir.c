@@ -32,7 +32,7 @@ static ssize_t fd_read(void *ctx, void *buf, size_t len)
 }
 
 static int read_xattrs(struct walk *wk, int dfd, const char *name, const char *rel,
-		       struct fxattr **out, size_t *n_out, struct mosaic_error *err)
+                       struct fxattr **out, size_t *n_out, struct mosaic_error *err)
 {
 	_cleanup_free_ char *proc = xasprintf("/proc/self/fd/%d/%s", dfd, name);
 	ssize_t len = llistxattr(proc, wk->xbuf, 65536);
@@ -49,14 +49,15 @@ static int read_xattrs(struct walk *wk, int dfd, const char *name, const char *r
 	n = 0;
 	for (char *k = wk->xbuf; k < wk->xbuf + len; k += strlen(k) + 1) {
 		/* system.* (ACLs) and others squashfs cannot hold are left behind. */
-		if (strncmp(k, "user.", 5) && strncmp(k, "trusted.", 8) && strncmp(k, "security.", 9))
+		if (strncmp(k, "user.", 5) && strncmp(k, "trusted.", 8) &&
+		    strncmp(k, "security.", 9))
 			continue;
 		ssize_t vl = lgetxattr(proc, k, wk->vbuf + voff, 65536 * 4 - voff);
 		if (vl < 0) {
 			free(x);
 			return mosaic_errorf(err, -errno, "%s: reading xattr %s: %m", rel, k);
 		}
-		x[n++] = (struct fxattr){ .key = k, .value = wk->vbuf + voff, .len = vl };
+		x[n++] = (struct fxattr){.key = k, .value = wk->vbuf + voff, .len = vl};
 		voff += vl;
 	}
 	*out = x;
@@ -67,7 +68,7 @@ static int read_xattrs(struct walk *wk, int dfd, const char *name, const char *r
 static int walk_dir(struct walk *wk, int dfd, const char *rel, struct mosaic_error *err);
 
 static int add_one(struct walk *wk, int dfd, const char *name, const char *rel,
-		   struct mosaic_error *err)
+                   struct mosaic_error *err)
 {
 	struct stat st;
 	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
@@ -81,7 +82,7 @@ static int add_one(struct walk *wk, int dfd, const char *name, const char *rel,
 			wk->cap_seen = wk->cap_seen ? wk->cap_seen * 2 : 64;
 			wk->seen = xrealloc(wk->seen, wk->cap_seen * sizeof(*wk->seen));
 		}
-		wk->seen[wk->n_seen++] = (struct inode_seen){ st.st_dev, st.st_ino, xstrdup(rel) };
+		wk->seen[wk->n_seen++] = (struct inode_seen){st.st_dev, st.st_ino, xstrdup(rel)};
 	}
 
 	_cleanup_free_ struct fxattr *xa = NULL;
@@ -97,14 +98,14 @@ static int add_one(struct walk *wk, int dfd, const char *name, const char *rel,
 		target[n] = '\0';
 	}
 	struct fentry e = {
-		.mode = st.st_mode,
-		.uid = wk->o->owner_set ? wk->o->uid : st.st_uid,
-		.gid = wk->o->owner_set ? wk->o->gid : st.st_gid,
-		.mtime = st.st_mtim.tv_sec,
-		.rdev = st.st_rdev,
-		.link = target,
-		.xattrs = xa,
-		.n_xattrs = nx,
+	    .mode = st.st_mode,
+	    .uid = wk->o->owner_set ? wk->o->uid : st.st_uid,
+	    .gid = wk->o->owner_set ? wk->o->gid : st.st_gid,
+	    .mtime = st.st_mtim.tv_sec,
+	    .rdev = st.st_rdev,
+	    .link = target,
+	    .xattrs = xa,
+	    .n_xattrs = nx,
 	};
 	if (S_ISREG(st.st_mode)) {
 		_cleanup_close_ int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -115,7 +116,8 @@ static int add_one(struct walk *wk, int dfd, const char *name, const char *rel,
 	r = fwriter_add(wk->w, rel, &e, NULL, NULL, err);
 	if (r < 0 || !S_ISDIR(st.st_mode))
 		return r;
-	_cleanup_close_ int sub = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	_cleanup_close_ int sub =
+	    openat(dfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (sub < 0)
 		return mosaic_errorf(err, -errno, "%s: %m", rel);
 	return walk_dir(wk, sub, rel, err);
@@ -157,7 +159,7 @@ static int walk_dir(struct walk *wk, int dfd, const char *rel, struct mosaic_err
 }
 
 int src_dir_read(const char *path, struct fwriter *w, struct src_meta *m,
-		 const struct fragment_create_options *o, struct mosaic_error *err)
+                 const struct fragment_create_options *o, struct mosaic_error *err)
 {
 	_cleanup_close_ int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0)
@@ -165,12 +167,12 @@ int src_dir_read(const char *path, struct fwriter *w, struct src_meta *m,
 	struct stat st;
 	if (fstat(dfd, &st) < 0)
 		return mosaic_errorf(err, -errno, "%s: %m", path);
-	struct walk wk = { .w = w, .o = o, .xbuf = xmalloc(65536), .vbuf = xmalloc(65536 * 4) };
+	struct walk wk = {.w = w, .o = o, .xbuf = xmalloc(65536), .vbuf = xmalloc(65536 * 4)};
 	struct fentry root = {
-		.mode = st.st_mode,
-		.uid = o->owner_set ? o->uid : st.st_uid,
-		.gid = o->owner_set ? o->gid : st.st_gid,
-		.mtime = st.st_mtim.tv_sec,
+	    .mode = st.st_mode,
+	    .uid = o->owner_set ? o->uid : st.st_uid,
+	    .gid = o->owner_set ? o->gid : st.st_gid,
+	    .mtime = st.st_mtim.tv_sec,
 	};
 	int r = fwriter_add(w, "", &root, NULL, NULL, err);
 	if (r == 0)

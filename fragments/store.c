@@ -33,12 +33,12 @@ int store_open(const char *path, bool create, struct store **out, struct mosaic_
 	_cleanup_free_ char *marker = path_join(path, STORE_MARKER);
 	int r;
 	if (create) {
-		const char *subdirs[] = { "sha256", "tmp", "refs", "roots" };
+		const char *subdirs[] = {"sha256", "tmp", "refs", "roots"};
 		for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
 			_cleanup_free_ char *d = path_join(path, subdirs[i]);
 			if ((r = mkdir_p(d, 0755)) < 0)
-				return mosaic_errorf(err, r, "store %s: cannot create %s: %s", path, d,
-						     strerror(-r));
+				return mosaic_errorf(err, r, "store %s: cannot create %s: %s", path,
+				                     d, strerror(-r));
 		}
 		if (access(marker, F_OK) < 0 &&
 		    (r = write_file_atomic(marker, STORE_VERSION, strlen(STORE_VERSION), 0644)) < 0)
@@ -48,12 +48,13 @@ int store_open(const char *path, bool create, struct store **out, struct mosaic_
 	r = read_file(marker, 64, &version, NULL);
 	if (r < 0)
 		return mosaic_errorf(err, -ENOENT,
-				     "%s is not a mosaic store (no %s file); make one with 'mosaic "
-				     "fragment create SRC -o %s'", path, STORE_MARKER, path);
+		                     "%s is not a mosaic store (no %s file); make one with 'mosaic "
+		                     "fragment create SRC -o %s'",
+		                     path, STORE_MARKER, path);
 	if (strcmp(version, STORE_VERSION) != 0)
-		return mosaic_errorf(err, -EPROTONOSUPPORT,
-				     "store %s has layout version %.8s; this mosaic reads version 1",
-				     path, version);
+		return mosaic_errorf(
+		    err, -EPROTONOSUPPORT,
+		    "store %s has layout version %.8s; this mosaic reads version 1", path, version);
 	struct store *s = xcalloc(1, sizeof(*s));
 	s->root = xstrdup(path);
 	*out = s;
@@ -78,8 +79,8 @@ char *store_tmp_path(const struct store *s, const char *suffix)
 	static unsigned counter;
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
-	return xasprintf("%s/tmp/%d-%ld%09ld-%u%s", s->root, getpid(), (long)ts.tv_sec,
-			 ts.tv_nsec, __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED), suffix);
+	return xasprintf("%s/tmp/%d-%ld%09ld-%u%s", s->root, getpid(), (long)ts.tv_sec, ts.tv_nsec,
+	                 __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED), suffix);
 }
 
 /* gc takes the lock exclusively; commits take it shared, so gc never sees a fragment between
@@ -124,7 +125,7 @@ static bool file_equals(const char *path, const void *data, size_t len)
 }
 
 static int set_ref_locked(struct store *s, const char *name, const char *digest,
-			  struct mosaic_error *err)
+                          struct mosaic_error *err)
 {
 	if (!*name || strchr(name, '/') || name[0] == '.')
 		return mosaic_errorf(err, -EINVAL, "invalid ref name '%s'", name);
@@ -142,13 +143,14 @@ int store_set_ref(struct store *s, const char *name, const char *digest, struct 
 {
 	_cleanup_close_ int lock = store_lock(s, LOCK_SH);
 	if (lock < 0)
-		return mosaic_errorf(err, lock, "store %s: cannot lock: %s", s->root, strerror(-lock));
+		return mosaic_errorf(err, lock, "store %s: cannot lock: %s", s->root,
+		                     strerror(-lock));
 	return set_ref_locked(s, name, digest, err);
 }
 
 int store_commit(struct store *s, const char *tmp_image, const char *digest, const char *ref,
-		 const char *desc, size_t desc_len, const void *sig, size_t sig_len,
-		 struct mosaic_error *err)
+                 const char *desc, size_t desc_len, const void *sig, size_t sig_len,
+                 struct mosaic_error *err)
 {
 	_cleanup_free_ char *img = store_object_path(s, digest, ".sqfs");
 	_cleanup_free_ char *json = store_object_path(s, digest, ".json");
@@ -166,7 +168,8 @@ int store_commit(struct store *s, const char *tmp_image, const char *digest, con
 		return mosaic_errorf(err, r, "%s: %s", dir, strerror(-r));
 	_cleanup_close_ int lock = store_lock(s, LOCK_SH);
 	if (lock < 0)
-		return mosaic_errorf(err, lock, "store %s: cannot lock: %s", s->root, strerror(-lock));
+		return mosaic_errorf(err, lock, "store %s: cannot lock: %s", s->root,
+		                     strerror(-lock));
 
 	/* The image is named by its content: if it is there already, it is this one. */
 	if (access(img, F_OK) == 0)
@@ -175,14 +178,14 @@ int store_commit(struct store *s, const char *tmp_image, const char *digest, con
 		return mosaic_errorf(err, -errno, "%s: %m", img);
 
 	bool same = file_equals(json, desc, desc_len) &&
-		    (sig ? file_equals(sigp, sig, sig_len) : access(sigp, F_OK) < 0);
+	            (sig ? file_equals(sigp, sig, sig_len) : access(sigp, F_OK) < 0);
 	if (!same) {
 		if ((r = write_tmp(s, desc, desc_len, &tmp_json)) < 0 ||
 		    (sig && (r = write_tmp(s, sig, sig_len, &tmp_sig)) < 0)) {
 			if (tmp_json)
 				unlink(tmp_json);
 			return mosaic_errorf(err, r, "store %s: writing descriptor: %s", s->root,
-					     strerror(-r));
+			                     strerror(-r));
 		}
 		/* A stale signature would not match the new descriptor: drop it first. */
 		unlink(sigp);
@@ -219,9 +222,9 @@ static int copy_fd(int in, int out)
 }
 
 int store_add(struct store *s, struct keyring *k, const char *image_path,
-	      char digest[SHA256_HEX_LEN + 1], struct mosaic_error *err)
+              char digest[SHA256_HEX_LEN + 1], struct mosaic_error *err)
 {
-	struct fragment_descriptor d = { 0 };
+	struct fragment_descriptor d = {0};
 	int r = fragment_verify(k, image_path, &d, err);
 	if (r < 0)
 		return r;
@@ -238,10 +241,11 @@ int store_add(struct store *s, struct keyring *k, const char *image_path,
 	}
 	{
 		_cleanup_close_ int in = open(image_path, O_RDONLY | O_CLOEXEC);
-		_cleanup_close_ int outfd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+		_cleanup_close_ int outfd =
+		    open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 		if (in < 0 || outfd < 0 || (r = copy_fd(in, outfd)) < 0) {
 			r = mosaic_errorf(err, r < 0 ? r : -errno, "copying %s into the store: %m",
-					  image_path);
+			                  image_path);
 			unlink(tmp);
 			goto out;
 		}
@@ -268,7 +272,9 @@ static int list_objects(const struct store *s, const char *prefix, char ***out, 
 		return -errno;
 	struct dirent *de;
 	while ((de = readdir(d))) {
-		if (strlen(de->d_name) != 2 || (prefix && strncmp(de->d_name, prefix, strlen(prefix) < 2 ? strlen(prefix) : 2)))
+		if (strlen(de->d_name) != 2 ||
+		    (prefix &&
+		     strncmp(de->d_name, prefix, strlen(prefix) < 2 ? strlen(prefix) : 2)))
 			continue;
 		_cleanup_free_ char *sub = path_join(top, de->d_name);
 		DIR *sd = opendir(sub);
@@ -308,7 +314,7 @@ int store_list(const struct store *s, char ***digests, size_t *n, struct mosaic_
 }
 
 int store_resolve(const struct store *s, const char *ref, char digest[SHA256_HEX_LEN + 1],
-		  struct mosaic_error *err)
+                  struct mosaic_error *err)
 {
 	const char *hex = strncmp(ref, "sha256:", 7) == 0 ? ref + 7 : ref;
 	size_t l = strlen(hex);
@@ -323,9 +329,9 @@ int store_resolve(const struct store *s, const char *ref, char digest[SHA256_HEX
 			if (n == 1)
 				return 0;
 			if (n > 1)
-				return mosaic_errorf(err, -EINVAL,
-						     "'%s' is ambiguous: %zu fragments start with it",
-						     ref, n);
+				return mosaic_errorf(
+				    err, -EINVAL, "'%s' is ambiguous: %zu fragments start with it",
+				    ref, n);
 		}
 	}
 	if (!strchr(ref, '/') && ref[0] != '.') {
@@ -340,7 +346,7 @@ int store_resolve(const struct store *s, const char *ref, char digest[SHA256_HEX
 		}
 	}
 	return mosaic_errorf(err, -ENOENT, "no fragment '%s' in store %s (try 'mosaic store list')",
-			     ref, s->root);
+	                     ref, s->root);
 }
 
 /* ---- gc ----------------------------------------------------------------------------------- */
@@ -383,7 +389,7 @@ static uint64_t unlink_sized(const char *p, bool dry_run)
 }
 
 static void gc_dir_files(const char *dir, bool dry_run, time_t now, struct store_gc_stats *st,
-			 bool only_tmp)
+                         bool only_tmp)
 {
 	DIR *d = opendir(dir);
 	if (!d)
@@ -409,10 +415,12 @@ int store_gc(struct store *s, bool dry_run, struct store_gc_stats *st, struct mo
 	memset(st, 0, sizeof(*st));
 	_cleanup_close_ int lock = store_lock(s, LOCK_EX);
 	if (lock < 0)
-		return mosaic_errorf(err, lock, "store %s: cannot lock: %s", s->root, strerror(-lock));
+		return mosaic_errorf(err, lock, "store %s: cannot lock: %s", s->root,
+		                     strerror(-lock));
 	char **keep = NULL;
 	size_t n_keep = 0;
-	_cleanup_free_ char *refs = path_join(s->root, "refs"), *roots = path_join(s->root, "roots");
+	_cleanup_free_ char *refs = path_join(s->root, "refs"),
+	                    *roots = path_join(s->root, "roots");
 	collect_roots(refs, &keep, &n_keep);
 	collect_roots(roots, &keep, &n_keep);
 	if (n_keep > 1)
@@ -446,15 +454,17 @@ int store_gc(struct store *s, bool dry_run, struct store_gc_stats *st, struct mo
 			if (!is_sha256_hex(hex) || strcmp(suffix, ".sqfs"))
 				continue;
 			char *key = hex;
-			bool referenced = n_keep && bsearch(&key, keep, n_keep, sizeof(*keep), strcmp_ptr);
+			bool referenced =
+			    n_keep && bsearch(&key, keep, n_keep, sizeof(*keep), strcmp_ptr);
 			_cleanup_free_ char *json = xasprintf("%s/%s.json", sub, hex);
 			if (referenced && access(json, F_OK) == 0) {
 				st->kept++;
 				continue;
 			}
-			const char *suffixes[] = { ".json.sig", ".json", ".sqfs" };
+			const char *suffixes[] = {".json.sig", ".json", ".sqfs"};
 			for (size_t i = 0; i < ARRAY_SIZE(suffixes); i++) {
-				_cleanup_free_ char *p = xasprintf("%s/%s%s", sub, hex, suffixes[i]);
+				_cleanup_free_ char *p =
+				    xasprintf("%s/%s%s", sub, hex, suffixes[i]);
 				st->freed_bytes += unlink_sized(p, dry_run);
 			}
 			st->removed_fragments++;

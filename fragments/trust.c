@@ -11,8 +11,8 @@
 #include <sys/wait.h>
 
 struct keyring {
-	char *path;  /* the keyring file */
-	char *home;  /* its private GnuPG home */
+	char *path; /* the keyring file */
+	char *home; /* its private GnuPG home */
 	char hash[SHA256_HEX_LEN + 1];
 };
 
@@ -45,7 +45,8 @@ static int new_ctx(const char *home, gpgme_ctx_t *out, struct mosaic_error *err)
 	if (!e && home)
 		e = gpgme_ctx_set_engine_info(ctx, GPGME_PROTOCOL_OpenPGP, NULL, home);
 	if (e)
-		return mosaic_errorf(err, -EIO, "gpgme: %s (is gnupg installed?)", gpgme_strerror(e));
+		return mosaic_errorf(err, -EIO, "gpgme: %s (is gnupg installed?)",
+		                     gpgme_strerror(e));
 	gpgme_set_armor(ctx, 0);
 	*out = ctx;
 	return 0;
@@ -79,7 +80,7 @@ int keyring_open(const char *path, struct keyring **out, struct mosaic_error *er
 	int r = read_file(path, 64u << 20, &data, &len);
 	if (r < 0)
 		return mosaic_errorf(err, r, "keyring %s: %s; pass one with --keyring", path,
-				     strerror(-r));
+		                     strerror(-r));
 	struct keyring *k = xcalloc(1, sizeof(*k));
 	k->path = xstrdup(path);
 	sha256_buffer(data, len, k->hash);
@@ -119,7 +120,7 @@ int keyring_open(const char *path, struct keyring **out, struct mosaic_error *er
 	gpgme_import_result_t ir = e ? NULL : gpgme_op_import_result(ctx);
 	if (e || !ir || ir->imported + ir->unchanged == 0) {
 		r = mosaic_errorf(err, -EINVAL, "keyring %s: holds no OpenPGP public key%s%s", path,
-				  e ? ": " : "", e ? gpgme_strerror(e) : "");
+		                  e ? ": " : "", e ? gpgme_strerror(e) : "");
 		goto fail;
 	}
 	gpgme_release(TAKE_PTR(ctx));
@@ -148,7 +149,7 @@ const char *keyring_hash(const struct keyring *k)
 }
 
 int openpgp_sign(const char *key_id, const void *data, size_t len, void **sig, size_t *sig_len,
-		 struct mosaic_error *err)
+                 struct mosaic_error *err)
 {
 	_cleanup_ctx_ gpgme_ctx_t ctx = NULL;
 	_cleanup_data_ gpgme_data_t in = NULL, out = NULL;
@@ -159,7 +160,7 @@ int openpgp_sign(const char *key_id, const void *data, size_t len, void **sig, s
 	gpgme_error_t e = gpgme_get_key(ctx, key_id, &key, 1);
 	if (e)
 		return mosaic_errorf(err, -ENOKEY, "signing key %s: %s (is it in $GNUPGHOME?)",
-				     key_id, gpgme_strerror(e));
+		                     key_id, gpgme_strerror(e));
 	gpgme_signers_add(ctx, key);
 	gpgme_key_unref(key);
 	gpgme_data_new_from_mem(&in, data, len, 0);
@@ -176,8 +177,8 @@ int openpgp_sign(const char *key_id, const void *data, size_t len, void **sig, s
 	return 0;
 }
 
-int keyring_verify(struct keyring *k, const void *data, size_t len, const void *sig,
-		   size_t sig_len, char **signer, struct mosaic_error *err)
+int keyring_verify(struct keyring *k, const void *data, size_t len, const void *sig, size_t sig_len,
+                   char **signer, struct mosaic_error *err)
 {
 	_cleanup_ctx_ gpgme_ctx_t ctx = NULL;
 	_cleanup_data_ gpgme_data_t text = NULL, sigd = NULL;
@@ -189,39 +190,41 @@ int keyring_verify(struct keyring *k, const void *data, size_t len, const void *
 	gpgme_error_t e = gpgme_op_verify(ctx, sigd, text, NULL);
 	gpgme_verify_result_t vr = e ? NULL : gpgme_op_verify_result(ctx);
 	if (!vr || !vr->signatures)
-		return mosaic_errorf(err, -EBADMSG, "signature is not a valid OpenPGP signature%s%s",
-				     e ? ": " : "", e ? gpgme_strerror(e) : "");
+		return mosaic_errorf(err, -EBADMSG,
+		                     "signature is not a valid OpenPGP signature%s%s",
+		                     e ? ": " : "", e ? gpgme_strerror(e) : "");
 	gpgme_signature_t s = vr->signatures;
 	const char *who = s->fpr ? s->fpr : "(unknown)";
 	switch (gpgme_err_code(s->status)) {
 	case GPG_ERR_NO_ERROR:
 		if (s->summary & (GPGME_SIGSUM_KEY_REVOKED | GPGME_SIGSUM_KEY_EXPIRED))
-			return mosaic_errorf(err, -EKEYREVOKED, "signature by key %s, which is %s",
-					     who, s->summary & GPGME_SIGSUM_KEY_REVOKED ? "revoked"
-											: "expired");
+			return mosaic_errorf(
+			    err, -EKEYREVOKED, "signature by key %s, which is %s", who,
+			    s->summary & GPGME_SIGSUM_KEY_REVOKED ? "revoked" : "expired");
 		if (signer)
 			*signer = xstrdup(who);
 		return 0;
 	case GPG_ERR_NO_PUBKEY:
 		return mosaic_errorf(err, -ENOKEY,
-				     "signature by unknown key %s; add it with --keyring", who);
+		                     "signature by unknown key %s; add it with --keyring", who);
 	case GPG_ERR_BAD_SIGNATURE:
 		return mosaic_errorf(err, -EKEYREJECTED,
-				     "bad signature by key %s: the descriptor or its signature was "
-				     "modified", who);
+		                     "bad signature by key %s: the descriptor or its signature was "
+		                     "modified",
+		                     who);
 	case GPG_ERR_KEY_EXPIRED:
 	case GPG_ERR_SIG_EXPIRED:
 	case GPG_ERR_CERT_REVOKED:
 		return mosaic_errorf(err, -EKEYREVOKED, "signature by key %s: %s", who,
-				     gpgme_strerror(s->status));
+		                     gpgme_strerror(s->status));
 	default:
 		return mosaic_errorf(err, -EBADMSG, "signature by key %s not accepted: %s", who,
-				     gpgme_strerror(s->status));
+		                     gpgme_strerror(s->status));
 	}
 }
 
 int keyring_export_keys(struct keyring *k, void ***keys, size_t **lens, size_t *n,
-			struct mosaic_error *err)
+                        struct mosaic_error *err)
 {
 	_cleanup_ctx_ gpgme_ctx_t ctx = NULL;
 	int r = new_ctx(k->home, &ctx, err);

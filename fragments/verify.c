@@ -12,8 +12,8 @@
 static void stat_key(char *buf, size_t len, const struct stat *st)
 {
 	snprintf(buf, len, "%ju:%ju:%jd:%ld.%09ld:%ld.%09ld", (uintmax_t)st->st_dev,
-		 (uintmax_t)st->st_ino, (intmax_t)st->st_size, (long)st->st_mtim.tv_sec,
-		 st->st_mtim.tv_nsec, (long)st->st_ctim.tv_sec, st->st_ctim.tv_nsec);
+	         (uintmax_t)st->st_ino, (intmax_t)st->st_size, (long)st->st_mtim.tv_sec,
+	         st->st_mtim.tv_nsec, (long)st->st_ctim.tv_sec, st->st_ctim.tv_nsec);
 }
 
 static char *cache_path(const char *image_path)
@@ -44,11 +44,12 @@ static const char *short_name(const char *image_path, char buf[16])
 }
 
 int fragment_verify(struct keyring *k, const char *image_path, struct fragment_descriptor *desc,
-		    struct mosaic_error *err)
+                    struct mosaic_error *err)
 {
 	size_t l = strlen(image_path);
 	if (l < 5 || strcmp(image_path + l - 5, ".sqfs") != 0)
-		return mosaic_errorf(err, -EINVAL, "%s: a fragment image ends in .sqfs", image_path);
+		return mosaic_errorf(err, -EINVAL, "%s: a fragment image ends in .sqfs",
+		                     image_path);
 	char namebuf[16];
 	const char *name = short_name(image_path, namebuf);
 	_cleanup_free_ char *json = xasprintf("%.*s.json", (int)(l - 5), image_path);
@@ -60,8 +61,9 @@ int fragment_verify(struct keyring *k, const char *image_path, struct fragment_d
 		return mosaic_errorf(err, -errno, "fragment %s: descriptor %s: %m", name, json);
 	if (stat(sigp, &st_sig) < 0)
 		return mosaic_errorf(err, -ENOKEY,
-				     "fragment %s: unsigned (no %s); sign it with 'mosaic fragment "
-				     "create --sign KEYID'", name, sigp);
+		                     "fragment %s: unsigned (no %s); sign it with 'mosaic fragment "
+		                     "create --sign KEYID'",
+		                     name, sigp);
 
 	char key[512], a[128], b[128], c[128];
 	stat_key(a, sizeof(a), &st_img);
@@ -70,7 +72,8 @@ int fragment_verify(struct keyring *k, const char *image_path, struct fragment_d
 	snprintf(key, sizeof(key), "v1 %s %s %s %s\n", keyring_hash(k), a, b, c);
 	_cleanup_free_ char *cpath = cache_path(image_path);
 	_cleanup_free_ char *cached = NULL;
-	bool remembered = read_file(cpath, sizeof(key), &cached, NULL) == 0 && strcmp(cached, key) == 0;
+	bool remembered =
+	    read_file(cpath, sizeof(key), &cached, NULL) == 0 && strcmp(cached, key) == 0;
 
 	_cleanup_free_ char *djson = NULL, *sig = NULL;
 	size_t dlen, slen;
@@ -79,7 +82,8 @@ int fragment_verify(struct keyring *k, const char *image_path, struct fragment_d
 		return mosaic_errorf(err, r, "fragment %s: descriptor: %s", name, strerror(-r));
 	if (!remembered) {
 		if ((r = read_file(sigp, 1u << 20, &sig, &slen)) < 0)
-			return mosaic_errorf(err, r, "fragment %s: signature: %s", name, strerror(-r));
+			return mosaic_errorf(err, r, "fragment %s: signature: %s", name,
+			                     strerror(-r));
 		if ((r = keyring_verify(k, djson, dlen, sig, slen, NULL, err)) < 0)
 			return mosaic_error_prefix(err, "fragment %s", name);
 	}
@@ -89,27 +93,30 @@ int fragment_verify(struct keyring *k, const char *image_path, struct fragment_d
 	if (!remembered) {
 		if ((uint64_t)st_img.st_size < d.image_size)
 			r = mosaic_errorf(err, -EBADMSG,
-					  "fragment %s: truncated image: %jd of %ju bytes", name,
-					  (intmax_t)st_img.st_size, (uintmax_t)d.image_size);
+			                  "fragment %s: truncated image: %jd of %ju bytes", name,
+			                  (intmax_t)st_img.st_size, (uintmax_t)d.image_size);
 		else if ((uint64_t)st_img.st_size != d.image_size)
-			r = mosaic_errorf(err, -EBADMSG,
-					  "fragment %s: image has %jd bytes, the descriptor says %ju",
-					  name, (intmax_t)st_img.st_size, (uintmax_t)d.image_size);
+			r = mosaic_errorf(
+			    err, -EBADMSG,
+			    "fragment %s: image has %jd bytes, the descriptor says %ju", name,
+			    (intmax_t)st_img.st_size, (uintmax_t)d.image_size);
 		if (r == 0) {
 			char hex[SHA256_HEX_LEN + 1];
 			_cleanup_close_ int fd = open(image_path, O_RDONLY | O_CLOEXEC);
 			if (fd < 0 || (r = sha256_fd(fd, hex)) < 0)
-				r = mosaic_errorf(err, fd < 0 ? -errno : r, "fragment %s: %m", name);
+				r = mosaic_errorf(err, fd < 0 ? -errno : r, "fragment %s: %m",
+				                  name);
 			else if (strcmp(hex, d.digest) != 0)
-				r = mosaic_errorf(err, -EBADMSG,
-						  "fragment %s: image digest mismatch: the descriptor "
-						  "says sha256:%.16s…, the image is sha256:%.16s…",
-						  name, d.digest, hex);
+				r = mosaic_errorf(
+				    err, -EBADMSG,
+				    "fragment %s: image digest mismatch: the descriptor "
+				    "says sha256:%.16s…, the image is sha256:%.16s…",
+				    name, d.digest, hex);
 			else if (strlen(name) == SHA256_HEX_LEN + 5 && is_sha256_hex_prefix(name) &&
-				 strncmp(name, hex, SHA256_HEX_LEN) != 0)
-				r = mosaic_errorf(err, -EBADMSG,
-						  "fragment %s: store object is named for another digest",
-						  name);
+			         strncmp(name, hex, SHA256_HEX_LEN) != 0)
+				r = mosaic_errorf(
+				    err, -EBADMSG,
+				    "fragment %s: store object is named for another digest", name);
 		}
 		if (r == 0 && (r = fragment_image_check(image_path, err)) < 0)
 			mosaic_error_prefix(err, "fragment %s", name);

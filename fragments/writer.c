@@ -19,9 +19,9 @@
 #include <sqfs/super.h>
 #include <sqfs/xattr_writer.h>
 
-#define BLOCK_SIZE   (128 * 1024)
-#define DEVBLK_SIZE  4096
-#define NO_XATTR     0xFFFFFFFFu
+#define BLOCK_SIZE  (128 * 1024)
+#define DEVBLK_SIZE 4096
+#define NO_XATTR    0xFFFFFFFFu
 
 struct fnode {
 	char *name, *path;
@@ -38,7 +38,7 @@ struct fnode {
 	uint32_t xattr_idx;
 	uint32_t nlink, inode_num;
 	uint64_t inode_ref;
-	bool explicit;                /* listed by the source, not made up as a parent */
+	bool explicit;               /* listed by the source, not made up as a parent */
 	sqfs_inode_generic_t *inode; /* regular files: filled by the block processor */
 };
 
@@ -69,7 +69,7 @@ struct fwriter {
 static int sqfs_err(struct mosaic_error *err, int r, const char *what, const char *path)
 {
 	return mosaic_errorf(err, r == SQFS_ERROR_ALLOC ? -ENOMEM : -EIO,
-			     "%s: %s failed (libsquashfs error %d)", path, what, r);
+	                     "%s: %s failed (libsquashfs error %d)", path, what, r);
 }
 
 static uint32_t clamp_time(int64_t t)
@@ -115,7 +115,8 @@ static void map_insert(struct fwriter *w, struct fnode *n)
 	w->order[w->n_order++] = n;
 }
 
-static struct fnode *node_new(struct fwriter *w, struct fnode *parent, const char *path, mode_t mode)
+static struct fnode *node_new(struct fwriter *w, struct fnode *parent, const char *path,
+                              mode_t mode)
 {
 	struct fnode *n = xcalloc(1, sizeof(*n));
 	n->path = xstrdup(path);
@@ -130,7 +131,7 @@ static struct fnode *node_new(struct fwriter *w, struct fnode *parent, const cha
 		if (parent->n_children == parent->cap_children) {
 			parent->cap_children = parent->cap_children ? parent->cap_children * 2 : 8;
 			parent->children = xrealloc(parent->children,
-						    parent->cap_children * sizeof(struct fnode *));
+			                            parent->cap_children * sizeof(struct fnode *));
 		}
 		parent->children[parent->n_children++] = n;
 		map_insert(w, n);
@@ -152,7 +153,7 @@ static void node_free(struct fnode *n)
 
 /* Finds the directory that holds path, creating missing parents; fails if one is not a dir. */
 static int parent_dir(struct fwriter *w, const char *path, struct fnode **out,
-		      struct mosaic_error *err)
+                      struct mosaic_error *err)
 {
 	const char *slash = strrchr(path, '/');
 	if (!slash) {
@@ -170,7 +171,7 @@ static int parent_dir(struct fwriter *w, const char *path, struct fnode **out,
 	}
 	if (!S_ISDIR(n->mode))
 		return mosaic_errorf(err, -ENOTDIR, "entry '%s': parent '%s' is not a directory",
-				     path, dir);
+		                     path, dir);
 	*out = n;
 	return 0;
 }
@@ -178,7 +179,7 @@ static int parent_dir(struct fwriter *w, const char *path, struct fnode **out,
 /* ---- writer lifecycle --------------------------------------------------------------------- */
 
 int fwriter_new(const char *image_path, const struct fwriter_options *o, struct fwriter **out,
-		struct mosaic_error *err)
+                struct mosaic_error *err)
 {
 	struct fwriter *w = xcalloc(1, sizeof(*w));
 	sqfs_compressor_config_t cfg;
@@ -228,15 +229,15 @@ int fwriter_new(const char *image_path, const struct fwriter_options *o, struct 
 	}
 
 	sqfs_block_processor_desc_t desc = {
-		.size = sizeof(desc),
-		.max_block_size = BLOCK_SIZE,
-		.num_workers = o->workers ? o->workers : 1,
-		.max_backlog = 10 * (o->workers ? o->workers : 1),
-		.cmp = w->cmp,
-		.wr = w->blkwr,
-		.tbl = w->fragtbl,
-		.file = w->file,
-		.uncmp = w->uncmp,
+	    .size = sizeof(desc),
+	    .max_block_size = BLOCK_SIZE,
+	    .num_workers = o->workers ? o->workers : 1,
+	    .max_backlog = 10 * (o->workers ? o->workers : 1),
+	    .cmp = w->cmp,
+	    .wr = w->blkwr,
+	    .tbl = w->fragtbl,
+	    .file = w->file,
+	    .uncmp = w->uncmp,
 	};
 	if ((r = sqfs_block_processor_create_ex(&desc, &w->proc)) != 0)
 		goto fail_sqfs;
@@ -282,7 +283,7 @@ static int xattr_cmp(const void *a, const void *b)
 }
 
 static int set_xattrs(struct fwriter *w, struct fnode *n, const struct fentry *e,
-		      struct mosaic_error *err)
+                      struct mosaic_error *err)
 {
 	n->xattr_idx = NO_XATTR;
 	if (e->n_xattrs == 0)
@@ -295,10 +296,11 @@ static int set_xattrs(struct fwriter *w, struct fnode *n, const struct fentry *e
 	for (size_t i = 0; r == 0 && i < e->n_xattrs; i++) {
 		r = sqfs_xattr_writer_add(w->xwr, x[i].key, x[i].value, x[i].len);
 		if (r == SQFS_ERROR_UNSUPPORTED)
-			return mosaic_errorf(err, -EOPNOTSUPP,
-					     "entry '%s': xattr '%s' has a namespace squashfs cannot "
-					     "store (only user., trusted. and security.)",
-					     n->path, x[i].key);
+			return mosaic_errorf(
+			    err, -EOPNOTSUPP,
+			    "entry '%s': xattr '%s' has a namespace squashfs cannot "
+			    "store (only user., trusted. and security.)",
+			    n->path, x[i].key);
 	}
 	if (r == 0)
 		r = sqfs_xattr_writer_end(w->xwr, &n->xattr_idx);
@@ -309,7 +311,7 @@ static int set_xattrs(struct fwriter *w, struct fnode *n, const struct fentry *e
 }
 
 static int write_content(struct fwriter *w, struct fnode *n, fwriter_read_fn read, void *ctx,
-			 struct mosaic_error *err)
+                         struct mosaic_error *err)
 {
 	int r = sqfs_block_processor_begin_file(w->proc, &n->inode, NULL, 0);
 	if (r != 0)
@@ -319,7 +321,7 @@ static int write_content(struct fwriter *w, struct fnode *n, fwriter_read_fn rea
 		if (got < 0) {
 			sqfs_block_processor_end_file(w->proc);
 			return mosaic_errorf(err, got, "entry '%s': reading content: %s", n->path,
-					     strerror(-got));
+			                     strerror(-got));
 		}
 		if (got == 0)
 			break;
@@ -335,33 +337,39 @@ static int write_content(struct fwriter *w, struct fnode *n, fwriter_read_fn rea
 }
 
 int fwriter_add(struct fwriter *w, const char *path, const struct fentry *e, fwriter_read_fn read,
-		void *ctx, struct mosaic_error *err)
+                void *ctx, struct mosaic_error *err)
 {
 	_cleanup_free_ char *p = xstrdup(path);
 	if (path_normalise(p) < 0)
-		return mosaic_errorf(err, -EINVAL,
-				     "entry '%s': path has a '..' component and could escape the root",
-				     path);
+		return mosaic_errorf(
+		    err, -EINVAL, "entry '%s': path has a '..' component and could escape the root",
+		    path);
 	switch (e->mode & S_IFMT) {
-	case S_IFREG: case S_IFDIR: case S_IFLNK: case S_IFCHR: case S_IFBLK: case S_IFIFO:
+	case S_IFREG:
+	case S_IFDIR:
+	case S_IFLNK:
+	case S_IFCHR:
+	case S_IFBLK:
+	case S_IFIFO:
 	case S_IFSOCK:
 		break;
 	default:
 		return mosaic_errorf(err, -EINVAL, "entry '%s': unknown file type 0%o", path,
-				     e->mode & S_IFMT);
+		                     e->mode & S_IFMT);
 	}
 
 	struct fnode *n;
 	if (*p == '\0') {
 		if (!S_ISDIR(e->mode))
-			return mosaic_errorf(err, -EINVAL, "entry '%s': the root must be a directory",
-					     path);
+			return mosaic_errorf(err, -EINVAL,
+			                     "entry '%s': the root must be a directory", path);
 		n = w->root;
 	} else {
 		n = *map_slot(w, p);
 		if (n && S_ISDIR(n->mode) && !S_ISDIR(e->mode))
-			return mosaic_errorf(err, -EISDIR,
-					     "entry '%s': replaces a directory with a non-directory", p);
+			return mosaic_errorf(
+			    err, -EISDIR, "entry '%s': replaces a directory with a non-directory",
+			    p);
 		if (n && !S_ISDIR(e->mode) && n->hardlink) {
 			n->hardlink->nlink--;
 			n->hardlink = NULL;
@@ -402,33 +410,33 @@ int fwriter_add(struct fwriter *w, const char *path, const struct fentry *e, fwr
 }
 
 int fwriter_add_hardlink(struct fwriter *w, const char *path, const char *target,
-			 struct mosaic_error *err)
+                         struct mosaic_error *err)
 {
 	_cleanup_free_ char *p = xstrdup(path), *t = xstrdup(target);
 	if (path_normalise(p) < 0 || *p == '\0')
 		return mosaic_errorf(err, -EINVAL, "entry '%s': invalid hard link path", path);
 	if (path_normalise(t) < 0)
 		return mosaic_errorf(err, -EINVAL,
-				     "entry '%s': hard link to '%s' points outside the archive", path,
-				     target);
+		                     "entry '%s': hard link to '%s' points outside the archive",
+		                     path, target);
 	struct fnode *tn = *t ? *map_slot(w, t) : w->root;
 	if (!tn || !tn->explicit)
 		return mosaic_errorf(err, -EINVAL,
-				     "entry '%s': hard link to '%s', which is not in the archive "
-				     "before it",
-				     path, target);
+		                     "entry '%s': hard link to '%s', which is not in the archive "
+		                     "before it",
+		                     path, target);
 	while (tn->hardlink)
 		tn = tn->hardlink;
 	if (S_ISDIR(tn->mode))
 		return mosaic_errorf(err, -EPERM, "entry '%s': hard link to directory '%s'", path,
-				     target);
+		                     target);
 	if (strcmp(tn->path, p) == 0)
 		return 0;
 
 	struct fnode *n = *map_slot(w, p);
 	if (n && S_ISDIR(n->mode))
 		return mosaic_errorf(err, -EISDIR,
-				     "entry '%s': replaces a directory with a hard link", p);
+		                     "entry '%s': replaces a directory with a hard link", p);
 	if (!n) {
 		struct fnode *parent;
 		int r = parent_dir(w, p, &parent, err);
@@ -446,7 +454,7 @@ int fwriter_add_hardlink(struct fwriter *w, const char *path, const char *target
 }
 
 int fwriter_foreach_path(struct fwriter *w, int (*fn)(void *ctx, const char *path, bool is_dir),
-			 void *ctx)
+                         void *ctx)
 {
 	int r = fn(ctx, "", true);
 	for (size_t i = 0; r == 0 && i < w->n_order; i++)
@@ -504,7 +512,7 @@ static uint32_t encode_dev(dev_t d)
 }
 
 static int write_inode(struct fwriter *w, struct fnode *n, sqfs_inode_generic_t *inode,
-		       struct mosaic_error *err)
+                       struct mosaic_error *err)
 {
 	int r;
 	inode->base.mode = n->mode;
@@ -553,14 +561,14 @@ static int write_file_inodes(struct fwriter *w, struct fnode *d, struct mosaic_e
 					break;
 				case S_IFBLK:
 				case S_IFCHR:
-					inode->base.type = S_ISBLK(n->mode) ? SQFS_INODE_BDEV
-									    : SQFS_INODE_CDEV;
+					inode->base.type =
+					    S_ISBLK(n->mode) ? SQFS_INODE_BDEV : SQFS_INODE_CDEV;
 					inode->data.dev.nlink = n->nlink;
 					inode->data.dev.devno = encode_dev(n->rdev);
 					break;
 				default:
-					inode->base.type = S_ISFIFO(n->mode) ? SQFS_INODE_FIFO
-									     : SQFS_INODE_SOCKET;
+					inode->base.type =
+					    S_ISFIFO(n->mode) ? SQFS_INODE_FIFO : SQFS_INODE_SOCKET;
 					inode->data.ipc.nlink = n->nlink;
 				}
 			}
@@ -573,7 +581,7 @@ static int write_file_inodes(struct fwriter *w, struct fnode *d, struct mosaic_e
 }
 
 static int write_dirs(struct fwriter *w, struct fnode *d, uint32_t parent_ino,
-		      struct mosaic_error *err)
+                      struct mosaic_error *err)
 {
 	int r;
 	for (size_t i = 0; i < d->n_children; i++)
@@ -587,13 +595,13 @@ static int write_dirs(struct fwriter *w, struct fnode *d, uint32_t parent_ino,
 		struct fnode *c = d->children[i];
 		struct fnode *t = c->hardlink ? c->hardlink : c;
 		if ((r = sqfs_dir_writer_add_entry(w->dirwr, c->name, t->inode_num, t->inode_ref,
-						   t->mode)) != 0)
+		                                   t->mode)) != 0)
 			return sqfs_err(err, r, "adding directory entry", c->path);
 	}
 	if ((r = sqfs_dir_writer_end(w->dirwr)) != 0)
 		return sqfs_err(err, r, "finishing directory", d->path);
 	_cleanup_free_ sqfs_inode_generic_t *inode =
-		sqfs_dir_writer_create_inode(w->dirwr, 0, d->xattr_idx, parent_ino);
+	    sqfs_dir_writer_create_inode(w->dirwr, 0, d->xattr_idx, parent_ino);
 	if (!inode)
 		return sqfs_err(err, SQFS_ERROR_ALLOC, "making directory inode", d->path);
 	if (inode->base.type == SQFS_INODE_DIR)

@@ -5,59 +5,68 @@
 #include <string.h>
 
 static const char usage_fragment[] =
-	"Usage: mosaic fragment COMMAND [ARGS...]\n"
-	"\n"
-	"  create SRC... -o STORE   make signed fragments from directories, tars, .deb or .rpm\n"
-	"  verify FRAGMENT...       check signature, digest and image\n"
-	"  inspect FRAGMENT         list the contents like ls -lR\n";
+    "Usage: mosaic fragment COMMAND [ARGS...]\n"
+    "\n"
+    "  create SRC... -o STORE   make signed fragments from directories, tars, .deb or .rpm\n"
+    "  verify FRAGMENT...       check signature, digest and image\n"
+    "  inspect FRAGMENT         list the contents like ls -lR\n";
 
 static const char usage_create[] =
-	"Usage: mosaic fragment create SRC... -o STORE [OPTIONS]\n"
-	"\n"
-	"Turns each SRC (a directory, a tar archive in any compression, a .deb or an .rpm) into a\n"
-	"squashfs fragment (zstd), its JSON descriptor and a detached OpenPGP signature, and adds\n"
-	"them to STORE (created if missing). Prints one line per fragment: DIGEST NAME VERSION.\n"
-	"\n"
-	"  -o, --output STORE         the store to add to\n"
-	"      --name N               fragment name (default: package name or file name)\n"
-	"      --version V            version (default: the package's)\n"
-	"      --arch A               architecture (default: the package's)\n"
-	"      --kind K               base|package|config|dev (default: package for .deb/.rpm)\n"
-	"      --sign KEYID           sign the descriptor with KEYID from $GNUPGHOME\n"
-	"      --source-date-epoch T  timestamp for the image and descriptor (default:\n"
-	"                             $SOURCE_DATE_EPOCH, else now); same input + same T gives\n"
-	"                             byte-identical image and descriptor\n"
-	"      --owner UID:GID        directory sources: own every entry by UID:GID\n"
-	"      --keyring FILE         keys to check .rpm header signatures against\n"
-	"  -j, --jobs N               fragments made in parallel (default: number of CPUs)\n"
-	"      --json                 print a JSON array of results instead\n"
-	"  -h, --help                 show this help\n";
+    "Usage: mosaic fragment create SRC... -o STORE [OPTIONS]\n"
+    "\n"
+    "Turns each SRC (a directory, a tar archive in any compression, a .deb or an .rpm) into a\n"
+    "squashfs fragment (zstd), its JSON descriptor and a detached OpenPGP signature, and adds\n"
+    "them to STORE (created if missing). Prints one line per fragment: DIGEST NAME VERSION.\n"
+    "\n"
+    "  -o, --output STORE         the store to add to\n"
+    "      --name N               fragment name (default: package name or file name)\n"
+    "      --version V            version (default: the package's)\n"
+    "      --arch A               architecture (default: the package's)\n"
+    "      --kind K               base|package|config|dev (default: package for .deb/.rpm)\n"
+    "      --sign KEYID           sign the descriptor with KEYID from $GNUPGHOME\n"
+    "      --source-date-epoch T  timestamp for the image and descriptor (default:\n"
+    "                             $SOURCE_DATE_EPOCH, else now); same input + same T gives\n"
+    "                             byte-identical image and descriptor\n"
+    "      --owner UID:GID        directory sources: own every entry by UID:GID\n"
+    "      --keyring FILE         keys to check .rpm header signatures against\n"
+    "  -j, --jobs N               fragments made in parallel (default: number of CPUs)\n"
+    "      --json                 print a JSON array of results instead\n"
+    "  -h, --help                 show this help\n";
 
 static const char usage_verify[] =
-	"Usage: mosaic fragment verify FRAGMENT... [-s STORE] [--keyring FILE]\n"
-	"\n"
-	"FRAGMENT is an image path (with .json and .json.sig beside it), a digest or unique digest\n"
-	"prefix, or a ref name in the store. Checks that the descriptor's signature is good for a\n"
-	"key in the keyring, that the image matches the descriptor's size and digest, and that it\n"
-	"parses as squashfs.\n"
-	"\n"
-	"  -s, --store STORE   the store (default: $MOSAIC_STORE, config, /var/lib/mosaic/store)\n"
-	"      --keyring FILE  trusted public keys (default: $MOSAIC_KEYRING, config,\n"
-	"                      /etc/mosaic/keyring.gpg)\n"
-	"  -h, --help          show this help\n";
+    "Usage: mosaic fragment verify FRAGMENT... [-s STORE] [--keyring FILE]\n"
+    "\n"
+    "FRAGMENT is an image path (with .json and .json.sig beside it), a digest or unique digest\n"
+    "prefix, or a ref name in the store. Checks that the descriptor's signature is good for a\n"
+    "key in the keyring, that the image matches the descriptor's size and digest, and that it\n"
+    "parses as squashfs.\n"
+    "\n"
+    "  -s, --store STORE   the store (default: $MOSAIC_STORE, config, /var/lib/mosaic/store)\n"
+    "      --keyring FILE  trusted public keys (default: $MOSAIC_KEYRING, config,\n"
+    "                      /etc/mosaic/keyring.gpg)\n"
+    "  -h, --help          show this help\n";
 
 static const char usage_inspect[] =
-	"Usage: mosaic fragment inspect FRAGMENT [-s STORE] [--json]\n"
-	"\n"
-	"Lists every entry with mode, link count, owner, size (or device numbers), mtime, path and\n"
-	"symlink target; --json adds xattrs (hex values).\n"
-	"\n"
-	"  -s, --store STORE   the store to resolve FRAGMENT in\n"
-	"      --json          print JSON\n"
-	"  -h, --help          show this help\n";
+    "Usage: mosaic fragment inspect FRAGMENT [-s STORE] [--json]\n"
+    "\n"
+    "Lists every entry with mode, link count, owner, size (or device numbers), mtime, path and\n"
+    "symlink target; --json adds xattrs (hex values).\n"
+    "\n"
+    "  -s, --store STORE   the store to resolve FRAGMENT in\n"
+    "      --json          print JSON\n"
+    "  -h, --help          show this help\n";
 
-enum { OPT_NAME = 256, OPT_VERSION, OPT_ARCH, OPT_KIND, OPT_SIGN, OPT_SDE, OPT_OWNER,
-       OPT_KEYRING, OPT_JSON };
+enum {
+	OPT_NAME = 256,
+	OPT_VERSION,
+	OPT_ARCH,
+	OPT_KIND,
+	OPT_SIGN,
+	OPT_SDE,
+	OPT_OWNER,
+	OPT_KEYRING,
+	OPT_JSON
+};
 
 struct job {
 	const char *src;
@@ -97,21 +106,20 @@ static void *worker(void *arg)
 static int fragment_create_cmd(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "output", required_argument, NULL, 'o' },
-		{ "name", required_argument, NULL, OPT_NAME },
-		{ "version", required_argument, NULL, OPT_VERSION },
-		{ "arch", required_argument, NULL, OPT_ARCH },
-		{ "kind", required_argument, NULL, OPT_KIND },
-		{ "sign", required_argument, NULL, OPT_SIGN },
-		{ "source-date-epoch", required_argument, NULL, OPT_SDE },
-		{ "owner", required_argument, NULL, OPT_OWNER },
-		{ "keyring", required_argument, NULL, OPT_KEYRING },
-		{ "jobs", required_argument, NULL, 'j' },
-		{ "json", no_argument, NULL, OPT_JSON },
-		{ "help", no_argument, NULL, 'h' },
-		{}
-	};
-	struct fragment_create_options o = { .kind = FRAGMENT_KIND_AUTO, .source_date_epoch = -1 };
+	    {"output", required_argument, NULL, 'o'},
+	    {"name", required_argument, NULL, OPT_NAME},
+	    {"version", required_argument, NULL, OPT_VERSION},
+	    {"arch", required_argument, NULL, OPT_ARCH},
+	    {"kind", required_argument, NULL, OPT_KIND},
+	    {"sign", required_argument, NULL, OPT_SIGN},
+	    {"source-date-epoch", required_argument, NULL, OPT_SDE},
+	    {"owner", required_argument, NULL, OPT_OWNER},
+	    {"keyring", required_argument, NULL, OPT_KEYRING},
+	    {"jobs", required_argument, NULL, 'j'},
+	    {"json", no_argument, NULL, OPT_JSON},
+	    {"help", no_argument, NULL, 'h'},
+	    {}};
+	struct fragment_create_options o = {.kind = FRAGMENT_KIND_AUTO, .source_date_epoch = -1};
 	const char *output = NULL, *keyring_path = NULL;
 	long jobs = sysconf(_SC_NPROCESSORS_ONLN);
 	bool json = false;
@@ -122,38 +130,57 @@ static int fragment_create_cmd(int argc, char **argv)
 	char *end;
 	while ((c = getopt_long(argc, argv, "o:j:h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'o': output = optarg; break;
-		case OPT_NAME: o.name = optarg; break;
-		case OPT_VERSION: o.version = optarg; break;
-		case OPT_ARCH: o.arch = optarg; break;
+		case 'o':
+			output = optarg;
+			break;
+		case OPT_NAME:
+			o.name = optarg;
+			break;
+		case OPT_VERSION:
+			o.version = optarg;
+			break;
+		case OPT_ARCH:
+			o.arch = optarg;
+			break;
 		case OPT_KIND:
 			if ((o.kind = fragment_kind_from_string(optarg)) < 0)
 				return cli_usage(usage_create, "unknown kind '%s'", optarg);
 			break;
-		case OPT_SIGN: o.sign_key = optarg; break;
+		case OPT_SIGN:
+			o.sign_key = optarg;
+			break;
 		case OPT_SDE:
 			o.source_date_epoch = strtoll(optarg, &end, 10);
 			if (*end || o.source_date_epoch < 0)
-				return cli_usage(usage_create, "bad --source-date-epoch '%s'", optarg);
+				return cli_usage(usage_create, "bad --source-date-epoch '%s'",
+				                 optarg);
 			break;
 		case OPT_OWNER: {
 			unsigned long u, g;
 			if (sscanf(optarg, "%lu:%lu", &u, &g) != 2)
-				return cli_usage(usage_create, "bad --owner '%s' (want UID:GID)", optarg);
+				return cli_usage(usage_create, "bad --owner '%s' (want UID:GID)",
+				                 optarg);
 			o.owner_set = true;
 			o.uid = u;
 			o.gid = g;
 			break;
 		}
-		case OPT_KEYRING: keyring_path = optarg; break;
+		case OPT_KEYRING:
+			keyring_path = optarg;
+			break;
 		case 'j':
 			jobs = strtol(optarg, &end, 10);
 			if (*end || jobs < 1)
 				return cli_usage(usage_create, "bad --jobs '%s'", optarg);
 			break;
-		case OPT_JSON: json = true; break;
-		case 'h': fputs(usage_create, stdout); return EXIT_OK;
-		default: return cli_usage(usage_create, "unknown option '%s'", argv[optind - 1]);
+		case OPT_JSON:
+			json = true;
+			break;
+		case 'h':
+			fputs(usage_create, stdout);
+			return EXIT_OK;
+		default:
+			return cli_usage(usage_create, "unknown option '%s'", argv[optind - 1]);
 		}
 	}
 	if (optind >= argc)
@@ -174,7 +201,7 @@ static int fragment_create_cmd(int argc, char **argv)
 		jobs = n;
 	/* One image at a time gets every core; many images get one core each. */
 	o.workers = jobs == 1 ? (unsigned)sysconf(_SC_NPROCESSORS_ONLN) : 1;
-	struct pool p = { .store = s, .o = &o, .n = n, .progress = isatty(2) && n > 1 };
+	struct pool p = {.store = s, .o = &o, .n = n, .progress = isatty(2) && n > 1};
 	p.jobs = xcalloc(n, sizeof(*p.jobs));
 	pthread_mutex_init(&p.lock, NULL);
 	for (size_t i = 0; i < n; i++)
@@ -200,13 +227,20 @@ static int fragment_create_cmd(int argc, char **argv)
 		if (json) {
 			json_object *o2 = json_object_new_object();
 			json_object_object_add(o2, "source", json_object_new_string(j->src));
-			json_object_object_add(o2, "digest", json_object_new_string(j->info.digest));
+			json_object_object_add(o2, "digest",
+			                       json_object_new_string(j->info.digest));
 			json_object_object_add(o2, "name", json_object_new_string(j->info.name));
-			json_object_object_add(o2, "version", j->info.version ? json_object_new_string(j->info.version) : NULL);
-			json_object_object_add(o2, "kind", json_object_new_string(fragment_kind_to_string(j->info.kind)));
+			json_object_object_add(
+			    o2, "version",
+			    j->info.version ? json_object_new_string(j->info.version) : NULL);
+			json_object_object_add(
+			    o2, "kind",
+			    json_object_new_string(fragment_kind_to_string(j->info.kind)));
 			json_object_object_add(o2, "files", json_object_new_int64(j->info.files));
-			json_object_object_add(o2, "source_size", json_object_new_int64(j->info.source_size));
-			json_object_object_add(o2, "image_size", json_object_new_int64(j->info.image_size));
+			json_object_object_add(o2, "source_size",
+			                       json_object_new_int64(j->info.source_size));
+			json_object_object_add(o2, "image_size",
+			                       json_object_new_int64(j->info.image_size));
 			json_object_array_add(arr, o2);
 		} else {
 			printf("%s %s %s\n", j->info.digest, j->info.name,
@@ -215,8 +249,8 @@ static int fragment_create_cmd(int argc, char **argv)
 		fragment_info_clear(&j->info);
 	}
 	if (json) {
-		printf("%s\n", json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PRETTY |
-								       JSON_C_TO_STRING_NOSLASHESCAPE));
+		printf("%s\n", json_object_to_json_string_ext(
+		                   arr, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
 		json_object_put(arr);
 	}
 	free(p.jobs);
@@ -227,20 +261,25 @@ static int fragment_create_cmd(int argc, char **argv)
 
 static int fragment_verify_cmd(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "store", required_argument, NULL, 's' },
-		{ "keyring", required_argument, NULL, OPT_KEYRING },
-		{ "help", no_argument, NULL, 'h' },
-		{}
-	};
+	static const struct option opts[] = {{"store", required_argument, NULL, 's'},
+	                                     {"keyring", required_argument, NULL, OPT_KEYRING},
+	                                     {"help", no_argument, NULL, 'h'},
+	                                     {}};
 	const char *store = NULL, *keyring_path = NULL;
 	int c;
 	while ((c = getopt_long(argc, argv, "s:h", opts, NULL)) != -1) {
 		switch (c) {
-		case 's': store = optarg; break;
-		case OPT_KEYRING: keyring_path = optarg; break;
-		case 'h': fputs(usage_verify, stdout); return EXIT_OK;
-		default: return cli_usage(usage_verify, "unknown option '%s'", argv[optind - 1]);
+		case 's':
+			store = optarg;
+			break;
+		case OPT_KEYRING:
+			keyring_path = optarg;
+			break;
+		case 'h':
+			fputs(usage_verify, stdout);
+			return EXIT_OK;
+		default:
+			return cli_usage(usage_verify, "unknown option '%s'", argv[optind - 1]);
 		}
 	}
 	if (optind >= argc)
@@ -256,7 +295,7 @@ static int fragment_verify_cmd(int argc, char **argv)
 			rc = r;
 			continue;
 		}
-		struct mosaic_error err = { 0 };
+		struct mosaic_error err = {0};
 		struct fragment_descriptor d;
 		if (fragment_verify(k, path, &d, &err) < 0) {
 			int e = cli_fail(&err);
@@ -272,21 +311,26 @@ static int fragment_verify_cmd(int argc, char **argv)
 
 static int fragment_inspect_cmd(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "store", required_argument, NULL, 's' },
-		{ "json", no_argument, NULL, OPT_JSON },
-		{ "help", no_argument, NULL, 'h' },
-		{}
-	};
+	static const struct option opts[] = {{"store", required_argument, NULL, 's'},
+	                                     {"json", no_argument, NULL, OPT_JSON},
+	                                     {"help", no_argument, NULL, 'h'},
+	                                     {}};
 	const char *store = NULL;
 	bool json = false;
 	int c;
 	while ((c = getopt_long(argc, argv, "s:h", opts, NULL)) != -1) {
 		switch (c) {
-		case 's': store = optarg; break;
-		case OPT_JSON: json = true; break;
-		case 'h': fputs(usage_inspect, stdout); return EXIT_OK;
-		default: return cli_usage(usage_inspect, "unknown option '%s'", argv[optind - 1]);
+		case 's':
+			store = optarg;
+			break;
+		case OPT_JSON:
+			json = true;
+			break;
+		case 'h':
+			fputs(usage_inspect, stdout);
+			return EXIT_OK;
+		default:
+			return cli_usage(usage_inspect, "unknown option '%s'", argv[optind - 1]);
 		}
 	}
 	if (optind + 1 != argc)
@@ -295,7 +339,7 @@ static int fragment_inspect_cmd(int argc, char **argv)
 	int r = cli_fragment_path(argv[optind], store, &path);
 	if (r)
 		return r;
-	struct mosaic_error err = { 0 };
+	struct mosaic_error err = {0};
 	if (fragment_inspect(path, json, stdout, &err) < 0)
 		return cli_fail(&err);
 	return EXIT_OK;

@@ -4,17 +4,17 @@
 #include <string.h>
 
 static const char usage_store[] =
-	"Usage: mosaic store COMMAND [-s STORE] [ARGS...]\n"
-	"\n"
-	"  add IMAGE.sqfs...     verify fragments made elsewhere and copy them in\n"
-	"  list [--json]         list fragments: digest, kind, name, version, arch, size\n"
-	"  show FRAGMENT         print a fragment's descriptor\n"
-	"  verify [FRAGMENT...]  verify fragments (default: all)\n"
-	"  gc [--dry-run]        remove fragments no ref or root names, and stale temp files\n"
-	"\n"
-	"  -s, --store STORE   the store (default: $MOSAIC_STORE, config, /var/lib/mosaic/store)\n"
-	"      --keyring FILE  trusted public keys (add, verify)\n"
-	"  -h, --help          show this help\n";
+    "Usage: mosaic store COMMAND [-s STORE] [ARGS...]\n"
+    "\n"
+    "  add IMAGE.sqfs...     verify fragments made elsewhere and copy them in\n"
+    "  list [--json]         list fragments: digest, kind, name, version, arch, size\n"
+    "  show FRAGMENT         print a fragment's descriptor\n"
+    "  verify [FRAGMENT...]  verify fragments (default: all)\n"
+    "  gc [--dry-run]        remove fragments no ref or root names, and stale temp files\n"
+    "\n"
+    "  -s, --store STORE   the store (default: $MOSAIC_STORE, config, /var/lib/mosaic/store)\n"
+    "      --keyring FILE  trusted public keys (add, verify)\n"
+    "  -h, --help          show this help\n";
 
 enum { OPT_KEYRING = 256, OPT_JSON, OPT_DRY_RUN };
 
@@ -26,23 +26,32 @@ struct store_args {
 
 static int parse(int argc, char **argv, struct store_args *a)
 {
-	static const struct option opts[] = {
-		{ "store", required_argument, NULL, 's' },
-		{ "keyring", required_argument, NULL, OPT_KEYRING },
-		{ "json", no_argument, NULL, OPT_JSON },
-		{ "dry-run", no_argument, NULL, OPT_DRY_RUN },
-		{ "help", no_argument, NULL, 'h' },
-		{}
-	};
+	static const struct option opts[] = {{"store", required_argument, NULL, 's'},
+	                                     {"keyring", required_argument, NULL, OPT_KEYRING},
+	                                     {"json", no_argument, NULL, OPT_JSON},
+	                                     {"dry-run", no_argument, NULL, OPT_DRY_RUN},
+	                                     {"help", no_argument, NULL, 'h'},
+	                                     {}};
 	int c;
 	while ((c = getopt_long(argc, argv, "s:h", opts, NULL)) != -1) {
 		switch (c) {
-		case 's': a->store = optarg; break;
-		case OPT_KEYRING: a->keyring = optarg; break;
-		case OPT_JSON: a->json = true; break;
-		case OPT_DRY_RUN: a->dry_run = true; break;
-		case 'h': fputs(usage_store, stdout); return -1;
-		default: return cli_usage(usage_store, "unknown option '%s'", argv[optind - 1]);
+		case 's':
+			a->store = optarg;
+			break;
+		case OPT_KEYRING:
+			a->keyring = optarg;
+			break;
+		case OPT_JSON:
+			a->json = true;
+			break;
+		case OPT_DRY_RUN:
+			a->dry_run = true;
+			break;
+		case 'h':
+			fputs(usage_store, stdout);
+			return -1;
+		default:
+			return cli_usage(usage_store, "unknown option '%s'", argv[optind - 1]);
 		}
 	}
 	a->first = optind;
@@ -64,7 +73,7 @@ static int store_add_cmd(struct store_args *a, int argc, char **argv)
 	}
 	int rc = EXIT_OK;
 	for (int i = a->first; i < argc; i++) {
-		struct mosaic_error err = { 0 };
+		struct mosaic_error err = {0};
 		char digest[SHA256_HEX_LEN + 1];
 		if (store_add(s, k, argv[i], digest, &err) < 0)
 			rc = cli_fail(&err);
@@ -77,7 +86,7 @@ static int store_add_cmd(struct store_args *a, int argc, char **argv)
 }
 
 static int read_descriptor(struct store *s, const char *digest, struct fragment_descriptor *d,
-			   struct mosaic_error *err)
+                           struct mosaic_error *err)
 {
 	_cleanup_free_ char *p = store_object_path(s, digest, ".json");
 	_cleanup_free_ char *text = NULL;
@@ -94,7 +103,7 @@ static int store_list_cmd(struct store_args *a)
 	int r = cli_open_store(a->store, false, &s);
 	if (r)
 		return r;
-	struct mosaic_error err = { 0 };
+	struct mosaic_error err = {0};
 	char **v;
 	size_t n;
 	if (store_list(s, &v, &n, &err) < 0) {
@@ -113,11 +122,15 @@ static int store_list_cmd(struct store_args *a)
 		if (arr) {
 			json_object *o = json_object_new_object();
 			json_object_object_add(o, "digest", json_object_new_string(v[i]));
-			json_object_object_add(o, "kind", json_object_new_string(fragment_kind_to_string(d.kind)));
+			json_object_object_add(
+			    o, "kind", json_object_new_string(fragment_kind_to_string(d.kind)));
 			json_object_object_add(o, "name", json_object_new_string(d.name));
-			json_object_object_add(o, "version", d.version ? json_object_new_string(d.version) : NULL);
-			json_object_object_add(o, "arch", d.arch ? json_object_new_string(d.arch) : NULL);
-			json_object_object_add(o, "image_size", json_object_new_int64(d.image_size));
+			json_object_object_add(
+			    o, "version", d.version ? json_object_new_string(d.version) : NULL);
+			json_object_object_add(o, "arch",
+			                       d.arch ? json_object_new_string(d.arch) : NULL);
+			json_object_object_add(o, "image_size",
+			                       json_object_new_int64(d.image_size));
 			json_object_object_add(o, "files", json_object_new_int64(d.files));
 			json_object_array_add(arr, o);
 		} else {
@@ -128,8 +141,8 @@ static int store_list_cmd(struct store_args *a)
 		fragment_descriptor_clear(&d);
 	}
 	if (arr) {
-		printf("%s\n", json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PRETTY |
-								       JSON_C_TO_STRING_NOSLASHESCAPE));
+		printf("%s\n", json_object_to_json_string_ext(
+		                   arr, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
 		json_object_put(arr);
 	}
 	strv_free(v, n);
@@ -145,7 +158,7 @@ static int store_show_cmd(struct store_args *a, int argc, char **argv)
 	int r = cli_open_store(a->store, false, &s);
 	if (r)
 		return r;
-	struct mosaic_error err = { 0 };
+	struct mosaic_error err = {0};
 	char digest[SHA256_HEX_LEN + 1];
 	struct fragment_descriptor d;
 	if (store_resolve(s, argv[a->first], digest, &err) < 0 ||
@@ -154,8 +167,8 @@ static int store_show_cmd(struct store_args *a, int argc, char **argv)
 		return cli_fail(&err);
 	}
 	printf("%s\n", json_object_to_json_string_ext(d.json, JSON_C_TO_STRING_PRETTY |
-								   JSON_C_TO_STRING_SPACED |
-								   JSON_C_TO_STRING_NOSLASHESCAPE));
+	                                                          JSON_C_TO_STRING_SPACED |
+	                                                          JSON_C_TO_STRING_NOSLASHESCAPE));
 	fragment_descriptor_clear(&d);
 	store_free(s);
 	return EXIT_OK;
@@ -172,7 +185,7 @@ static int store_verify_cmd(struct store_args *a, int argc, char **argv)
 		store_free(s);
 		return r;
 	}
-	struct mosaic_error err = { 0 };
+	struct mosaic_error err = {0};
 	char **v = NULL;
 	size_t n = 0;
 	int rc = EXIT_OK;
@@ -212,7 +225,7 @@ static int store_gc_cmd(struct store_args *a)
 	int r = cli_open_store(a->store, false, &s);
 	if (r)
 		return r;
-	struct mosaic_error err = { 0 };
+	struct mosaic_error err = {0};
 	struct store_gc_stats st;
 	r = store_gc(s, a->dry_run, &st, &err);
 	store_free(s);
@@ -233,7 +246,7 @@ int cmd_store(int argc, char **argv)
 		fputs(usage_store, stdout);
 		return EXIT_OK;
 	}
-	struct store_args a = { 0 };
+	struct store_args a = {0};
 	argc--;
 	argv++;
 	int r = parse(argc, argv, &a);

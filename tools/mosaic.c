@@ -5,19 +5,19 @@
 #include <string.h>
 
 static const char usage[] =
-	"Usage: mosaic COMMAND [ARGS...]\n"
-	"\n"
-	"Compose Linux root filesystems from signed squashfs fragments.\n"
-	"\n"
-	"Commands:\n"
-	"  fragment create|verify|inspect   make, check and list fragments\n"
-	"  store add|list|show|verify|gc    manage a content-addressed fragment store\n"
-	"\n"
-	"Options:\n"
-	"  -h, --help      show this help (every command has its own --help)\n"
-	"  -V, --version   show the version\n"
-	"\n"
-	"Exit status: 0 ok, 1 failure, 2 bad usage or bad input.\n";
+    "Usage: mosaic COMMAND [ARGS...]\n"
+    "\n"
+    "Compose Linux root filesystems from signed squashfs fragments.\n"
+    "\n"
+    "Commands:\n"
+    "  fragment create|verify|inspect   make, check and list fragments\n"
+    "  store add|list|show|verify|gc    manage a content-addressed fragment store\n"
+    "\n"
+    "Options:\n"
+    "  -h, --help      show this help (every command has its own --help)\n"
+    "  -V, --version   show the version\n"
+    "\n"
+    "Exit status: 0 ok, 1 failure, 2 bad usage or bad input.\n";
 
 int cli_fail(const struct mosaic_error *err)
 {
@@ -40,7 +40,7 @@ int cli_usage(const char *u, const char *fmt, ...)
 
 int cli_open_store(const char *path, bool create, struct store **out)
 {
-	struct mosaic_error err = { 0 };
+	struct mosaic_error err = {0};
 	_cleanup_free_ char *def = path ? NULL : store_default_path();
 	int r = store_open(path ? path : def, create, out, &err);
 	return r < 0 ? cli_fail(&err) : 0;
@@ -48,7 +48,7 @@ int cli_open_store(const char *path, bool create, struct store **out)
 
 int cli_open_keyring(const char *path, struct keyring **out)
 {
-	struct mosaic_error err = { 0 };
+	struct mosaic_error err = {0};
 	_cleanup_free_ char *def = path ? NULL : keyring_default_path();
 	int r = keyring_open(path ? path : def, out, &err);
 	return r < 0 ? cli_fail(&err) : 0;
@@ -69,7 +69,7 @@ int cli_fragment_path(const char *arg, const char *store_path, char **out)
 	int r = cli_open_store(store_path, false, &s);
 	if (r)
 		return r;
-	struct mosaic_error err = { 0 };
+	struct mosaic_error err = {0};
 	char digest[SHA256_HEX_LEN + 1];
 	r = store_resolve(s, arg, digest, &err);
 	if (r == 0)
