@@ -52,7 +52,7 @@ int fragment_create(struct store *s, const char *src, const struct fragment_crea
 	int64_t now = time(NULL);
 	int64_t when = o->source_date_epoch >= 0 ? o->source_date_epoch : now;
 	_cleanup_free_ char *tmp = store_tmp_path(s, ".sqfs");
-	struct fwriter_options wo = {.mtime = when, .workers = o->workers};
+	struct fwriter_options wo = {.mtime = when, .workers = o->workers, .level = o->level};
 	struct fwriter *w = NULL;
 	struct src_meta m = {0};
 	_cleanup_free_ char *desc = NULL;

@@ -33,6 +33,7 @@ struct fragment_create_options {
 	gid_t gid;
 	struct keyring *keyring; /* checks .rpm header signatures; may be NULL */
 	unsigned workers;        /* compression threads for this image (0: 1) */
+	int level;               /* zstd level 1..22; 0: 15, as mksquashfs */
 };
 
 /* What fragment_create made; strings owned by the struct, freed by fragment_info_clear. */

@@ -3,6 +3,7 @@
 
 #include <pthread.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static const char usage_fragment[] =
     "Usage: mosaic fragment COMMAND [ARGS...]\n"
@@ -29,6 +30,8 @@ static const char usage_create[] =
     "                             byte-identical image and descriptor\n"
     "      --owner UID:GID        directory sources: own every entry by UID:GID\n"
     "      --keyring FILE         keys to check .rpm header signatures against\n"
+    "  -l, --compression-level L  zstd level 1..22 (default 15, as mksquashfs; level 3 makes\n"
+    "                             fragments about 4x faster and 13 percent larger)\n"
     "  -j, --jobs N               fragments made in parallel (default: number of CPUs)\n"
     "      --json                 print a JSON array of results instead\n"
     "  -h, --help                 show this help\n";
@@ -65,11 +68,12 @@ enum {
 	OPT_SDE,
 	OPT_OWNER,
 	OPT_KEYRING,
-	OPT_JSON
+	OPT_JSON,
 };
 
 struct job {
 	const char *src;
+	off_t size;
 	struct fragment_info info;
 	struct mosaic_error err;
 	int r;
@@ -79,10 +83,17 @@ struct pool {
 	struct store *store;
 	const struct fragment_create_options *o;
 	struct job *jobs;
+	struct job **order; /* largest source first, so no big package finishes alone at the end */
 	size_t n, next, done;
 	bool progress;
 	pthread_mutex_t lock;
 };
+
+static int job_larger_first(const void *a, const void *b)
+{
+	const struct job *x = *(struct job *const *)a, *y = *(struct job *const *)b;
+	return x->size < y->size ? 1 : x->size > y->size ? -1 : 0;
+}
 
 static void *worker(void *arg)
 {
@@ -93,7 +104,7 @@ static void *worker(void *arg)
 		pthread_mutex_unlock(&p->lock);
 		if (i >= p->n)
 			return NULL;
-		struct job *j = &p->jobs[i];
+		struct job *j = p->order[i];
 		j->r = fragment_create(p->store, j->src, p->o, &j->info, &j->err);
 		pthread_mutex_lock(&p->lock);
 		p->done++;
@@ -116,6 +127,7 @@ static int fragment_create_cmd(int argc, char **argv)
 	    {"owner", required_argument, NULL, OPT_OWNER},
 	    {"keyring", required_argument, NULL, OPT_KEYRING},
 	    {"jobs", required_argument, NULL, 'j'},
+	    {"compression-level", required_argument, NULL, 'l'},
 	    {"json", no_argument, NULL, OPT_JSON},
 	    {"help", no_argument, NULL, 'h'},
 	    {}};
@@ -128,7 +140,7 @@ static int fragment_create_cmd(int argc, char **argv)
 		o.source_date_epoch = strtoll(sde, NULL, 10);
 	int c;
 	char *end;
-	while ((c = getopt_long(argc, argv, "o:j:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "o:j:l:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'o':
 			output = optarg;
@@ -176,6 +188,12 @@ static int fragment_create_cmd(int argc, char **argv)
 		case OPT_JSON:
 			json = true;
 			break;
+		case 'l':
+			o.level = strtol(optarg, &end, 10);
+			if (*end || o.level < 1 || o.level > 22)
+				return cli_usage(usage_create, "bad --compression-level '%s' (1..22)",
+						 optarg);
+			break;
 		case 'h':
 			fputs(usage_create, stdout);
 			return EXIT_OK;
@@ -204,8 +222,14 @@ static int fragment_create_cmd(int argc, char **argv)
 	struct pool p = {.store = s, .o = &o, .n = n, .progress = isatty(2) && n > 1};
 	p.jobs = xcalloc(n, sizeof(*p.jobs));
 	pthread_mutex_init(&p.lock, NULL);
-	for (size_t i = 0; i < n; i++)
+	p.order = xcalloc(n, sizeof(*p.order));
+	for (size_t i = 0; i < n; i++) {
+		struct stat st;
 		p.jobs[i].src = argv[optind + i];
+		p.jobs[i].size = stat(p.jobs[i].src, &st) == 0 && S_ISREG(st.st_mode) ? st.st_size : 0;
+		p.order[i] = &p.jobs[i];
+	}
+	qsort(p.order, n, sizeof(*p.order), job_larger_first);
 	pthread_t *th = xcalloc(jobs, sizeof(*th));
 	for (long i = 0; i < jobs; i++)
 		pthread_create(&th[i], NULL, worker, &p);
@@ -254,6 +278,7 @@ static int fragment_create_cmd(int argc, char **argv)
 		json_object_put(arr);
 	}
 	free(p.jobs);
+	free(p.order);
 	keyring_free(o.keyring);
 	store_free(s);
 	return rc;
