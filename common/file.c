@@ -6,20 +6,33 @@
 #include <string.h>
 #include <sys/stat.h>
 
+static int mkdir_one(const char *p, mode_t mode)
+{
+	struct stat st;
+	if (mkdir(p, mode) == 0)
+		return 0;
+	if (errno != EEXIST)
+		return -errno;
+	if (stat(p, &st) < 0)
+		return -errno;
+	return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+}
+
 int mkdir_p(const char *path, mode_t mode)
 {
+	if (!*path)
+		return -ENOENT; /* as mkdir("") */
 	_cleanup_free_ char *p = xstrdup(path);
 	for (char *s = p + 1; *s; s++) {
 		if (*s != '/')
 			continue;
 		*s = '\0';
-		if (mkdir(p, mode) < 0 && errno != EEXIST)
-			return -errno;
+		int r = mkdir_one(p, mode);
+		if (r < 0)
+			return r;
 		*s = '/';
 	}
-	if (mkdir(p, mode) < 0 && errno != EEXIST)
-		return -errno;
-	return 0;
+	return mkdir_one(p, mode);
 }
 
 int read_file(const char *path, size_t max, char **out, size_t *len)
@@ -27,16 +40,17 @@ int read_file(const char *path, size_t max, char **out, size_t *len)
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	size_t cap = 4096, n = 0;
-	_cleanup_free_ char *buf = xmalloc(cap + 1);
+	size_t cap = max < 4096 ? max : 4096, n = 0;
+	_cleanup_free_ char *buf = xmalloc(cap + 2);
 	for (;;) {
-		if (n == cap) {
-			if (cap >= max)
-				return -EFBIG;
+		if (n > max)
+			return -EFBIG;
+		if (n == cap + 1) {
+			/* Room for one byte past max tells a file of exactly max bytes from a longer one. */
 			cap = cap * 2 > max ? max : cap * 2;
-			buf = xrealloc(buf, cap + 1);
+			buf = xrealloc(buf, cap + 2);
 		}
-		ssize_t r = read(fd, buf + n, cap - n);
+		ssize_t r = read(fd, buf + n, cap + 1 - n);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;

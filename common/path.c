@@ -40,6 +40,8 @@ char *path_join(const char *a, const char *b)
 		b++;
 	if (la == 0)
 		return xstrdup(b);
+	if (la == 1 && a[0] == '/')
+		return xasprintf("/%s", b);
 	if (*b == '\0')
 		return xstrndup(a, la);
 	return xasprintf("%.*s/%s", (int)la, a, b);

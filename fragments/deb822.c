@@ -6,6 +6,9 @@
 #include <string.h>
 #include <strings.h>
 
+#define DEB822_MAX_BYTES  (4 << 20)
+#define DEB822_MAX_FIELDS 1024
+
 void deb822_clear(struct deb822 *p)
 {
 	for (size_t i = 0; i < p->n; i++) {
@@ -37,9 +40,14 @@ static char *trim(const char *s, size_t n)
 int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic_error *err)
 {
 	struct deb822 p = {0};
-	size_t line = 0, cap = 0;
+	size_t line = 0, cap = 0, vlen = 0, vcap = 0; /* length and room of the last value */
 	const char *s = text, *end = text + len;
 	bool started = false;
+
+	/* Real control paragraphs are a few KiB; the limits keep hostile input linear. */
+	if (len > DEB822_MAX_BYTES)
+		return mosaic_errorf(err, -EFBIG, "control paragraph larger than %d bytes",
+		                     DEB822_MAX_BYTES);
 
 	while (s < end) {
 		const char *nl = memchr(s, '\n', end - s);
@@ -68,9 +76,14 @@ int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic
 			}
 			struct deb822_field *f = &p.fields[p.n - 1];
 			_cleanup_free_ char *t = trim(s, n);
-			char *v = xasprintf("%s\n%s", f->value, t);
-			free(f->value);
-			f->value = v;
+			size_t tl = strlen(t);
+			if (vlen + tl + 2 > vcap) {
+				vcap = (vlen + tl + 2) * 2;
+				f->value = xrealloc(f->value, vcap);
+			}
+			f->value[vlen++] = '\n';
+			memcpy(f->value + vlen, t, tl + 1);
+			vlen += tl;
 		} else {
 			const char *colon = memchr(s, ':', n);
 			if (!colon || colon == s) {
@@ -86,6 +99,11 @@ int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic
 					    "line %zu: invalid character in field name", line);
 				}
 			_cleanup_free_ char *name = xstrndup(s, colon - s);
+			if (p.n >= DEB822_MAX_FIELDS) {
+				deb822_clear(&p);
+				return mosaic_errorf(err, -EINVAL, "line %zu: more than %d fields",
+				                     line, DEB822_MAX_FIELDS);
+			}
 			if (deb822_get(&p, name)) {
 				deb822_clear(&p);
 				return mosaic_errorf(err, -EINVAL, "line %zu: duplicate field '%s'",
@@ -97,6 +115,8 @@ int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic
 			}
 			p.fields[p.n].name = TAKE_PTR(name);
 			p.fields[p.n].value = trim(colon + 1, eol - colon - 1);
+			vlen = strlen(p.fields[p.n].value);
+			vcap = vlen + 1;
 			p.n++;
 			started = true;
 		}

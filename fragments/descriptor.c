@@ -115,7 +115,7 @@ int fragment_descriptor_parse(const char *buf, size_t len, struct fragment_descr
 	if ((r = get_field(d.json, "name", json_type_string, true, &v, err)) < 0)
 		goto fail;
 	d.name = json_object_get_string(v);
-	if (!*d.name || strchr(d.name, '/')) {
+	if (!*d.name || strchr(d.name, '/') || d.name[0] == '.') {
 		r = mosaic_errorf(err, -EBADMSG, "descriptor: invalid name '%s'", d.name);
 		goto fail;
 	}

@@ -21,8 +21,11 @@ struct image {
 
 static void image_close(struct image *im)
 {
-	if (im->inited)
+	if (im->inited) {
 		sqfs_destroy(&im->fs);
+		/* libsquashfuse 0.1.105's sqfs_destroy forgets the xattr table. */
+		sqfs_table_destroy(&im->fs.xattr_table);
+	}
 	if (im->fd >= 0)
 		close(im->fd);
 }

@@ -316,8 +316,9 @@ int store_list(const struct store *s, char ***digests, size_t *n, struct mosaic_
 int store_resolve(const struct store *s, const char *ref, char digest[SHA256_HEX_LEN + 1],
                   struct mosaic_error *err)
 {
-	const char *hex = strncmp(ref, "sha256:", 7) == 0 ? ref + 7 : ref;
-	size_t l = strlen(hex);
+	size_t skip = strncmp(ref, "sha256:", 7) == 0 ? 7 : 0;
+	const char *hex = ref + skip;
+	size_t l = strlen(ref) - skip;
 	bool hexish = l >= 4 && l <= SHA256_HEX_LEN && strspn(hex, "0123456789abcdef") == l;
 	if (hexish) {
 		char **v;

@@ -52,7 +52,8 @@ int fragment_verify(struct keyring *k, const char *image_path, struct fragment_d
 		                     image_path);
 	char namebuf[16];
 	const char *name = short_name(image_path, namebuf);
-	_cleanup_free_ char *json = xasprintf("%.*s.json", (int)(l - 5), image_path);
+	_cleanup_free_ char *stem = xstrndup(image_path, l - 5);
+	_cleanup_free_ char *json = xasprintf("%s.json", stem);
 	_cleanup_free_ char *sigp = xasprintf("%s.sig", json);
 	struct stat st_img, st_json, st_sig;
 	if (stat(image_path, &st_img) < 0)

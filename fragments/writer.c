@@ -255,6 +255,9 @@ void fwriter_free(struct fwriter *w)
 {
 	if (!w)
 		return;
+	/* Blocks still in flight hold memory the processor frees only when they land. */
+	if (!w->finished && w->proc)
+		sqfs_block_processor_sync(w->proc);
 	/* The processor references inodes and the file: it goes first. */
 	sqfs_destroy(w->proc);
 	sqfs_destroy(w->dirwr);
@@ -280,6 +283,12 @@ void fwriter_free(struct fwriter *w)
 static int xattr_cmp(const void *a, const void *b)
 {
 	return strcmp(((const struct fxattr *)a)->key, ((const struct fxattr *)b)->key);
+}
+
+static bool xattr_key_ok(const char *k)
+{
+	return strncmp(k, "user.", 5) == 0 || strncmp(k, "trusted.", 8) == 0 ||
+	       strncmp(k, "security.", 9) == 0;
 }
 
 static int set_xattrs(struct fwriter *w, struct fnode *n, const struct fentry *e,
@@ -358,6 +367,13 @@ int fwriter_add(struct fwriter *w, const char *path, const struct fentry *e, fwr
 		                     e->mode & S_IFMT);
 	}
 
+	/* Everything that can refuse the entry is checked before the tree changes. */
+	for (size_t i = 0; i < e->n_xattrs; i++)
+		if (!xattr_key_ok(e->xattrs[i].key))
+			return mosaic_errorf(err, -EOPNOTSUPP,
+			                     "entry '%s': xattr '%s' has a namespace squashfs cannot "
+			                     "store (only user., trusted. and security.)",
+			                     p, e->xattrs[i].key);
 	struct fnode *n;
 	if (*p == '\0') {
 		if (!S_ISDIR(e->mode))
@@ -370,9 +386,21 @@ int fwriter_add(struct fwriter *w, const char *path, const struct fentry *e, fwr
 			return mosaic_errorf(
 			    err, -EISDIR, "entry '%s': replaces a directory with a non-directory",
 			    p);
-		if (n && !S_ISDIR(e->mode) && n->hardlink) {
+		if (n && !n->hardlink && n->nlink > 1)
+			/* Other names share this inode; tar would keep the old file under them. */
+			return mosaic_errorf(err, -EMLINK,
+			                     "entry '%s': replaces a file that hard links share", p);
+		if (n && n->hardlink) {
 			n->hardlink->nlink--;
 			n->hardlink = NULL;
+		}
+		if (n && S_ISREG(n->mode) && n->inode) {
+			/* The old blocks stay in the image: tar allows it, it is rare. */
+			int r = sqfs_block_processor_sync(w->proc);
+			if (r != 0)
+				return sqfs_err(err, r, "replacing file data", n->path);
+			free(n->inode);
+			n->inode = NULL;
 		}
 		if (!n) {
 			struct fnode *parent;
@@ -395,17 +423,8 @@ int fwriter_add(struct fwriter *w, const char *path, const struct fentry *e, fwr
 	int r = set_xattrs(w, n, e, err);
 	if (r < 0)
 		return r;
-	if (S_ISREG(e->mode)) {
-		/* A replaced file's old blocks stay in the image: tar allows it, it is rare. */
-		if (n->inode) {
-			r = sqfs_block_processor_sync(w->proc);
-			if (r != 0)
-				return sqfs_err(err, r, "replacing file data", n->path);
-			free(n->inode);
-			n->inode = NULL;
-		}
+	if (S_ISREG(e->mode))
 		return write_content(w, n, read, ctx, err);
-	}
 	return 0;
 }
 
@@ -458,7 +477,8 @@ int fwriter_foreach_path(struct fwriter *w, int (*fn)(void *ctx, const char *pat
 {
 	int r = fn(ctx, "", true);
 	for (size_t i = 0; r == 0 && i < w->n_order; i++)
-		r = fn(ctx, w->order[i]->path, S_ISDIR(w->order[i]->mode));
+		if (w->order[i]->explicit)
+			r = fn(ctx, w->order[i]->path, S_ISDIR(w->order[i]->mode));
 	return r;
 }
 

@@ -1,0 +1,47 @@
+/* libFuzzer target for deb822_parse and deb822_relations: control paragraphs come out of .deb
+ * files and repository metadata, both untrusted. */
+#include "fragments/internal.h"
+
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct deb822 p = {0};
+	struct mosaic_error err = {0};
+	int r = deb822_parse((const char *)data, size, &p, &err);
+	if (r < 0) {
+		if (p.n || p.fields || !err.msg[0] ||
+		    strnlen(err.msg, sizeof(err.msg)) == sizeof(err.msg))
+			__builtin_trap();
+	} else {
+		if (p.n == 0)
+			__builtin_trap();
+		for (size_t i = 0; i < p.n; i++) {
+			const char *name = p.fields[i].name, *value = p.fields[i].value;
+			/* Names are non-empty, unique (case-insensitively): lookup finds this one.
+			 */
+			if (!*name || deb822_get(&p, name) != value || strchr(name, ':') ||
+			    strchr(name, '\n'))
+				__builtin_trap();
+			json_object *a = deb822_relations(value);
+			for (size_t j = 0; j < json_object_array_length(a); j++) {
+				const char *rel =
+				    json_object_get_string(json_object_array_get_idx(a, j));
+				size_t l = strlen(rel);
+				if (l == 0 || strchr(rel, ',') || strchr(rel, '\n') ||
+				    rel[0] == ' ' || rel[l - 1] == ' ')
+					__builtin_trap();
+			}
+			json_object_put(a);
+		}
+		deb822_clear(&p);
+	}
+
+	/* The relation splitter on the raw input too (it expects a C string). */
+	char *s = xstrndup((const char *)data, size);
+	json_object_put(deb822_relations(s));
+	free(s);
+	return 0;
+}
