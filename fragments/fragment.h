@@ -75,6 +75,48 @@ char *keyring_default_path(void);
  * Fills desc when not NULL. */
 int fragment_verify(struct keyring *k, const char *image_path, struct fragment_descriptor *desc,
                     struct mosaic_error *err);
+/* ---- reading images (libsquashfuse) ------------------------------------------------------ */
+
+struct fragment_xattr {
+	char *name;
+	void *value;
+	size_t len;
+};
+
+/* One entry of an image as fragment_walk reports it; everything is borrowed for the call. */
+struct fragment_entry {
+	const char *path; /* relative, no leading slash; "" is the root */
+	const char *name; /* last component */
+	unsigned depth;   /* 0 for the root, 1 for its children, ... */
+	mode_t mode;
+	uid_t uid;
+	gid_t gid;
+	uint64_t size; /* regular files and symlinks */
+	int64_t mtime;
+	uint32_t nlink;
+	dev_t rdev;
+	const char *link;      /* symlink target */
+	uint64_t inode_id;     /* where the inode lives: fragment_file_open takes it */
+	uint32_t inode_number; /* hard links share it */
+	const struct fragment_xattr *xattrs;
+	size_t n_xattrs;
+};
+/* Calls fn for the root and then every entry, parents before children, names sorted. */
+int fragment_walk(const char *image_path, int (*fn)(void *ctx, const struct fragment_entry *e),
+                  void *ctx, struct mosaic_error *err);
+
+/* An open image for reading file content. Not thread-safe: one user at a time. */
+struct fragment_image;
+struct fragment_file;
+int fragment_image_open(const char *image_path, struct fragment_image **out,
+                        struct mosaic_error *err);
+void fragment_image_close(struct fragment_image *im);
+/* A regular file of the image by its inode_id (from fragment_walk); caller frees with free(). */
+int fragment_file_open(struct fragment_image *im, uint64_t inode_id, struct fragment_file **out);
+/* Reads up to size bytes at off; returns bytes read (0 at the end) or -errno. */
+ssize_t fragment_file_read(struct fragment_image *im, struct fragment_file *f, off_t off, void *buf,
+                           size_t size);
+
 /* Checks that the image parses as squashfs (superblock, tables, every inode and directory). */
 int fragment_image_check(const char *image_path, struct mosaic_error *err);
 /* Lists the image like ls -lR (or as JSON) to out. */
