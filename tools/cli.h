@@ -17,5 +17,16 @@ int cli_open_keyring(const char *path, struct keyring **out);
 /* Turns a FRAGMENT argument (image path or store reference) into an image path. */
 int cli_fragment_path(const char *arg, const char *store_path, char **out);
 
+/* Fragments named on the command line, resolved and verified, for compose and mount. */
+struct compose_input;
+struct cli_inputs {
+	struct compose_input *in;
+	size_t n;
+};
+int cli_resolve_inputs(char **args, size_t n, const char *store, const char *keyring,
+                       struct cli_inputs *out);
+void cli_inputs_free(struct cli_inputs *ci);
+
 int cmd_fragment(int argc, char **argv);
+int cmd_compose(int argc, char **argv);
 int cmd_store(int argc, char **argv);

@@ -12,6 +12,7 @@ static const char usage[] =
     "Commands:\n"
     "  fragment create|verify|inspect   make, check and list fragments\n"
     "  store add|list|show|verify|gc    manage a content-addressed fragment store\n"
+    "  compose FRAGMENT... -o INDEX     build a composition index (overlay rules, conflicts)\n"
     "\n"
     "Options:\n"
     "  -h, --help      show this help (every command has its own --help)\n"
@@ -97,5 +98,7 @@ int main(int argc, char **argv)
 		return cmd_fragment(argc - 1, argv + 1);
 	if (strcmp(cmd, "store") == 0)
 		return cmd_store(argc - 1, argv + 1);
+	if (strcmp(cmd, "compose") == 0)
+		return cmd_compose(argc - 1, argv + 1);
 	return cli_usage(usage, "unknown command '%s'", cmd);
 }
