@@ -29,4 +29,7 @@ void cli_inputs_free(struct cli_inputs *ci);
 
 int cmd_fragment(int argc, char **argv);
 int cmd_compose(int argc, char **argv);
+int cmd_mount(int argc, char **argv);
+int cmd_umount(int argc, char **argv);
+int cmd_status(int argc, char **argv);
 int cmd_store(int argc, char **argv);

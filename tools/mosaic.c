@@ -13,6 +13,9 @@ static const char usage[] =
     "  fragment create|verify|inspect   make, check and list fragments\n"
     "  store add|list|show|verify|gc    manage a content-addressed fragment store\n"
     "  compose FRAGMENT... -o INDEX     build a composition index (overlay rules, conflicts)\n"
+    "  mount (INDEX|FRAGMENT...) DIR    mount a composition (read-only, or with an upper)\n"
+    "  umount DIR                       unmount it and stop its daemon\n"
+    "  status DIR                       show a mount's mode, fragments and fragment opens\n"
     "\n"
     "Options:\n"
     "  -h, --help      show this help (every command has its own --help)\n"
@@ -100,5 +103,11 @@ int main(int argc, char **argv)
 		return cmd_store(argc - 1, argv + 1);
 	if (strcmp(cmd, "compose") == 0)
 		return cmd_compose(argc - 1, argv + 1);
+	if (strcmp(cmd, "mount") == 0)
+		return cmd_mount(argc - 1, argv + 1);
+	if (strcmp(cmd, "umount") == 0)
+		return cmd_umount(argc - 1, argv + 1);
+	if (strcmp(cmd, "status") == 0)
+		return cmd_status(argc - 1, argv + 1);
 	return cli_usage(usage, "unknown command '%s'", cmd);
 }

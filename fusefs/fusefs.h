@@ -1,0 +1,41 @@
+/* fusefs/: the FUSE daemon that serves a composition index as a filesystem: metadata from the
+ * index, file data read lazily from fragments, an overlayfs-format upper layer, and the
+ * mount/unmount lifecycle. */
+#pragma once
+
+#include "common/common.h"
+
+#include <json-c/json.h>
+
+struct keyring;
+
+enum fusefs_writable {
+	FUSEFS_READ_ONLY,
+	FUSEFS_WRITABLE_AUTO,    /* overlay where the kernel allows it, else fuse */
+	FUSEFS_WRITABLE_OVERLAY, /* kernel overlayfs with the upper over the read-only view */
+	FUSEFS_WRITABLE_FUSE,    /* the daemon copies up into the upper itself */
+};
+
+struct fusefs_options {
+	const char *index_path;
+	char *const *images; /* image path of each index fragment, in index order */
+	size_t n_images;
+	struct keyring *keyring; /* verifies a fragment on its first use */
+	const char *mountpoint;
+	const char *upper, *work; /* work: overlayfs's work dir (default: beside the upper) */
+	enum fusefs_writable writable;
+	bool foreground;
+	const char *fuse_options; /* extra -o options, comma separated; may be NULL */
+};
+
+const char *fusefs_writable_name(enum fusefs_writable w);
+
+/* Mounts the view and serves it. In the background (unless foreground) it returns once the
+ * mount is usable, with *picked the writable mode it chose; the daemon serves until unmounted
+ * or sent SIGTERM. In the foreground it returns when the mount ends. */
+int fusefs_mount(const struct fusefs_options *o, enum fusefs_writable *picked,
+                 struct mosaic_error *err);
+/* Takes down every layer mosaic mounted at mountpoint and waits for the daemon to exit. */
+int fusefs_umount(const char *mountpoint, bool lazy, struct mosaic_error *err);
+/* The daemon's state and statistics (pid, mode, fragments, fragment opens). Caller puts. */
+int fusefs_status(const char *mountpoint, json_object **out, struct mosaic_error *err);

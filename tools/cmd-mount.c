@@ -1,0 +1,261 @@
+/* mosaic mount | umount | status */
+#include "compose/compose.h"
+#include "fusefs/fusefs.h"
+#include "tools/cli.h"
+
+#include <libgen.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const char usage_mount[] =
+    "Usage: mosaic mount (INDEX | FRAGMENT...) MOUNTPOINT [OPTIONS]\n"
+    "\n"
+    "Mounts the composition of FRAGMENTs (lowest first; store refs, digests or .sqfs paths) or\n"
+    "of a prebuilt INDEX. Nothing is unpacked: metadata comes from the index (built once per\n"
+    "fragment list and cached), and a fragment is opened and verified when a file in it is\n"
+    "first read. Read-only unless --upper is given. Returns once the mount is usable.\n"
+    "\n"
+    "  -s, --store STORE       the store fragments come from\n"
+    "      --keyring FILE      trusted public keys\n"
+    "      --upper DIR         writable upper layer (kernel overlayfs upper format)\n"
+    "      --work DIR          overlayfs work dir (default: .NAME.work beside the upper)\n"
+    "      --writable=MODE     overlay (kernel overlayfs over the view; the default) or fuse\n"
+    "      --read-only         no upper layer\n"
+    "  -f, --foreground        serve in the foreground until unmounted\n"
+    "  -o OPTIONS              extra FUSE mount options\n"
+    "  -h, --help              show this help\n";
+
+static const char usage_umount[] = "Usage: mosaic umount MOUNTPOINT [--lazy]\n"
+                                   "\n"
+                                   "Unmounts every layer mosaic mounted there and waits for "
+                                   "the daemon to exit.\n"
+                                   "  --lazy   detach even while busy\n";
+
+static const char usage_status[] = "Usage: mosaic status MOUNTPOINT [--json]\n"
+                                   "\n"
+                                   "Shows the daemon's mode, fragments and fragment opens.\n";
+
+enum { OPT_KEYRING = 256, OPT_UPPER, OPT_WORK, OPT_WRITABLE, OPT_READ_ONLY, OPT_LAZY, OPT_JSON };
+
+static bool is_index(const char *path)
+{
+	char magic[8];
+	FILE *f = fopen(path, "rb");
+	bool yes = f && fread(magic, 1, 8, f) == 8 && memcmp(magic, "MOSAICIX", 8) == 0;
+	if (f)
+		fclose(f);
+	return yes;
+}
+
+int cmd_mount(int argc, char **argv)
+{
+	static const struct option opts[] = {{"store", required_argument, NULL, 's'},
+	                                     {"keyring", required_argument, NULL, OPT_KEYRING},
+	                                     {"upper", required_argument, NULL, OPT_UPPER},
+	                                     {"work", required_argument, NULL, OPT_WORK},
+	                                     {"writable", required_argument, NULL, OPT_WRITABLE},
+	                                     {"read-only", no_argument, NULL, OPT_READ_ONLY},
+	                                     {"foreground", no_argument, NULL, 'f'},
+	                                     {"help", no_argument, NULL, 'h'},
+	                                     {}};
+	struct fusefs_options o = {.writable = FUSEFS_WRITABLE_AUTO};
+	const char *store = NULL, *keyring_path = NULL;
+	bool read_only = false;
+	int c;
+	while ((c = getopt_long(argc, argv, "s:fo:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 's':
+			store = optarg;
+			break;
+		case OPT_KEYRING:
+			keyring_path = optarg;
+			break;
+		case OPT_UPPER:
+			o.upper = optarg;
+			break;
+		case OPT_WORK:
+			o.work = optarg;
+			break;
+		case OPT_WRITABLE:
+			if (strcmp(optarg, "overlay") == 0)
+				o.writable = FUSEFS_WRITABLE_OVERLAY;
+			else if (strcmp(optarg, "fuse") == 0)
+				o.writable = FUSEFS_WRITABLE_FUSE;
+			else
+				return cli_usage(usage_mount,
+				                 "--writable is overlay or fuse, not '%s'", optarg);
+			break;
+		case OPT_READ_ONLY:
+			read_only = true;
+			break;
+		case 'f':
+			o.foreground = true;
+			break;
+		case 'o':
+			o.fuse_options = optarg;
+			break;
+		case 'h':
+			fputs(usage_mount, stdout);
+			return EXIT_OK;
+		default:
+			return cli_usage(usage_mount, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (argc - optind < 2)
+		return cli_usage(usage_mount, "give (INDEX | FRAGMENT...) and a MOUNTPOINT");
+	if (read_only && o.upper)
+		return cli_usage(usage_mount, "--read-only and --upper exclude each other");
+	o.mountpoint = argv[argc - 1];
+	char **args = argv + optind;
+	size_t n_args = argc - optind - 1;
+
+	_cleanup_free_ char *work = NULL, *cached_index = NULL;
+	if (o.upper && !o.work) {
+		_cleanup_free_ char *a = xstrdup(o.upper), *b = xstrdup(o.upper);
+		work = xasprintf("%s/.%s.work", dirname(a), basename(b));
+		o.work = work;
+	}
+	struct keyring *k = NULL;
+	int r = cli_open_keyring(keyring_path, &k);
+	if (r)
+		return r;
+	o.keyring = k;
+
+	struct cli_inputs ci = {0};
+	char **images = NULL;
+	size_t n_images = 0;
+	struct mosaic_error err = {0};
+	if (n_args == 1 && is_index(args[0])) {
+		struct compose_index *idx;
+		struct store *s;
+		if (compose_index_open(args[0], &idx, &err) < 0) {
+			r = cli_fail(&err);
+			goto out;
+		}
+		if ((r = cli_open_store(store, false, &s))) {
+			compose_index_close(idx);
+			goto out;
+		}
+		n_images = compose_index_fragments(idx);
+		images = xcalloc(n_images ? n_images : 1, sizeof(*images));
+		for (size_t i = 0; i < n_images; i++) {
+			char dg[65];
+			compose_index_fragment_digest(idx, i, dg);
+			images[i] = store_object_path(s, dg, ".sqfs");
+		}
+		store_free(s);
+		compose_index_close(idx);
+		o.index_path = args[0];
+	} else {
+		if ((r = cli_resolve_inputs(args, n_args, store, keyring_path, &ci)))
+			goto out;
+		cached_index = compose_index_cache_path(ci.in, ci.n);
+		if (access(cached_index, R_OK) < 0) {
+			_cleanup_free_ char *dir =
+			    xstrndup(cached_index, strrchr(cached_index, '/') - cached_index);
+			mkdir_p(dir, 0755);
+			if (compose_index_build(ci.in, ci.n, false, cached_index, NULL, &err) < 0) {
+				r = cli_fail(&err);
+				goto out;
+			}
+		}
+		o.index_path = cached_index;
+		n_images = ci.n;
+		images = xcalloc(n_images ? n_images : 1, sizeof(*images));
+		for (size_t i = 0; i < n_images; i++)
+			images[i] = xstrdup(ci.in[i].image_path);
+	}
+	o.images = images;
+	o.n_images = n_images;
+	enum fusefs_writable picked;
+	if (fusefs_mount(&o, &picked, &err) < 0) {
+		r = cli_fail(&err);
+		goto out;
+	}
+	if (!o.foreground) {
+		if (picked == FUSEFS_READ_ONLY)
+			printf("mounted %s read-only (%zu fragments)\n", o.mountpoint, n_images);
+		else
+			printf("mounted %s writable with %s (upper %s, %zu fragments)\n",
+			       o.mountpoint,
+			       picked == FUSEFS_WRITABLE_OVERLAY ? "kernel overlayfs over the view"
+			                                         : "the daemon's own copy-up",
+			       o.upper, n_images);
+	}
+	r = EXIT_OK;
+out:
+	strv_free(images, n_images);
+	cli_inputs_free(&ci);
+	keyring_free(k);
+	return r;
+}
+
+int cmd_umount(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"lazy", no_argument, NULL, OPT_LAZY}, {"help", no_argument, NULL, 'h'}, {}};
+	bool lazy = false;
+	int c;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case OPT_LAZY:
+			lazy = true;
+			break;
+		case 'h':
+			fputs(usage_umount, stdout);
+			return EXIT_OK;
+		default:
+			return cli_usage(usage_umount, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind + 1 != argc)
+		return cli_usage(usage_umount, "give exactly one MOUNTPOINT");
+	struct mosaic_error err = {0};
+	if (fusefs_umount(argv[optind], lazy, &err) < 0)
+		return cli_fail(&err);
+	return EXIT_OK;
+}
+
+int cmd_status(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"json", no_argument, NULL, OPT_JSON}, {"help", no_argument, NULL, 'h'}, {}};
+	bool json = false;
+	int c;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case OPT_JSON:
+			json = true;
+			break;
+		case 'h':
+			fputs(usage_status, stdout);
+			return EXIT_OK;
+		default:
+			return cli_usage(usage_status, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind + 1 != argc)
+		return cli_usage(usage_status, "give exactly one MOUNTPOINT");
+	struct mosaic_error err = {0};
+	json_object *s;
+	if (fusefs_status(argv[optind], &s, &err) < 0)
+		return cli_fail(&err);
+	if (json) {
+		printf("%s\n", json_object_to_json_string_ext(
+		                   s, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+	} else {
+		json_object *v;
+#define GET(k) (json_object_object_get_ex(s, k, &v) && v ? json_object_get_string(v) : "-")
+		printf("mountpoint:     %s\n", GET("mountpoint"));
+		printf("daemon pid:     %s (%s)\n", GET("pid"), GET("running"));
+		printf("mode:           %s\n", GET("mode"));
+		printf("upper:          %s\n", GET("upper"));
+		printf("index:          %s\n", GET("index"));
+		json_object_object_get_ex(s, "fragments", &v);
+		printf("fragments:      %zu\n", v ? json_object_array_length(v) : 0);
+		printf("fragment opens: %s\n", GET("fragment_opens"));
+#undef GET
+	}
+	json_object_put(s);
+	return EXIT_OK;
+}
