@@ -12,7 +12,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 build="$root/build-fuzz"
-targets_all=(fuzz-descriptor fuzz-deb822)
+targets_all=(fuzz-descriptor fuzz-deb822 fuzz-index)
 
 usage() {
 	echo "usage: $0 [TARGET|all] [SECONDS]  (targets: ${targets_all[*]})" >&2

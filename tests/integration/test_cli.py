@@ -6,7 +6,8 @@ from conftest import MOSAIC, run
 
 COMMANDS = [[], ["fragment"], ["fragment", "create"], ["fragment", "verify"],
             ["fragment", "inspect"], ["store"], ["store", "add"], ["store", "list"],
-            ["store", "show"], ["store", "verify"], ["store", "gc"]]
+            ["store", "show"], ["store", "verify"], ["store", "gc"], ["compose"], ["mount"],
+            ["umount"], ["status"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "mosaic")
@@ -23,7 +24,10 @@ def test_version():
                                   ["fragment", "create", "x"], ["fragment", "create", "--bogus"],
                                   ["fragment", "create", "x", "-o", "s", "--kind", "blob"],
                                   ["fragment", "create", "x", "-o", "s", "--owner", "me"],
-                                  ["fragment", "inspect"], ["store", "frob"]])
+                                  ["fragment", "inspect"], ["store", "frob"], ["compose"],
+                                  ["compose", "--list"], ["mount"], ["mount", "x"],
+                                  ["mount", "--writable=sometimes", "x", "y"], ["umount"],
+                                  ["status"]])
 def test_bad_usage_exits_2(args):
     p = run([MOSAIC, *args], check=False)
     assert p.returncode == 2 and p.stderr.startswith("mosaic: ")
