@@ -113,6 +113,10 @@ int fragment_image_open(const char *image_path, struct fragment_image **out,
 void fragment_image_close(struct fragment_image *im);
 /* A regular file of the image by its inode_id (from fragment_walk); caller frees with free(). */
 int fragment_file_open(struct fragment_image *im, uint64_t inode_id, struct fragment_file **out);
+/* Reads up to size bytes at off of the regular file inode_id, without an open handle (the
+ * daemon's reads when the kernel sends no open); returns bytes read, 0 at the end, or -errno. */
+ssize_t fragment_image_read(struct fragment_image *im, uint64_t inode_id, off_t off, void *buf,
+                            size_t size);
 /* Reads up to size bytes at off; returns bytes read (0 at the end) or -errno. */
 ssize_t fragment_file_read(struct fragment_image *im, struct fragment_file *f, off_t off, void *buf,
                            size_t size);

@@ -247,6 +247,16 @@ int fragment_file_open(struct fragment_image *fi, uint64_t inode_id, struct frag
 	return 0;
 }
 
+ssize_t fragment_image_read(struct fragment_image *fi, uint64_t inode_id, off_t off, void *buf,
+                            size_t size)
+{
+	struct fragment_file f;
+	if (sqfs_inode_get(&fi->im.fs, &f.inode, inode_id) != SQFS_OK ||
+	    !S_ISREG(sqfs_mode(f.inode.base.inode_type)))
+		return -EIO;
+	return fragment_file_read(fi, &f, off, buf, size);
+}
+
 ssize_t fragment_file_read(struct fragment_image *fi, struct fragment_file *f, off_t off, void *buf,
                            size_t size)
 {

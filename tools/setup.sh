@@ -18,7 +18,7 @@ packages=(
 	fuse3 gnupg
 	# test
 	python3 python3-pytest squashfuse squashfs-tools rpm dpkg-dev attr libcap2-bin
-	util-linux kmod e2fsprogs
+	util-linux kmod e2fsprogs runc
 	# benchmark
 	hyperfine fuse-overlayfs debootstrap
 )

@@ -221,3 +221,30 @@ def squashfuse_xattr_names(tree):
         e["xattrs"] = {next((swap[p] + k[len(p):] for p in swap if k.startswith(p)), k): v
                        for k, v in e["xattrs"].items()}
     return tree
+
+
+# ---- the minbase composition (appended for the mount tests) ----------------------------------
+
+@pytest.fixture(scope="session")
+def minbase_store(signer, tmp_path_factory):
+    """The Debian minbase package set (tests/integration/minbase.py) made into signed fragments,
+    once per session: (store, digests in debootstrap's order, keyring, env). env trusts the
+    signer (MOSAIC_KEYRING) and has its own MOSAIC_CACHE_DIR for the session. Slow: use it only
+    from tests marked slow."""
+    import json
+    from collections import namedtuple
+    import minbase
+
+    try:
+        debs = minbase.minbase_debs()
+    except (minbase.Unavailable, OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"the minbase package set is not available: {e}")
+    base = tmp_path_factory.mktemp("minbase")
+    store = base / "store"
+    env = dict(signer.env, MOSAIC_CACHE_DIR=str(base / "cache"), MOSAIC_KEYRING=signer.keyring)
+    out = run([MOSAIC, "fragment", "create", *debs, "-o", store, "--sign", signer.fingerprint,
+               "--source-date-epoch", "1700000000", "--json"], env=env).stdout
+    by_source = {os.path.realpath(r["source"]): r["digest"] for r in json.loads(out)}
+    digests = [by_source[os.path.realpath(d)] for d in debs]
+    Minbase = namedtuple("Minbase", "store digests keyring env")
+    return Minbase(store, digests, signer.keyring, env)
