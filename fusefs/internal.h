@@ -8,8 +8,11 @@
 
 #include <fuse_lowlevel.h>
 #include <pthread.h>
+#include <sys/stat.h>
 
 struct fragment_image;
+struct fragment_file;
+struct upper;
 
 struct frag {
 	pthread_mutex_t lock; /* libsquashfuse's caches are per handle and not thread-safe */
@@ -27,10 +30,56 @@ struct daemon {
 	uint64_t fragment_opens, reads, bytes_read; /* atomics */
 	pthread_mutex_t stats_lock;
 	uint64_t total_bytes; /* for statfs */
-	double timeout; /* entry and attribute timeout: the view never changes while mounted */
+	double timeout;   /* entry and attribute timeout: the view never changes while mounted */
+	struct upper *up; /* --writable=fuse: the daemon's own upper layer (upper.c); else NULL */
 };
 
+/* An open regular file: an upper file (fd) or a file inside a fragment. */
+struct open_file {
+	int fd; /* the upper file, or -1 */
+	struct frag *frag;
+	struct fragment_file *file;
+};
+
+/* The read-only view's handlers. */
 extern const struct fuse_lowlevel_ops fusefs_ops;
+/* --writable=fuse: the read-only view merged with the upper (upper.c). */
+extern const struct fuse_lowlevel_ops fusefs_upper_ops;
 
 /* Rewrites <state_dir>/stats.json from the counters. */
 void daemon_write_stats(struct daemon *d);
+
+/* ---- ops.c, shared with upper.c ---------------------------------------------------------- */
+
+/* The attributes of index inode in, reported as ino. */
+void fusefs_index_stat(const struct compose_inode *in, fuse_ino_t ino, struct stat *st);
+/* Opens the regular file in of the index in its fragment (verifying the fragment on its first
+ * use). Caller frees with fusefs_open_file_free. */
+int fusefs_frag_open(struct daemon *d, const struct compose_inode *in, struct open_file **out);
+/* Reads from a fragment file under its fragment's lock; bytes read or -errno. */
+ssize_t fusefs_frag_pread(struct open_file *of, void *buf, size_t size, off_t off);
+/* Closes the upper fd or the fragment file and frees of (NULL is fine). */
+void fusefs_open_file_free(struct open_file *of);
+/* readdir(plus) of an index directory. With count (--writable=fuse), every entry handed to the
+ * kernel with readdirplus is reported to upper_index_looked_up. */
+void fusefs_index_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus,
+                          bool count);
+
+/* ---- upper.c ----------------------------------------------------------------------------- */
+
+/* Sets up d->up for serving: creates upper and work if missing (a new upper gets the index
+ * root's owner and mode), checks they share a filesystem that takes whiteouts and trusted.*
+ * xattrs, locks the work dir against a second daemon and empties <work>/work, where copy-ups
+ * and new objects are prepared (what a killed daemon left there never showed and goes, as
+ * kernel overlayfs empties it at mount). */
+int upper_open(struct daemon *d, const char *upper, const char *work, struct mosaic_error *err);
+/* Starts the thread that sends the kernel invalidations for session se. */
+void upper_start(struct daemon *d, struct fuse_session *se);
+/* Stops that thread, flushes the upper (syncfs) and frees d->up. */
+void upper_close(struct daemon *d);
+/* The node id that index inode ino, found at position pos of index directory dir, has in the
+ * view: ino, but for a file with several links, whose each name has a node of its own. */
+fuse_ino_t upper_lower_nodeid(struct daemon *d, fuse_ino_t ino, fuse_ino_t dir, uint32_t pos);
+/* A lookup (or readdirplus entry) handed the kernel node id ino (upper_lower_nodeid of the
+ * entry at position pos of index directory dir): one more reference. */
+void upper_index_looked_up(struct daemon *d, fuse_ino_t ino, fuse_ino_t dir, uint32_t pos);

@@ -57,9 +57,92 @@ static bool is_mountpoint(const char *path)
 	return a.st_dev != b.st_dev || a.st_ino == b.st_ino;
 }
 
+/* How many mounts sit at path, from mountinfo: a mount whose daemon died cannot be stat'ed. */
+static int mounts_at(const char *path)
+{
+	_cleanup_fclose_ FILE *f = fopen("/proc/self/mountinfo", "re");
+	_cleanup_free_ char *line = NULL;
+	size_t cap = 0;
+	int n = 0;
+	while (f && getline(&line, &cap, f) > 0) {
+		char *point = line;
+		for (int i = 0; i < 4 && point; i++) {
+			point = strchr(point, ' ');
+			point = point ? point + 1 : NULL;
+		}
+		if (!point)
+			continue;
+		char *end = strchr(point, ' '), *w = point;
+		if (end)
+			*end = '\0';
+		for (char *r = point; *r; w++) { /* octal escapes: \040 is a space */
+			if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] && r[3]) {
+				*w = (char)((r[1] - '0') << 6 | (r[2] - '0') << 3 | (r[3] - '0'));
+				r += 4;
+			} else
+				*w = *r++;
+		}
+		*w = '\0';
+		n += strcmp(point, path) == 0;
+	}
+	return n;
+}
+
+/* Detaches every mount at path (what a killed daemon left in its state dir). */
+static void detach_all(const char *path)
+{
+	for (int n = mounts_at(path); n > 0; n--)
+		if (umount2(path, MNT_DETACH) < 0)
+			break;
+}
+
+/* realpath, or for a mountpoint whose daemon died (ENOTCONN) its parent's realpath + name. */
+static int mountpoint_path(const char *mountpoint, char mnt[static PATH_MAX])
+{
+	if (realpath(mountpoint, mnt))
+		return 0;
+	if (errno != ENOTCONN)
+		return -errno;
+	_cleanup_free_ char *copy = xstrdup(mountpoint);
+	char *slash = strrchr(copy, '/');
+	const char *name = slash ? slash + 1 : copy;
+	char parent[PATH_MAX];
+	if (slash == copy)
+		strcpy(parent, "/");
+	else if (!realpath(slash ? (*slash = '\0', copy) : ".", parent))
+		return -errno;
+	if (!*name ||
+	    snprintf(mnt, PATH_MAX, "%s/%s", strcmp(parent, "/") ? parent : "", name) >= PATH_MAX)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+static void remove_state(const char *state_dir)
+{
+	static const char *const files[] = {"state.json", "stats.json", "daemon.log"};
+	for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+		_cleanup_free_ char *p = path_join(state_dir, files[i]);
+		unlink(p);
+	}
+	_cleanup_free_ char *lower = path_join(state_dir, "lower");
+	rmdir(lower);
+	rmdir(state_dir);
+}
+
 static bool pid_alive(pid_t pid)
 {
-	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+	if (pid <= 0 || (kill(pid, 0) < 0 && errno != EPERM))
+		return false;
+	/* A killed daemon stays a zombie until whoever adopted it reaps it: it is gone. */
+	char path[64], buf[512];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
+	if (n <= 0)
+		return true;
+	buf[n] = '\0';
+	const char *paren = strrchr(buf, ')');
+	return !(paren && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X'));
 }
 
 static json_object *read_json(const char *dir, const char *name)
@@ -90,6 +173,29 @@ void daemon_write_stats(struct daemon *d)
 
 /* ---- the daemon --------------------------------------------------------------------------- */
 
+static void write_state(const char *state, const struct fusefs_options *o, const char *mnt,
+                        enum fusefs_writable mode, const char *lower, const char *fallback)
+{
+	json_object *s = json_object_new_object();
+	json_object_object_add(s, "pid", json_object_new_int(getpid()));
+	json_object_object_add(s, "mountpoint", json_object_new_string(mnt));
+	json_object_object_add(s, "mode", json_object_new_string(fusefs_writable_name(mode)));
+	if (fallback)
+		json_object_object_add(s, "fallback", json_object_new_string(fallback));
+	json_object_object_add(s, "index", json_object_new_string(o->index_path));
+	json_object_object_add(
+	    s, "lower", mode == FUSEFS_WRITABLE_OVERLAY ? json_object_new_string(lower) : NULL);
+	json_object_object_add(s, "upper", o->upper ? json_object_new_string(o->upper) : NULL);
+	json_object_object_add(s, "work",
+	                       o->work && o->upper ? json_object_new_string(o->work) : NULL);
+	json_object *fr = json_object_new_array();
+	for (size_t i = 0; i < o->n_images; i++)
+		json_object_array_add(fr, json_object_new_string(o->images[i]));
+	json_object_object_add(s, "fragments", fr);
+	write_json(state, "state.json", s);
+	json_object_put(s);
+}
+
 struct ready {
 	const struct fusefs_options *o;
 	const char *mountpoint, *lower;
@@ -97,6 +203,8 @@ struct ready {
 	struct fuse_session *se;
 	int pipe_fd;
 	bool overlay_mounted;
+	bool may_fall_back, fell_back; /* --writable unset: overlay refused, so fuse */
+	char reason[256];
 };
 
 static void say(int fd, const char *msg)
@@ -124,13 +232,24 @@ static void *ready_thread(void *arg)
 	if (rd->mode == FUSEFS_WRITABLE_OVERLAY) {
 		_cleanup_free_ char *opts = overlay_options(rd->o, rd->lower);
 		if (mount("mosaic", rd->mountpoint, "overlay", 0, opts) < 0) {
+			int e = errno;
+			/* Taking the view down ends the session loop. */
+			fuse_session_exit(rd->se);
+			umount2(rd->lower, MNT_DETACH);
+			/* Where overlayfs is not allowed (no privilege in this namespace, an
+			 * upper filesystem it does not take, no overlay module), the daemon
+			 * does the copy-up itself. */
+			if (rd->may_fall_back && (e == EPERM || e == EINVAL || e == ENODEV)) {
+				snprintf(rd->reason, sizeof(rd->reason),
+				         "kernel overlayfs refused the mount (%s)", strerror(e));
+				rd->fell_back = true;
+				return NULL;
+			}
 			snprintf(msg, sizeof(msg),
 			         "mounting overlayfs at %s over the view failed: %s (try "
 			         "--writable=fuse)\n",
-			         rd->mountpoint, strerror(errno));
+			         rd->mountpoint, strerror(e));
 			say(rd->pipe_fd, msg);
-			fuse_session_exit(rd->se);
-			fuse_session_unmount(rd->se);
 			return NULL;
 		}
 		rd->overlay_mounted = true;
@@ -142,12 +261,91 @@ static void *ready_thread(void *arg)
 		say(rd->pipe_fd, msg);
 		return NULL;
 	}
-	say(rd->pipe_fd, "OK\n");
+	snprintf(msg, sizeof(msg), "OK %s\n", fusefs_writable_name(rd->mode));
+	say(rd->pipe_fd, msg);
 	return NULL;
 }
 
+/* Mounts the view in one mode and serves it until it is unmounted; 0 or 1 (the exit status).
+ * *fell_back: overlayfs was refused and may_fall_back allowed fuse, which the caller now
+ * serves instead (the readiness pipe is still unused then). */
+static int serve(struct daemon *d, const struct fusefs_options *o, const char *mountpoint,
+                 const char *state_dir, enum fusefs_writable mode, bool may_fall_back, int pipe_fd,
+                 bool *fell_back, char reason[static 256])
+{
+	char msg[1200];
+	*fell_back = false;
+	_cleanup_free_ char *lower = path_join(state_dir, "lower");
+	const char *target = mode == FUSEFS_WRITABLE_OVERLAY ? lower : mountpoint;
+	bool writable = mode == FUSEFS_WRITABLE_FUSE;
+	if (writable) {
+		struct mosaic_error err = {0};
+		if (upper_open(d, o->upper, o->work, &err) < 0) {
+			snprintf(msg, sizeof(msg), "%s\n", err.msg);
+			say(pipe_fd, msg);
+			return 1;
+		}
+	}
+	_cleanup_free_ char *fopts =
+	    xasprintf("%sdefault_permissions,fsname=mosaic,subtype=mosaic%s%s%s",
+	              writable ? "" : "ro,", geteuid() == 0 ? ",allow_other,dev,suid" : "",
+	              o->fuse_options ? "," : "", o->fuse_options ? o->fuse_options : "");
+	char *argv[] = {"mosaic", "-o", fopts, NULL};
+	struct fuse_args args = FUSE_ARGS_INIT(3, argv);
+	const struct fuse_lowlevel_ops *ops = writable ? &fusefs_upper_ops : &fusefs_ops;
+	struct fuse_session *se = fuse_session_new(&args, ops, sizeof(*ops), d);
+	fuse_opt_free_args(&args); /* libfuse copied what it added to them */
+	if (!se) {
+		snprintf(msg, sizeof(msg), "cannot start a FUSE session (bad -o options?)\n");
+		say(pipe_fd, msg);
+		upper_close(d);
+		return 1;
+	}
+	if (fuse_set_signal_handlers(se) < 0 || fuse_session_mount(se, target) < 0) {
+		snprintf(msg, sizeof(msg), "mounting the view at %.1000s failed: %s\n", target,
+		         strerror(errno));
+		say(pipe_fd, msg);
+		fuse_remove_signal_handlers(se);
+		fuse_session_destroy(se);
+		upper_close(d);
+		return 1;
+	}
+	if (writable)
+		upper_start(d, se);
+	struct ready rd = {.o = o,
+	                   .mountpoint = mountpoint,
+	                   .lower = lower,
+	                   .mode = mode,
+	                   .se = se,
+	                   .pipe_fd = pipe_fd,
+	                   .may_fall_back = may_fall_back};
+	pthread_t t;
+	pthread_create(&t, NULL, ready_thread, &rd);
+	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+	fuse_loop_cfg_set_max_threads(cfg, 16);
+	fuse_loop_cfg_set_idle_threads(cfg, 4);
+	int r = fuse_session_loop_mt(se, cfg);
+	fuse_loop_cfg_destroy(cfg);
+	pthread_join(t, NULL);
+	/* SIGTERM, or the view was unmounted: take down what is still mounted, upper first. */
+	if (rd.overlay_mounted && is_mountpoint(mountpoint))
+		umount2(mountpoint, MNT_DETACH);
+	fuse_session_unmount(se);
+	fuse_remove_signal_handlers(se);
+	/* No request runs any more: the upper is flushed and let go. */
+	upper_close(d);
+	fuse_session_destroy(se);
+	if (rd.fell_back) {
+		*fell_back = true;
+		memcpy(reason, rd.reason, sizeof(rd.reason));
+		return 0;
+	}
+	return r < 0 ? 1 : 0;
+}
+
 static int daemon_main(const struct fusefs_options *o, const char *mountpoint,
-                       const char *state_dir, enum fusefs_writable mode, int pipe_fd)
+                       const char *state_dir, enum fusefs_writable mode, bool may_fall_back,
+                       int pipe_fd, enum fusefs_writable *served)
 {
 	struct mosaic_error err = {0};
 	struct daemon d = {
@@ -157,6 +355,7 @@ static int daemon_main(const struct fusefs_options *o, const char *mountpoint,
 	if (r < 0) {
 		snprintf(msg, sizeof(msg), "%s\n", err.msg);
 		say(pipe_fd, msg);
+		free(d.state_dir);
 		return 1;
 	}
 	pthread_mutex_init(&d.stats_lock, NULL);
@@ -172,72 +371,77 @@ static int daemon_main(const struct fusefs_options *o, const char *mountpoint,
 	daemon_write_stats(&d);
 
 	_cleanup_free_ char *lower = path_join(state_dir, "lower");
-	const char *target = mode == FUSEFS_WRITABLE_OVERLAY ? lower : mountpoint;
-	_cleanup_free_ char *fopts =
-	    xasprintf("ro,default_permissions,fsname=mosaic,subtype=mosaic%s%s%s",
-	              geteuid() == 0 ? ",allow_other,dev,suid" : "", o->fuse_options ? "," : "",
-	              o->fuse_options ? o->fuse_options : "");
-	char *argv[] = {"mosaic", "-o", fopts, NULL};
-	struct fuse_args args = FUSE_ARGS_INIT(3, argv);
-	struct fuse_session *se = fuse_session_new(&args, &fusefs_ops, sizeof(fusefs_ops), &d);
-	if (!se) {
-		snprintf(msg, sizeof(msg), "cannot start a FUSE session (bad -o options?)\n");
-		say(pipe_fd, msg);
-		return 1;
+	int rc;
+	for (;;) {
+		bool fell_back;
+		char reason[256];
+		rc = serve(&d, o, mountpoint, state_dir, mode, may_fall_back, pipe_fd, &fell_back,
+		           reason);
+		if (!fell_back)
+			break;
+		fprintf(stderr, "mosaic: %s; serving the upper with the daemon's own copy-up\n",
+		        reason);
+		mode = FUSEFS_WRITABLE_FUSE;
+		may_fall_back = false;
+		write_state(state_dir, o, mountpoint, mode, lower, reason);
 	}
-	if (fuse_set_signal_handlers(se) < 0 || fuse_session_mount(se, target) < 0) {
-		snprintf(msg, sizeof(msg), "mounting the view at %.1000s failed: %s\n", target,
-		         strerror(errno));
-		say(pipe_fd, msg);
-		fuse_session_destroy(se);
-		return 1;
-	}
-	struct ready rd = {.o = o,
-	                   .mountpoint = mountpoint,
-	                   .lower = lower,
-	                   .mode = mode,
-	                   .se = se,
-	                   .pipe_fd = pipe_fd};
-	pthread_t t;
-	pthread_create(&t, NULL, ready_thread, &rd);
-	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
-	fuse_loop_cfg_set_max_threads(cfg, 16);
-	fuse_loop_cfg_set_idle_threads(cfg, 4);
-	r = fuse_session_loop_mt(se, cfg);
-	fuse_loop_cfg_destroy(cfg);
-	pthread_join(t, NULL);
-	/* SIGTERM, or the view was unmounted: take down what is still mounted, upper first. */
-	if (rd.overlay_mounted && is_mountpoint(mountpoint))
-		umount2(mountpoint, MNT_DETACH);
-	fuse_session_unmount(se);
-	fuse_remove_signal_handlers(se);
-	fuse_session_destroy(se);
+	*served = mode;
 	for (size_t i = 0; i < d.n_frags; i++)
 		fragment_image_close(d.frags[i].image);
 	free(d.frags);
 	compose_index_close(d.idx);
-	_cleanup_free_ char *state = path_join(state_dir, "state.json");
-	_cleanup_free_ char *stats = path_join(state_dir, "stats.json");
-	_cleanup_free_ char *log = path_join(state_dir, "daemon.log");
-	unlink(state);
-	unlink(stats);
-	unlink(log);
-	rmdir(lower);
-	rmdir(state_dir);
+	remove_state(state_dir);
 	free(d.state_dir);
-	return r < 0 ? 1 : 0;
+	return rc;
 }
+
+/* The options with every path absolute: the daemon works from "/". */
+struct absolute_options {
+	struct fusefs_options o;
+	char *index_path, *upper, *work, **images;
+};
+
+static char *absolute(const char *path)
+{
+	char cwd[PATH_MAX];
+	if (!path || path[0] == '/' || !getcwd(cwd, sizeof(cwd)))
+		return path ? xstrdup(path) : NULL;
+	return path_join(cwd, path);
+}
+
+static void absolute_options_clear(struct absolute_options *a)
+{
+	free(a->index_path);
+	free(a->upper);
+	free(a->work);
+	strv_free(a->images, a->o.n_images);
+}
+
+static int do_mount(const struct fusefs_options *o, enum fusefs_writable *picked,
+                    struct mosaic_error *err);
 
 int fusefs_mount(const struct fusefs_options *o, enum fusefs_writable *picked,
                  struct mosaic_error *err)
 {
+	_cleanup_(absolute_options_clear) struct absolute_options a = {.o = *o};
+	a.o.index_path = a.index_path = absolute(o->index_path);
+	a.o.upper = a.upper = absolute(o->upper);
+	a.o.work = a.work = absolute(o->work);
+	a.images = xcalloc(o->n_images ? o->n_images : 1, sizeof(*a.images));
+	for (size_t i = 0; i < o->n_images; i++)
+		a.images[i] = absolute(o->images[i]);
+	a.o.images = a.images;
+	return do_mount(&a.o, picked, err);
+}
+
+static int do_mount(const struct fusefs_options *o, enum fusefs_writable *picked,
+                    struct mosaic_error *err)
+{
 	char mnt[PATH_MAX];
 	struct stat st;
-	if (!realpath(o->mountpoint, mnt) || stat(mnt, &st) < 0)
-		return mosaic_errorf(err, -errno, "mountpoint %s: %m", o->mountpoint);
-	if (!S_ISDIR(st.st_mode))
-		return mosaic_errorf(err, -ENOTDIR, "mountpoint %s: not a directory",
-		                     o->mountpoint);
+	int r = mountpoint_path(o->mountpoint, mnt);
+	if (r < 0)
+		return mosaic_errorf(err, r, "mountpoint %s: %s", o->mountpoint, strerror(-r));
 	_cleanup_free_ char *state = state_dir_for(mnt);
 	json_object *old = read_json(state, "state.json");
 	json_object *pid_o;
@@ -248,14 +452,27 @@ int fusefs_mount(const struct fusefs_options *o, enum fusefs_writable *picked,
 		                     "%s is already mounted by mosaic; 'mosaic umount %s' first",
 		                     mnt, mnt);
 	}
+	/* A daemon that was killed left its mounts: the view under an overlay, and the mountpoint
+	 * itself when nothing took it down. Nothing serves them any more. */
+	if (old) {
+		_cleanup_free_ char *stale = path_join(state, "lower");
+		detach_all(stale);
+		if (stat(mnt, &st) < 0 && errno == ENOTCONN)
+			detach_all(mnt);
+	}
 	json_object_put(old);
+	if (stat(mnt, &st) < 0)
+		return mosaic_errorf(err, -errno, "mountpoint %s: %m", o->mountpoint);
+	if (!S_ISDIR(st.st_mode))
+		return mosaic_errorf(err, -ENOTDIR, "mountpoint %s: not a directory",
+		                     o->mountpoint);
 	if (is_mountpoint(mnt))
 		return mosaic_errorf(
 		    err, -EBUSY, "%s is already a mount point; unmount it or pick another", mnt);
 
 	/* Everything that can be refused is refused here, before anything is mounted. */
 	struct compose_index *idx;
-	int r = compose_index_open(o->index_path, &idx, err);
+	r = compose_index_open(o->index_path, &idx, err);
 	if (r < 0)
 		return r;
 	uint32_t nf = compose_index_fragments(idx);
@@ -279,14 +496,14 @@ int fusefs_mount(const struct fusefs_options *o, enum fusefs_writable *picked,
 	compose_index_close(idx);
 
 	enum fusefs_writable mode = o->writable;
+	bool may_fall_back = false;
 	if (!o->upper)
 		mode = FUSEFS_READ_ONLY;
-	else if (mode == FUSEFS_READ_ONLY || mode == FUSEFS_WRITABLE_AUTO)
+	else if (mode == FUSEFS_READ_ONLY || mode == FUSEFS_WRITABLE_AUTO) {
+		/* kernel overlayfs where it is allowed, the daemon's own copy-up where not */
 		mode = FUSEFS_WRITABLE_OVERLAY;
-	if (mode == FUSEFS_WRITABLE_FUSE)
-		return mosaic_errorf(
-		    err, -EOPNOTSUPP,
-		    "--writable=fuse is not implemented yet; use --writable=overlay");
+		may_fall_back = true;
+	}
 	if (mode == FUSEFS_WRITABLE_OVERLAY) {
 		if ((r = mkdir_p(o->upper, 0755)) < 0 || (r = mkdir_p(o->work, 0755)) < 0)
 			return mosaic_errorf(err, r, "upper %s or work %s: %s", o->upper, o->work,
@@ -315,34 +532,17 @@ int fusefs_mount(const struct fusefs_options *o, enum fusefs_writable *picked,
 			dup2(null, 1);
 			dup2(lfd >= 0 ? lfd : null, 2);
 		}
-		json_object *s = json_object_new_object();
-		json_object_object_add(s, "pid", json_object_new_int(getpid()));
-		json_object_object_add(s, "mountpoint", json_object_new_string(mnt));
-		json_object_object_add(s, "mode",
-		                       json_object_new_string(fusefs_writable_name(mode)));
-		json_object_object_add(s, "index", json_object_new_string(o->index_path));
-		json_object_object_add(
-		    s, "lower",
-		    mode == FUSEFS_WRITABLE_OVERLAY ? json_object_new_string(lower) : NULL);
-		json_object_object_add(s, "upper",
-		                       o->upper ? json_object_new_string(o->upper) : NULL);
-		json_object_object_add(
-		    s, "work", o->work && o->upper ? json_object_new_string(o->work) : NULL);
-		json_object *fr = json_object_new_array();
-		for (size_t i = 0; i < o->n_images; i++)
-			json_object_array_add(fr, json_object_new_string(o->images[i]));
-		json_object_object_add(s, "fragments", fr);
-		write_json(state, "state.json", s);
-		json_object_put(s);
+		write_state(state, o, mnt, mode, lower, NULL);
 		if (o->foreground) {
 			close(pfd[0]);
 			close(pfd[1]);
 			pfd[1] = -1;
 		}
-		int rc = daemon_main(o, mnt, state, mode, pfd[1]);
+		enum fusefs_writable served = mode;
+		int rc = daemon_main(o, mnt, state, mode, may_fall_back, pfd[1], &served);
 		if (o->foreground) {
 			if (picked)
-				*picked = mode;
+				*picked = served;
 			return rc ? mosaic_errorf(err, -EIO, "the daemon failed (see above)") : 0;
 		}
 		_exit(rc);
@@ -360,9 +560,15 @@ int fusefs_mount(const struct fusefs_options *o, enum fusefs_writable *picked,
 	}
 	close(pfd[0]);
 	msg[got] = '\0';
-	if (strcmp(msg, "OK\n") == 0) {
-		if (picked)
+	if (strncmp(msg, "OK ", 3) == 0) {
+		/* the mode the daemon serves, which a fallback may have changed */
+		msg[strcspn(msg, "\n")] = '\0';
+		if (picked) {
 			*picked = mode;
+			for (int w = FUSEFS_READ_ONLY; w <= FUSEFS_WRITABLE_FUSE; w++)
+				if (strcmp(msg + 3, fusefs_writable_name(w)) == 0)
+					*picked = w;
+		}
 		return 0;
 	}
 	int status;
@@ -375,30 +581,29 @@ int fusefs_mount(const struct fusefs_options *o, enum fusefs_writable *picked,
 int fusefs_umount(const char *mountpoint, bool lazy, struct mosaic_error *err)
 {
 	char mnt[PATH_MAX];
-	if (!realpath(mountpoint, mnt))
-		return mosaic_errorf(err, -errno, "%s: %m", mountpoint);
+	int r = mountpoint_path(mountpoint, mnt);
+	if (r < 0)
+		return mosaic_errorf(err, r, "%s: %s", mountpoint, strerror(-r));
 	_cleanup_free_ char *state = state_dir_for(mnt);
 	json_object *s = read_json(state, "state.json"), *v;
 	if (!s)
 		return mosaic_errorf(err, -EINVAL, "%s is not mounted by mosaic", mnt);
 	pid_t pid = json_object_object_get_ex(s, "pid", &v) ? json_object_get_int(v) : 0;
-	const char *lower =
-	    json_object_object_get_ex(s, "lower", &v) && v ? json_object_get_string(v) : NULL;
-	int flags = lazy ? MNT_DETACH : 0;
-	int r = 0;
-	if (is_mountpoint(mnt) && umount2(mnt, flags) < 0) {
-		r = errno == EBUSY
-		        ? mosaic_errorf(err, -EBUSY,
-		                        "%s is busy (a process uses it); close it or use "
-		                        "--lazy",
-		                        mnt)
-		        : mosaic_errorf(err, -errno, "unmounting %s: %m", mnt);
-	}
-	if (r == 0 && lower && is_mountpoint(lower) && umount2(lower, flags) < 0)
-		r = mosaic_errorf(err, -errno, "unmounting the view under %s: %m", mnt);
 	json_object_put(s);
-	if (r < 0)
-		return r;
+	_cleanup_free_ char *lower = path_join(state, "lower");
+	int flags = lazy ? MNT_DETACH : 0;
+	if (mounts_at(mnt) > 0 && umount2(mnt, flags) < 0) {
+		return errno == EBUSY
+		           ? mosaic_errorf(err, -EBUSY,
+		                           "%s is busy (a process uses it); close it or use "
+		                           "--lazy",
+		                           mnt)
+		           : mosaic_errorf(err, -errno, "unmounting %s: %m", mnt);
+	}
+	/* The view under the overlay, and whatever a killed daemon left there. */
+	for (int n = mounts_at(lower); n > 0; n--)
+		if (umount2(lower, flags) < 0)
+			return mosaic_errorf(err, -errno, "unmounting the view under %s: %m", mnt);
 	/* The daemon sees the unmount, cleans up and exits: wait for it. */
 	for (int i = 0; i < 200 && pid_alive(pid); i++) {
 		struct timespec ts = {0, 50 * 1000 * 1000};
@@ -406,14 +611,16 @@ int fusefs_umount(const char *mountpoint, bool lazy, struct mosaic_error *err)
 	}
 	if (pid_alive(pid))
 		return mosaic_errorf(err, -ETIMEDOUT, "the daemon (pid %d) did not exit", pid);
+	remove_state(state); /* a killed daemon did not */
 	return 0;
 }
 
 int fusefs_status(const char *mountpoint, json_object **out, struct mosaic_error *err)
 {
 	char mnt[PATH_MAX];
-	if (!realpath(mountpoint, mnt))
-		return mosaic_errorf(err, -errno, "%s: %m", mountpoint);
+	int r = mountpoint_path(mountpoint, mnt);
+	if (r < 0)
+		return mosaic_errorf(err, r, "%s: %s", mountpoint, strerror(-r));
 	_cleanup_free_ char *state = state_dir_for(mnt);
 	json_object *s = read_json(state, "state.json"), *stats = read_json(state, "stats.json");
 	if (!s) {

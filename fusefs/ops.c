@@ -4,6 +4,7 @@
 #include "fusefs/internal.h"
 #include "fragments/fragment.h"
 
+#include <fcntl.h>
 #include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -16,7 +17,7 @@ static struct daemon *D(fuse_req_t req)
 	return fuse_req_userdata(req);
 }
 
-static void fill_stat(const struct compose_inode *in, fuse_ino_t ino, struct stat *st)
+void fusefs_index_stat(const struct compose_inode *in, fuse_ino_t ino, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
 	st->st_ino = ino;
@@ -56,7 +57,7 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	                   : compose_index_lookup(d->idx, parent, name, strlen(name));
 	if (ino) {
 		e.ino = ino;
-		fill_stat(compose_index_inode(d->idx, ino), ino, &e.attr);
+		fusefs_index_stat(compose_index_inode(d->idx, ino), ino, &e.attr);
 	}
 	/* ino 0 with a timeout: the kernel caches the negative answer. */
 	fuse_reply_entry(req, &e);
@@ -69,7 +70,7 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (!in)
 		return (void)fuse_reply_err(req, ENOENT);
 	struct stat st;
-	fill_stat(in, ino, &st);
+	fusefs_index_stat(in, ino, &st);
 	fuse_reply_attr(req, &st, d->timeout);
 }
 
@@ -99,7 +100,8 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 }
 
 /* Offsets: 1 is ".", 2 is "..", 3 + i is the i-th entry. */
-static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
+void fusefs_index_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus,
+                          bool count)
 {
 	struct daemon *d = D(req);
 	const struct compose_inode *dir = compose_index_inode(d->idx, ino);
@@ -127,7 +129,9 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 			nm = name;
 			e.ino = x->ino;
 		}
-		fill_stat(compose_index_inode(d->idx, e.ino), e.ino, &e.attr);
+		fusefs_index_stat(compose_index_inode(d->idx, e.ino), e.ino, &e.attr);
+		if (plus && count && i >= 2)
+			e.ino = upper_lower_nodeid(d, e.ino, ino, i - 2);
 		size_t rem = size - used, need;
 		if (plus && i >= 2)
 			need = fuse_add_direntry_plus(req, buf + used, rem, nm, &e, i + 1);
@@ -141,6 +145,8 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 		if (need > rem)
 			break;
 		used += need;
+		if (plus && count && i >= 2)
+			upper_index_looked_up(d, e.ino, ino, i - 2);
 	}
 	fuse_reply_buf(req, buf, used);
 	free(buf);
@@ -149,21 +155,16 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                        struct fuse_file_info *fi)
 {
-	do_readdir(req, ino, size, off, false);
+	fusefs_index_readdir(req, ino, size, off, false, false);
 }
 
 static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                            struct fuse_file_info *fi)
 {
-	do_readdir(req, ino, size, off, true);
+	fusefs_index_readdir(req, ino, size, off, true, false);
 }
 
 /* ---- file data ---------------------------------------------------------------------------- */
-
-struct open_file {
-	struct frag *frag;
-	struct fragment_file *file;
-};
 
 static int frag_use(struct daemon *d, struct frag *f)
 {
@@ -188,20 +189,15 @@ static int frag_use(struct daemon *d, struct frag *f)
 	return 0;
 }
 
-static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+int fusefs_frag_open(struct daemon *d, const struct compose_inode *in, struct open_file **out)
 {
-	struct daemon *d = D(req);
-	const struct compose_inode *in = compose_index_inode(d->idx, ino);
-	if (!in)
-		return (void)fuse_reply_err(req, ENOENT);
-	if ((fi->flags & O_ACCMODE) != O_RDONLY)
-		return (void)fuse_reply_err(req, EROFS);
 	if (!S_ISREG(in->mode) || in->fragment >= d->n_frags)
-		return (void)fuse_reply_err(req, EIO);
+		return -EIO;
 	struct frag *f = &d->frags[in->fragment];
 	struct open_file *of = calloc(1, sizeof(*of));
 	if (!of)
-		return (void)fuse_reply_err(req, ENOMEM);
+		return -ENOMEM;
+	of->fd = -1;
 	of->frag = f;
 	pthread_mutex_lock(&f->lock);
 	int r = frag_use(d, f);
@@ -210,8 +206,42 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	pthread_mutex_unlock(&f->lock);
 	if (r < 0) {
 		free(of);
-		return (void)fuse_reply_err(req, -r);
+		return r;
 	}
+	*out = of;
+	return 0;
+}
+
+ssize_t fusefs_frag_pread(struct open_file *of, void *buf, size_t size, off_t off)
+{
+	pthread_mutex_lock(&of->frag->lock);
+	ssize_t n = fragment_file_read(of->frag->image, of->file, off, buf, size);
+	pthread_mutex_unlock(&of->frag->lock);
+	return n;
+}
+
+void fusefs_open_file_free(struct open_file *of)
+{
+	if (!of)
+		return;
+	if (of->fd >= 0)
+		close(of->fd);
+	free(of->file);
+	free(of);
+}
+
+static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct daemon *d = D(req);
+	const struct compose_inode *in = compose_index_inode(d->idx, ino);
+	if (!in)
+		return (void)fuse_reply_err(req, ENOENT);
+	if ((fi->flags & O_ACCMODE) != O_RDONLY)
+		return (void)fuse_reply_err(req, EROFS);
+	struct open_file *of;
+	int r = fusefs_frag_open(d, in, &of);
+	if (r < 0)
+		return (void)fuse_reply_err(req, -r);
 	fi->fh = (uintptr_t)of;
 	/* Fragment content never changes under a mount: keep the page cache across opens. */
 	fi->keep_cache = 1;
@@ -222,13 +252,20 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
 	struct open_file *of = (void *)(uintptr_t)fi->fh;
+	if (of->fd >= 0) {
+		/* An upper file (--writable=fuse): libfuse splices straight from it. */
+		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+		bv.buf[0].fd = of->fd;
+		bv.buf[0].pos = off;
+		fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+		return;
+	}
 	char stackbuf[128 * 1024];
 	char *buf = size <= sizeof(stackbuf) ? stackbuf : malloc(size);
 	if (!buf)
 		return (void)fuse_reply_err(req, ENOMEM);
-	pthread_mutex_lock(&of->frag->lock);
-	ssize_t n = fragment_file_read(of->frag->image, of->file, off, buf, size);
-	pthread_mutex_unlock(&of->frag->lock);
+	ssize_t n = fusefs_frag_pread(of, buf, size, off);
 	if (n < 0)
 		fuse_reply_err(req, -n);
 	else
@@ -239,9 +276,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct open_file *of = (void *)(uintptr_t)fi->fh;
-	free(of->file);
-	free(of);
+	fusefs_open_file_free((void *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
 

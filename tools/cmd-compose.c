@@ -163,6 +163,7 @@ int cmd_compose(int argc, char **argv)
 	if (scratch)
 		unlink(scratch);
 	if (r < 0) {
+		compose_result_clear(&res);
 		cli_inputs_free(&ci);
 		return cli_fail(&err);
 	}
