@@ -43,6 +43,9 @@ struct open_file {
 
 /* The read-only view's handlers. */
 extern const struct fuse_lowlevel_ops fusefs_ops;
+/* Opens an index file with a handle (fuse mode, whose connection must keep sending opens: the
+ * read-only view instead answers ENOSYS so the kernel stops sending them). */
+void fusefs_index_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 /* --writable=fuse: the read-only view merged with the upper (upper.c). */
 extern const struct fuse_lowlevel_ops fusefs_upper_ops;
 

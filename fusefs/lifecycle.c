@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -343,10 +344,30 @@ static int serve(struct daemon *d, const struct fusefs_options *o, const char *m
 	return r < 0 ? 1 : 0;
 }
 
+/* Fuse mode holds an fd for every upper inode the kernel references (as passthrough_ll does),
+ * and unpacking a large tree references hundreds of thousands: lift the fd limit as far as the
+ * kernel allows (root may go to fs.nr_open). */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	rlim_t want = rl.rlim_max;
+	_cleanup_free_ char *nr_open = NULL;
+	if (geteuid() == 0 && read_file("/proc/sys/fs/nr_open", 64, &nr_open, NULL) == 0)
+		want = strtoull(nr_open, NULL, 10);
+	rl.rlim_cur = rl.rlim_max = want > rl.rlim_max ? want : rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 && getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
 static int daemon_main(const struct fusefs_options *o, const char *mountpoint,
                        const char *state_dir, enum fusefs_writable mode, bool may_fall_back,
                        int pipe_fd, enum fusefs_writable *served)
 {
+	raise_fd_limit();
 	struct mosaic_error err = {0};
 	struct daemon d = {
 	    .keyring = o->keyring, .state_dir = xstrdup(state_dir), .timeout = 86400};

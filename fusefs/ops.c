@@ -87,6 +87,10 @@ static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_readlink(req, buf);
 }
 
+/* The view never changes while mounted, so the kernel needs no open of a directory or file:
+ * ENOSYS makes it stop sending OPEN/OPENDIR and RELEASE altogether (fuse no_open/no_opendir,
+ * Linux >= 5.1) and keep page cache and cached listings by default. A warm read or find then
+ * never reaches the daemon. */
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	const struct compose_inode *in = compose_index_inode(D(req)->idx, ino);
@@ -94,9 +98,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		return (void)fuse_reply_err(req, ENOENT);
 	if (!S_ISDIR(in->mode))
 		return (void)fuse_reply_err(req, ENOTDIR);
-	fi->cache_readdir = 1;
-	fi->keep_cache = 1;
-	fuse_reply_open(req, fi);
+	fuse_reply_err(req, ENOSYS);
 }
 
 /* Offsets: 1 is ".", 2 is "..", 3 + i is the i-th entry. */
@@ -230,7 +232,7 @@ void fusefs_open_file_free(struct open_file *of)
 	free(of);
 }
 
-static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+void fusefs_index_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct daemon *d = D(req);
 	const struct compose_inode *in = compose_index_inode(d->idx, ino);
@@ -248,11 +250,40 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_open(req, fi);
 }
 
+static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct daemon *d = D(req);
+	const struct compose_inode *in = compose_index_inode(d->idx, ino);
+	if (!in)
+		return (void)fuse_reply_err(req, ENOENT);
+	if ((fi->flags & O_ACCMODE) != O_RDONLY)
+		return (void)fuse_reply_err(req, EROFS);
+	fuse_reply_err(req, ENOSYS); /* see fs_opendir */
+}
+
+/* A read without an open handle: the fragment is found from the inode, and opened and
+ * verified here on its first use. */
+static ssize_t read_by_ino(struct daemon *d, fuse_ino_t ino, void *buf, size_t size, off_t off)
+{
+	const struct compose_inode *in = compose_index_inode(d->idx, ino);
+	if (!in)
+		return -ENOENT;
+	if (!S_ISREG(in->mode) || in->fragment >= d->n_frags)
+		return -EIO;
+	struct frag *f = &d->frags[in->fragment];
+	pthread_mutex_lock(&f->lock);
+	ssize_t n = frag_use(d, f);
+	if (n == 0)
+		n = fragment_image_read(f->image, in->frag_inode, off, buf, size);
+	pthread_mutex_unlock(&f->lock);
+	return n;
+}
+
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
 	struct open_file *of = (void *)(uintptr_t)fi->fh;
-	if (of->fd >= 0) {
+	if (of && of->fd >= 0) {
 		/* An upper file (--writable=fuse): libfuse splices straight from it. */
 		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
 		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
@@ -265,7 +296,8 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	char *buf = size <= sizeof(stackbuf) ? stackbuf : malloc(size);
 	if (!buf)
 		return (void)fuse_reply_err(req, ENOMEM);
-	ssize_t n = fusefs_frag_pread(of, buf, size, off);
+	ssize_t n =
+	    of ? fusefs_frag_pread(of, buf, size, off) : read_by_ino(D(req), ino, buf, size, off);
 	if (n < 0)
 		fuse_reply_err(req, -n);
 	else

@@ -1640,7 +1640,7 @@ static void up_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	bool write = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
 	struct node *n = node_get(d->up, ino);
 	if (!write && (!n || is_alias(n)))
-		return fusefs_ops.open(req, n ? n->origin : ino, fi);
+		return fusefs_index_open(req, n ? n->origin : ino, fi);
 	_cleanup_close_ int pathfd = -1;
 	fuse_ino_t real;
 	int r = upper_object(d, ino, fi->flags & O_TRUNC ? 0 : NO_LIMIT, &pathfd, &real);
