@@ -144,6 +144,15 @@ def file_sha256(path):
     return h.hexdigest()
 
 
+def pid_alive(pid):
+    """Whether pid runs (a zombie waiting to be reaped does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def tree_listing(root):
     """{relative path: attributes} for every entry under root ('' is root itself)."""
     root = Path(root)

@@ -7,7 +7,6 @@ checks that the daemon it started is gone."""
 import contextlib
 import ctypes
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import MOSAIC, create, kernel_mount, object_path, run
+from conftest import MOSAIC, create, file_sha256, kernel_mount, object_path, pid_alive, run
 
 EPOCH = "1700000000"
 libc = ctypes.CDLL(None, use_errno=True)
@@ -55,20 +54,6 @@ def whiteout(path):
     os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def pid_alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_gone(pid, timeout=15.0):
@@ -229,7 +214,7 @@ def snapshot(root):
                 e["nlink"] = st.st_nlink
                 e["size"] = st.st_size
             if stat.S_ISREG(st.st_mode):
-                e["sha256"] = sha256(p)
+                e["sha256"] = file_sha256(p)
             elif stat.S_ISLNK(st.st_mode):
                 e["link"] = os.readlink(p)
             elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
@@ -650,7 +635,7 @@ def big_layer(layers, signer):
     digest = create(layers.store, src, layers.env, "--sign", signer.fingerprint, "--name",
                     "big", "--version", "1", "--kind", "config", "--source-date-epoch", EPOCH,
                     "-l", "1")
-    return SimpleNamespace(digest=digest, sha256=sha256(src / "big"))
+    return SimpleNamespace(digest=digest, sha256=file_sha256(src / "big"))
 
 
 def test_sigkill_during_copy_up_leaves_no_partial_file(layers, big_layer, tmp_path):
@@ -692,13 +677,13 @@ def test_sigkill_during_copy_up_leaves_no_partial_file(layers, big_layer, tmp_pa
     assert not os.path.lexists(upper / "big"), "a partial copy-up reached the upper"
     with mosaic(layers, mnt, upper, digests=digests) as m:
         assert os.listdir(work) == [], "the work dir was not emptied at mount"
-        assert sha256(m.mnt / "big") == big_layer.sha256
+        assert file_sha256(m.mnt / "big") == big_layer.sha256
         assert not [n for n in os.listdir(m.mnt) if n.startswith("#")]
         assert not [p for p in upper.rglob("#*")]
         # and the copy-up, done again, is whole
         with open(m.mnt / "big", "r+b"):
             pass
-        assert sha256(upper / "big") == big_layer.sha256
+        assert file_sha256(upper / "big") == big_layer.sha256
 
 
 def test_fallback_to_fuse_when_overlayfs_is_refused(layers, tmp_path):

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import MOSAIC, object_path, run
+from conftest import MOSAIC, file_sha256, object_path, pid_alive, run
 
 STRESS_SECONDS = float(os.environ.get("MOSAIC_STRESS_SECONDS", "30"))
 EPOCH = "1700000000"
@@ -73,13 +73,6 @@ def mosaic_pids():
             pids.add(int(d))
     return pids
 
-
-def pid_alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_gone(pids, timeout=10.0):
@@ -222,13 +215,6 @@ def kernel_overlay(lowers, tops=(), options=()):
 
 # ---- tree snapshots -----------------------------------------------------------------------------
 
-def sha256_of(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def xattrs_of(path):
     try:
@@ -264,7 +250,7 @@ def snapshot(root, content=True):
             e["size"] = st.st_size
             e["mtime_ns"] = st.st_mtime_ns
             if stat.S_ISREG(st.st_mode) and content:
-                e["sha256"] = sha256_of(path)
+                e["sha256"] = file_sha256(path)
             elif stat.S_ISLNK(st.st_mode):
                 e["link"] = os.readlink(path)
             elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
@@ -893,7 +879,7 @@ def test_minbase_programs_run_from_the_mount(minbase, reference, minbase_ro):
     libc = next(p for p in [*ref.glob("lib/*/libc.so.6"), *ref.glob("usr/lib/*/libc.so.6")])
     rel = libc.relative_to(ref)
     with open(mnt / rel, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
-        assert hashlib.sha256(mm[:]).hexdigest() == sha256_of(libc)
+        assert hashlib.sha256(mm[:]).hexdigest() == file_sha256(libc)
         assert mm[4096:8192] == libc.read_bytes()[4096:8192]
 
     # exec from the mount directly (host loader, the mount's binary)
@@ -1301,7 +1287,7 @@ def test_sigkill_leaves_upper_consistent(writable_base, tmp_path, mode):
             for p in targets:
                 q = ref / "usr/bin" / p.name
                 if p.is_file() and not p.is_symlink():
-                    assert sha256_of(p) == sha256_of(q), f"{p} is not whole after SIGKILL"
+                    assert file_sha256(p) == file_sha256(q), f"{p} is not whole after SIGKILL"
 
 
 # ---- concurrency ------------------------------------------------------------------------------
@@ -1324,7 +1310,7 @@ def stress(mnt, reference_root, files, writable, seconds):
             if writable and path in owned:
                 continue
             if rnd.random() < 0.3:
-                assert sha256_of(mnt / path) == digest, f"content of {path}"
+                assert file_sha256(mnt / path) == digest, f"content of {path}"
             else:
                 off = rnd.randrange(0, max(size, 1))
                 ln = rnd.randrange(1, 256 << 10)

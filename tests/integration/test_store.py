@@ -5,9 +5,7 @@ import json
 import os
 import subprocess
 import time
-from pathlib import Path
 
-import pytest
 
 from conftest import MOSAIC, create, flip_byte, object_path, run
 

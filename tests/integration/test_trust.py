@@ -5,7 +5,6 @@ its own error and exit code 1, and the verification cache never hides a change."
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
