@@ -19,7 +19,8 @@ static const char usage_mount[] =
     "      --keyring FILE      trusted public keys\n"
     "      --upper DIR         writable upper layer (kernel overlayfs upper format)\n"
     "      --work DIR          overlayfs work dir (default: .NAME.work beside the upper)\n"
-    "      --writable=MODE     overlay (kernel overlayfs over the view; the default) or fuse\n"
+    "      --writable=MODE     overlay (kernel overlayfs over the view) or fuse (the daemon's\n"
+    "                          own copy-up); without it: overlay, else fuse if refused\n"
     "      --read-only         no upper layer\n"
     "  -f, --foreground        serve in the foreground until unmounted\n"
     "  -o OPTIONS              extra FUSE mount options\n"
@@ -181,6 +182,13 @@ int cmd_mount(int argc, char **argv)
 			       picked == FUSEFS_WRITABLE_OVERLAY ? "kernel overlayfs over the view"
 			                                         : "the daemon's own copy-up",
 			       o.upper, n_images);
+		json_object *st, *fb;
+		struct mosaic_error ignored = {0};
+		if (picked == FUSEFS_WRITABLE_FUSE && fusefs_status(o.mountpoint, &st, &ignored) == 0) {
+			if (json_object_object_get_ex(st, "fallback", &fb) && fb)
+				printf("(kernel overlayfs was refused: %s)\n", json_object_get_string(fb));
+			json_object_put(st);
+		}
 	}
 	r = EXIT_OK;
 out:
