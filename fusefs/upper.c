@@ -40,12 +40,13 @@ struct node {
 	uint64_t where;  /* ... and where: index dir << 32 | (position + 1) */
 	dev_t dev;       /* the upper object's identity */
 	ino_t st_ino;
-	int fd;           /* directories O_RDONLY|O_DIRECTORY, others O_PATH; -1: unreferenced */
-	mode_t type;      /* S_IFMT */
-	uint32_t lower;   /* directories: the index directory merged below (0: none) */
-	uint64_t nlookup; /* upper-only nodes; index nodes count in upper.index_nlookup */
-	uint32_t nlink;   /* merged directories: 2 + subdirectories, cached; 0: unknown */
-	bool dead;        /* its object is gone from the upper (and from the dev table) */
+	int fd; /* directories O_RDONLY|O_DIRECTORY, others O_PATH; -1: unreferenced */
+	struct file_handle *fh; /* instead of fd once the daemon holds up.fd_max of them */
+	mode_t type;            /* S_IFMT */
+	uint32_t lower;         /* directories: the index directory merged below (0: none) */
+	uint64_t nlookup;       /* upper-only nodes; index nodes count in upper.index_nlookup */
+	uint32_t nlink;         /* merged directories: 2 + subdirectories, cached; 0: unknown */
+	bool dead;              /* its object is gone from the upper (and from the dev table) */
 	struct node *next_ino, *next_dev, *next_where;
 };
 
@@ -67,6 +68,7 @@ struct upper {
 	struct node **ino_tab, **dev_tab, **where_tab;
 	size_t ino_size, ino_count, dev_size, dev_count, where_size, where_count;
 	fuse_ino_t next_ino;
+	size_t fd_count, fd_max; /* fds the nodes hold; past fd_max, file handles instead */
 	uint64_t tmp_seq;
 	pthread_mutex_t copy_lock[N_STRIPES]; /* one copy-up of an index file at a time */
 	pthread_mutex_t dir_lock[N_STRIPES];  /* entry changes in an upper dir vs a copy-up
@@ -348,14 +350,85 @@ static uint64_t refs_locked(struct upper *up, struct node *n)
 	return n->nlookup;
 }
 
+/* The nodes hold one fd per upper object the kernel holds, and the kernel holds as many inodes
+ * as it has memory for (an unpacked /usr/share: some 70000), more than RLIMIT_NOFILE may allow
+ * (and an unprivileged daemon cannot raise the hard limit). Up to fd_max, a node keeps an fd on
+ * its object; past that, a file handle, which node_fd opens when a request needs it. */
+static void node_drop_fd_locked(struct upper *up, struct node *n)
+{
+	if (n->fd >= 0) {
+		close(n->fd);
+		up->fd_count--;
+	}
+	n->fd = -1;
+	free(n->fh);
+	n->fh = NULL;
+}
+
+static bool node_live(const struct node *n)
+{
+	return n->fd >= 0 || n->fh;
+}
+
+/* Gives node n (referenced by the kernel, with neither fd nor handle) a way to its object, fd
+ * open on it: an fd of its own, or a handle. */
+static int node_keep_locked(struct upper *up, struct node *n, int fd)
+{
+	if (up->fd_count < up->fd_max) {
+		n->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+		if (n->fd >= 0) {
+			up->fd_count++;
+			return 0;
+		}
+		if (errno != EMFILE && errno != ENFILE)
+			return -errno;
+	}
+	struct file_handle *h = malloc(sizeof(*h) + MAX_HANDLE_SZ);
+	if (!h)
+		return -ENOMEM;
+	h->handle_bytes = MAX_HANDLE_SZ;
+	int mount_id;
+	if (name_to_handle_at(fd, "", h, &mount_id, AT_EMPTY_PATH) == 0) {
+		n->fh = h;
+		return 0;
+	}
+	free(h);
+	/* no handles on this filesystem: an fd after all, if there is one */
+	n->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (n->fd < 0)
+		return -errno;
+	up->fd_count++;
+	return 0;
+}
+
+/* A new fd on the object of node n (which the kernel holds): directories O_RDONLY, others
+ * O_PATH. -ESTALE when the node has no way to it. */
+static int node_fd(struct upper *up, struct node *n)
+{
+	int fd = n->fd;
+	if (fd >= 0)
+		return dup_fd(fd);
+	struct file_handle *h = n->fh;
+	if (!h)
+		return -ESTALE;
+	int flags = S_ISDIR(n->type) ? O_RDONLY | O_DIRECTORY : O_PATH;
+	fd = open_by_handle_at(up->root_fd, h, flags | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fd < 3) { /* keep 0..2 free, as dup_fd does */
+		int r = dup_fd(fd);
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
 /* A node the kernel no longer holds lets go of its fd; a dead one goes altogether. */
 static void node_unused_locked(struct upper *up, struct node *n)
 {
 	if (n->ino == FUSE_ROOT_ID || refs_locked(up, n) > 0)
 		return;
-	if (n->fd >= 0)
-		close(n->fd);
-	n->fd = -1;
+	node_drop_fd_locked(up, n);
 	if (n->origin) {
 		/* a name of an index file, which a later lookup gives a node again */
 		where_remove(up, n);
@@ -403,8 +476,26 @@ static struct node *node_register(struct upper *up, const struct stat *st, int f
 		else
 			n->nlookup++;
 	}
-	if (n->fd < 0 && refs_locked(up, n) > 0)
-		n->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (!node_live(n) && refs_locked(up, n) > 0) {
+		int r = node_keep_locked(up, n, fd);
+		if (r < 0) {
+			/* A node the kernel holds without a way to its object would answer
+			 * ESTALE from then on: fail this request instead, without the reference
+			 * it would have given. */
+			int e = -r;
+			if (ref) {
+				if (is_index(up, n->ino))
+					__atomic_sub_fetch(&up->index_nlookup[n->ino], 1,
+					                   __ATOMIC_RELAXED);
+				else
+					n->nlookup--;
+				node_unused_locked(up, n);
+			}
+			pthread_mutex_unlock(&up->lock);
+			errno = e;
+			return NULL;
+		}
+	}
 	pthread_mutex_unlock(&up->lock);
 	return n;
 }
@@ -705,6 +796,8 @@ static int upper_entry(struct daemon *d, int dirfd, uint32_t lower, const char *
 			want = index_subdir(d->idx, lower, name);
 	}
 	struct node *n = node_register(d->up, &st, fd, want, ref);
+	if (!n)
+		return -errno;
 	e->ino = n->ino;
 	e->attr = st;
 	e->attr.st_ino = n->ino;
@@ -735,10 +828,11 @@ static int lookup_child(struct daemon *d, fuse_ino_t parent, const char *name, b
 	}
 	if (!S_ISDIR(dir->type))
 		return -ENOTDIR;
-	if (dir->fd < 0)
-		return -ESTALE;
+	_cleanup_close_ int dfd = node_fd(up, dir);
+	if (dfd < 0)
+		return dfd;
 	struct stat st;
-	if (fstatat(dir->fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
 		if (errno != ENOENT)
 			return -errno;
 		if (dir->lower)
@@ -751,7 +845,7 @@ static int lookup_child(struct daemon *d, fuse_ino_t parent, const char *name, b
 		e->entry_timeout = UPPER_TIMEOUT;
 		return 0;
 	}
-	return upper_entry(d, dir->fd, dir->lower, name, ref, e);
+	return upper_entry(d, dfd, dir->lower, name, ref, e);
 }
 
 /* ---- copy-up ------------------------------------------------------------------------------- */
@@ -921,6 +1015,8 @@ static int index_dir_upper(struct daemon *d, uint32_t x, bool create, int *out)
 		r = -ENOENT;
 	else if (n && n->fd >= 0)
 		r = dup_fd(n->fd); /* never 1: dup_fd gives 3 or more */
+	else if (n && n->fh)
+		r = node_fd(up, n); /* under the lock: the node may be let go of meanwhile */
 	pthread_mutex_unlock(&up->lock);
 	if (r != 1) {
 		if (r < 0)
@@ -951,8 +1047,13 @@ static int index_dir_upper(struct daemon *d, uint32_t x, bool create, int *out)
 			int fd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 			if (fd < 0)
 				return -errno;
-			if (is_opaque(fd) || fstat(fd, &st) < 0 ||
-			    node_register(up, &st, fd, x, false)->ino != x) {
+			struct node *n = NULL;
+			if (!is_opaque(fd) && fstat(fd, &st) == 0 &&
+			    !(n = node_register(up, &st, fd, x, false)) && errno == EMFILE) {
+				close(fd);
+				return -EMFILE;
+			}
+			if (!n || n->ino != x) {
 				close(fd);
 				return -ENOENT;
 			}
@@ -1030,11 +1131,11 @@ static int copy_up_at(struct daemon *d, int pfd, fuse_ino_t pdir, const char *na
 		alias->dev = st.st_dev;
 		alias->st_ino = st.st_ino;
 		dev_insert(up, alias);
-		if (alias->fd < 0 && alias->nlookup > 0)
-			alias->fd = fcntl(pathfd, F_DUPFD_CLOEXEC, 3);
+		if (!node_live(alias) && alias->nlookup > 0)
+			node_keep_locked(up, alias, pathfd);
 		pthread_mutex_unlock(&up->lock);
-	} else
-		n = node_register(up, &st, pathfd, in->nlink <= 1 ? x : 0, false);
+	} else if (!(n = node_register(up, &st, pathfd, in->nlink <= 1 ? x : 0, false)))
+		return -errno;
 	/* The kernel keeps the index's attributes for long; the copy has its own st_blocks and
 	 * ctime, and a hard link's name its own number now. */
 	notify(up, 0, NULL, n->ino, -1);
@@ -1133,9 +1234,7 @@ static int upper_object(struct daemon *d, fuse_ino_t ino, uint64_t limit, int *o
 			return r;
 	}
 	if (n) {
-		if (n->fd < 0)
-			return -ESTALE;
-		int fd = dup_fd(n->fd);
+		int fd = node_fd(up, n);
 		if (fd < 0)
 			return fd;
 		*out = fd;
@@ -1154,7 +1253,7 @@ static int upper_object(struct daemon *d, fuse_ino_t ino, uint64_t limit, int *o
 	n = node_get(up, ino);
 	if (n) {
 		/* copied up by another request while this one waited */
-		r = n->fd < 0 ? -ESTALE : dup_fd(n->fd);
+		r = node_fd(up, n);
 		if (r >= 0) {
 			*out = r;
 			r = 0;
@@ -1193,9 +1292,7 @@ static int dir_upper(struct daemon *d, fuse_ino_t ino, struct dirref *out)
 	if (n) {
 		if (!S_ISDIR(n->type))
 			return -ENOTDIR;
-		if (n->fd < 0)
-			return -ESTALE;
-		out->fd = dup_fd(n->fd);
+		out->fd = node_fd(d->up, n);
 		out->lower = n->lower;
 		return out->fd < 0 ? out->fd : 0;
 	}
@@ -1387,9 +1484,10 @@ static void up_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		return (void)fuse_reply_attr(req, &st, d->timeout);
 	}
 	struct open_file *of = fi ? (void *)(uintptr_t)fi->fh : NULL;
-	int fd = of && of->fd >= 0 ? of->fd : n->fd;
+	_cleanup_close_ int own = -1;
+	int fd = of && of->fd >= 0 ? of->fd : (own = node_fd(d->up, n));
 	if (fd < 0)
-		return reply_err(req, -ESTALE);
+		return reply_err(req, fd);
 	struct stat st;
 	int r = upper_stat(d, n, fd, &st);
 	if (r < 0)
@@ -1458,8 +1556,11 @@ static void up_readlink(fuse_req_t req, fuse_ino_t ino)
 	struct node *n = node_get(D(req)->up, ino);
 	if (!n || is_alias(n))
 		return fusefs_ops.readlink(req, n ? n->origin : ino);
+	_cleanup_close_ int fd = node_fd(D(req)->up, n);
+	if (fd < 0)
+		return reply_err(req, fd);
 	char buf[PATH_MAX + 1];
-	ssize_t l = readlinkat(n->fd, "", buf, PATH_MAX);
+	ssize_t l = readlinkat(fd, "", buf, PATH_MAX);
 	if (l < 0)
 		return reply_err(req, -errno);
 	buf[l] = '\0';
@@ -1935,12 +2036,12 @@ static void dir_handle_clear(struct dir_handle *h)
 }
 
 /* The merged listing: upper entries but whiteouts, then the index's the upper does not have. */
-static int dir_load(struct daemon *d, struct node *n, struct dir_handle *h)
+static int dir_load(struct daemon *d, struct node *n, int fd, struct dir_handle *h)
 {
 	dir_handle_clear(h);
 	struct uent *e;
 	size_t ne;
-	int r = upper_list(n->fd, &e, &ne);
+	int r = upper_list(fd, &e, &ne);
 	if (r < 0)
 		return r;
 	uint32_t nl = 0;
@@ -1993,11 +2094,12 @@ static void up_readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t
 	struct node *n = node_get(d->up, ino);
 	if (!n)
 		return fusefs_index_readdir(req, ino, size, off, plus, true);
-	if (n->fd < 0)
-		return reply_err(req, -ESTALE);
+	_cleanup_close_ int dfd = node_fd(d->up, n);
+	if (dfd < 0)
+		return reply_err(req, dfd);
 	struct dir_handle *h = (void *)(uintptr_t)fi->fh;
 	if (off == 0 || !h->loaded) {
-		int r = dir_load(d, n, h);
+		int r = dir_load(d, n, dfd, h);
 		if (r < 0)
 			return reply_err(req, r);
 	}
@@ -2023,7 +2125,7 @@ static void up_readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t
 				if (plus)
 					upper_index_looked_up(d, e.ino, n->lower, x->pos);
 			} else {
-				int r = upper_entry(d, n->fd, n->lower, nm, plus, &e);
+				int r = upper_entry(d, dfd, n->lower, nm, plus, &e);
 				if (r < 0 || !e.ino)
 					continue; /* gone since the listing was read */
 			}
@@ -2070,8 +2172,9 @@ static void up_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fus
 {
 	struct node *n = node_get(D(req)->up, ino);
 	int r = 0;
-	if (n && n->fd >= 0)
-		r = (datasync ? fdatasync(n->fd) : fsync(n->fd)) < 0 ? -errno : 0;
+	_cleanup_close_ int fd = n && node_live(n) ? node_fd(D(req)->up, n) : -1;
+	if (fd >= 0)
+		r = (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? -errno : 0;
 	reply_err(req, r);
 }
 
@@ -2092,8 +2195,11 @@ static void up_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 		return fusefs_ops.getxattr(req, n ? n->origin : ino, name, size);
 	if (ovl_name(name))
 		return reply_err(req, -ENODATA);
+	_cleanup_close_ int fd = node_fd(D(req)->up, n);
+	if (fd < 0)
+		return reply_err(req, fd);
 	char p[32];
-	proc_path(n->fd, p);
+	proc_path(fd, p);
 	if (size == 0) {
 		ssize_t l = getxattr(p, name, NULL, 0);
 		return l < 0 ? reply_err(req, -errno) : (void)fuse_reply_xattr(req, l);
@@ -2112,8 +2218,11 @@ static void up_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	struct node *n = node_get(D(req)->up, ino);
 	if (!n || is_alias(n))
 		return fusefs_ops.listxattr(req, n ? n->origin : ino, size);
+	_cleanup_close_ int fd = node_fd(D(req)->up, n);
+	if (fd < 0)
+		return reply_err(req, fd);
 	char p[32];
-	proc_path(n->fd, p);
+	proc_path(fd, p);
 	ssize_t l;
 	_cleanup_free_ char *buf = NULL;
 	for (;;) {
@@ -2302,11 +2411,26 @@ int upper_open(struct daemon *d, const char *upper, const char *work, struct mos
 	if (root_fd < 0 || fstat(root_fd, &st) < 0)
 		return mosaic_errorf(err, -errno, "upper %s: %m", upper);
 
-	/* One fd per inode the kernel holds: take what the hard limit allows. */
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
+	/* One fd per inode the kernel holds, and the kernel keeps every inode it has room for (a
+	 * tar of /usr/share makes some 70000): a hard limit such as 20000 would run out. Root
+	 * (CAP_SYS_RESOURCE) may raise the hard limit up to fs.nr_open; else take the hard limit.
+	 */
+	struct rlimit rl = {1024, 1024};
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+		rlim_t want = rl.rlim_max;
+		FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+		unsigned long long nr;
+		if (f && fscanf(f, "%llu", &nr) == 1 && nr > want)
+			want = nr;
+		if (f)
+			fclose(f);
+		struct rlimit raised = {want, want};
+		if (want > rl.rlim_max && setrlimit(RLIMIT_NOFILE, &raised) == 0)
+			rl = raised;
+		else if (rl.rlim_cur < rl.rlim_max) {
+			rl.rlim_cur = rl.rlim_max;
+			setrlimit(RLIMIT_NOFILE, &rl);
+		}
 	}
 
 	struct upper *up = xcalloc(1, sizeof(*up));
@@ -2320,6 +2444,8 @@ int upper_open(struct daemon *d, const char *upper, const char *work, struct mos
 	up->dev_tab = xcalloc(up->dev_size, sizeof(*up->dev_tab));
 	up->where_tab = xcalloc(up->where_size, sizeof(*up->where_tab));
 	up->next_ino = up->n_index + 1;
+	/* half the fds for the nodes, the rest for open files and the requests' own */
+	up->fd_max = rl.rlim_cur == RLIM_INFINITY ? SIZE_MAX / 2 : (size_t)rl.rlim_cur / 2;
 	pthread_mutex_init(&up->lock, NULL);
 	for (size_t i = 0; i < N_STRIPES; i++) {
 		pthread_mutex_init(&up->copy_lock[i], NULL);
@@ -2375,12 +2501,15 @@ void upper_close(struct daemon *d)
 			next = n->next_ino;
 			if (n->fd >= 0)
 				close(n->fd);
+			free(n->fh);
 			free(n);
 		}
 	for (uint32_t i = 1; i <= up->n_index; i++) {
 		struct node *n = up->by_index[i];
 		if (n && n->fd >= 0)
 			close(n->fd);
+		if (n)
+			free(n->fh);
 		free(n);
 	}
 	close(up->work_fd);
