@@ -18,7 +18,7 @@ packages=(
 	fuse3 gnupg
 	# test
 	python3 python3-pytest squashfuse squashfs-tools rpm dpkg-dev attr libcap2-bin
-	util-linux kmod e2fsprogs runc
+	util-linux kmod e2fsprogs runc xz-utils zstd bzip2 gzip
 	# benchmark
 	hyperfine fuse-overlayfs debootstrap
 )
