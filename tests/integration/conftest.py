@@ -144,6 +144,20 @@ def file_sha256(path):
     return h.hexdigest()
 
 
+def write_file(path, data=b"", mode=0o644, uid=0, gid=0, xattrs=None, mtime=None):
+    """Makes a file (and its parents) with exactly these attributes; returns its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    os.chown(path, uid, gid)
+    os.chmod(path, mode)
+    for k, v in (xattrs or {}).items():
+        os.setxattr(path, k, v)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
 def pid_alive(pid):
     """Whether pid runs (a zombie waiting to be reaped does not)."""
     try:

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import MOSAIC, create, file_sha256, kernel_mount, object_path, pid_alive, run
+from conftest import MOSAIC, write_file, create, file_sha256, kernel_mount, object_path, pid_alive, run
 
 EPOCH = "1700000000"
 libc = ctypes.CDLL(None, use_errno=True)
@@ -35,18 +35,6 @@ def renameat2(old, new, flags):
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e), str(old))
 
-
-def put(path, data=b"", mode=0o644, uid=0, gid=0, xattrs=None, mtime=None):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data if isinstance(data, bytes) else data.encode())
-    os.chown(path, uid, gid)
-    os.chmod(path, mode)
-    for k, v in (xattrs or {}).items():
-        os.setxattr(path, k, v)
-    if mtime is not None:
-        os.utime(path, (mtime, mtime))
-    return path
 
 
 def whiteout(path):
@@ -67,36 +55,36 @@ def wait_gone(pid, timeout=15.0):
 
 def build_base(root):
     """The lower fragment: every kind of entry, with attributes copy-up has to keep."""
-    put(root / "etc/config", "config v0\n", mtime=1_400_000_000)
-    put(root / "etc/keep", "keep\n")
-    put(root / "etc/hidden", "hidden by the top fragment\n")
-    put(root / "etc/sub/deep", "deep\n")
+    write_file(root / "etc/config", "config v0\n", mtime=1_400_000_000)
+    write_file(root / "etc/keep", "keep\n")
+    write_file(root / "etc/hidden", "hidden by the top fragment\n")
+    write_file(root / "etc/sub/deep", "deep\n")
     os.symlink("config", root / "etc/link")
-    put(root / "etc/gone", "gone\n")
-    put(root / "etc/rename-me", "renamed\n")
-    put(root / "etc/swap", "swap lower\n")
-    put(root / "etc/trunc", "0123456789abcdef\n")
-    put(root / "etc/append", "line 1\n", mode=0o640, uid=12, gid=34, mtime=1_300_000_000)
-    put(root / "etc/chmod", "chmod\n")
-    put(root / "etc/chown", "chown\n")
-    put(root / "etc/utime", "utime\n")
-    put(root / "etc/attrs", "attrs\n" * 50, mode=0o640, uid=1001, gid=1002, mtime=1_300_000_000,
+    write_file(root / "etc/gone", "gone\n")
+    write_file(root / "etc/rename-me", "renamed\n")
+    write_file(root / "etc/swap", "swap lower\n")
+    write_file(root / "etc/trunc", "0123456789abcdef\n")
+    write_file(root / "etc/append", "line 1\n", mode=0o640, uid=12, gid=34, mtime=1_300_000_000)
+    write_file(root / "etc/chmod", "chmod\n")
+    write_file(root / "etc/chown", "chown\n")
+    write_file(root / "etc/utime", "utime\n")
+    write_file(root / "etc/attrs", "attrs\n" * 50, mode=0o640, uid=1001, gid=1002, mtime=1_300_000_000,
         xattrs={"user.keep": b"kept", "user.drop": b"dropped"})
-    put(root / "etc/tolink", "link me\n")
-    put(root / "hl/one", "linked\n", mode=0o600, uid=7, gid=8)
+    write_file(root / "etc/tolink", "link me\n")
+    write_file(root / "hl/one", "linked\n", mode=0o600, uid=7, gid=8)
     os.link(root / "hl/one", root / "hl/two")
-    put(root / "hl2/a", "a-linked\n")
+    write_file(root / "hl2/a", "a-linked\n")
     os.link(root / "hl2/a", root / "hl2/c")
-    put(root / "bin/suid", "#!/bin/sh\n", mode=0o4755)
+    write_file(root / "bin/suid", "#!/bin/sh\n", mode=0o4755)
     (root / "share/setgid").mkdir(parents=True)
     os.chown(root / "share/setgid", 0, 50)
     os.chmod(root / "share/setgid", 0o2777)
-    put(root / "emptyme/a", "a\n")
-    put(root / "emptyme/b", "b\n")
-    put(root / "rebuild/old", "old\n")
-    put(root / "notempty/x", "x\n")
-    put(root / "victim/sub/f", "f\n")
-    put(root / "opq/old", "old\n")
+    write_file(root / "emptyme/a", "a\n")
+    write_file(root / "emptyme/b", "b\n")
+    write_file(root / "rebuild/old", "old\n")
+    write_file(root / "notempty/x", "x\n")
+    write_file(root / "victim/sub/f", "f\n")
+    write_file(root / "opq/old", "old\n")
     os.mkfifo(root / "dev-fifo", 0o600)
     os.mknod(root / "dev-null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
     os.chmod(root / "etc", 0o755)
@@ -104,13 +92,13 @@ def build_base(root):
 
 def build_top(root):
     """The upper fragment: replaces, adds, deletes and hides below the base."""
-    put(root / "etc/config", "config v1\n", mtime=1_400_000_001)
-    put(root / "etc/extra", "extra\n")
-    put(root / "etc/sub/deep2", "deep2\n")
+    write_file(root / "etc/config", "config v1\n", mtime=1_400_000_001)
+    write_file(root / "etc/extra", "extra\n")
+    write_file(root / "etc/sub/deep2", "deep2\n")
     whiteout(root / "etc/hidden")
     (root / "opq").mkdir()
     os.setxattr(root / "opq", "trusted.overlay.opaque", b"y")
-    put(root / "opq/new", "new\n")
+    write_file(root / "opq/new", "new\n")
 
 
 @pytest.fixture(scope="module")
@@ -253,13 +241,13 @@ def test_merged_view_of_a_hand_made_upper(layers, tmp_path):
     """An upper written by someone else (kernel overlayfs, or by hand): its files replace the
     index's, its whiteouts hide, its opaque directories hide what lies below."""
     upper = tmp_path / "upper"
-    put(upper / "etc/config", "config from the upper\n", mode=0o600, mtime=1_500_000_000)
+    write_file(upper / "etc/config", "config from the upper\n", mode=0o600, mtime=1_500_000_000)
     whiteout(upper / "etc/keep")
     (upper / "etc/sub").mkdir()
     os.setxattr(upper / "etc/sub", "trusted.overlay.opaque", b"y")
-    put(upper / "etc/sub/only", "only\n")
+    write_file(upper / "etc/sub/only", "only\n")
     whiteout(upper / "victim")
-    put(upper / "newdir/file", "new\n")
+    write_file(upper / "newdir/file", "new\n")
     with mosaic(layers, tmp_path / "mnt", upper) as m:
         r = m.mnt
         assert "copy-up" in m.stdout and m.status["mode"] == "fuse", (m.stdout, m.status)

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import MOSAIC, file_sha256, object_path, pid_alive, run
+from conftest import MOSAIC, write_file, file_sha256, object_path, pid_alive, run
 
 STRESS_SECONDS = float(os.environ.get("MOSAIC_STRESS_SECONDS", "30"))
 EPOCH = "1700000000"
@@ -303,16 +303,6 @@ def make_fragment(store, src, signer, env, name, kind="config"):
     return out.split()[0]
 
 
-def write(path, data=b"", mode=0o644, uid=0, gid=0, xattrs=None):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data if isinstance(data, bytes) else data.encode())
-    os.chown(path, uid, gid)
-    os.chmod(path, mode)
-    for k, v in (xattrs or {}).items():
-        os.setxattr(path, k, v)
-    return path
-
 
 def whiteout(path):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -338,24 +328,24 @@ def build_layers(root):
     (trusted.overlay.opaque=y), type changes, hard links, special files and mode bits."""
     l0, l1, l2 = (root / n for n in ("l0", "l1", "l2"))
     # l0: the base
-    write(l0 / "a/file1", "l0 file1\n")
-    write(l0 / "a/file2", "l0 file2\n")
-    write(l0 / "a/sub/deep", "deep\n")
+    write_file(l0 / "a/file1", "l0 file1\n")
+    write_file(l0 / "a/file2", "l0 file2\n")
+    write_file(l0 / "a/sub/deep", "deep\n")
     whiteout(l0 / "a/ghost")  # a whiteout in the lowest layer hides nothing and is not shown
-    write(l0 / "b/keep", "keep\n")
-    write(l0 / "b/gone", "gone\n")
-    write(l0 / "b/gonedir/x", "x\n")
-    write(l0 / "c/old1", "old1\n")
-    write(l0 / "c/olddir/y", "y\n")
-    write(l0 / "e/dir2file/inner", "inner\n")
-    write(l0 / "e/file2dir", "file\n")
-    write(l0 / "e/file2link", "file\n")
-    write(l0 / "hl/one", "linked\n", mode=0o640, uid=7, gid=8)
+    write_file(l0 / "b/keep", "keep\n")
+    write_file(l0 / "b/gone", "gone\n")
+    write_file(l0 / "b/gonedir/x", "x\n")
+    write_file(l0 / "c/old1", "old1\n")
+    write_file(l0 / "c/olddir/y", "y\n")
+    write_file(l0 / "e/dir2file/inner", "inner\n")
+    write_file(l0 / "e/file2dir", "file\n")
+    write_file(l0 / "e/file2link", "file\n")
+    write_file(l0 / "hl/one", "linked\n", mode=0o640, uid=7, gid=8)
     os.link(l0 / "hl/one", l0 / "hl/two")
-    write(l0 / "hl/three", "three\n")
-    write(l0 / "hl/four", "linked\n")  # same content, not a link
-    write(l0 / "modes/suid", "suid\n", mode=0o4755, uid=0, gid=0)
-    write(l0 / "modes/sgid", "sgid\n", mode=0o2755, uid=0, gid=50)
+    write_file(l0 / "hl/three", "three\n")
+    write_file(l0 / "hl/four", "linked\n")  # same content, not a link
+    write_file(l0 / "modes/suid", "suid\n", mode=0o4755, uid=0, gid=0)
+    write_file(l0 / "modes/sgid", "sgid\n", mode=0o2755, uid=0, gid=50)
     (l0 / "modes/sticky").mkdir(parents=True)
     os.chmod(l0 / "modes/sticky", 0o1777)
     (l0 / "modes/sgiddir").mkdir()
@@ -368,31 +358,31 @@ def build_layers(root):
     s.bind(str(l0 / "modes/sock"))
     s.close()
     os.symlink("../a/file1", l0 / "modes/link")
-    write(l0 / "perm/secret", "secret\n", mode=0o600)
-    write(l0 / "perm/public", "public\n", mode=0o644)
-    write(l0 / "perm/private/inner", "inner\n")
+    write_file(l0 / "perm/secret", "secret\n", mode=0o600)
+    write_file(l0 / "perm/public", "public\n", mode=0o644)
+    write_file(l0 / "perm/private/inner", "inner\n")
     os.chmod(l0 / "perm/private", 0o700)
-    write(l0 / "x/attrs", "attrs\n", xattrs={"user.one": b"1", "user.two": b"\x00\xffbin"})
-    write(l0 / "x/only-below", "below\n", xattrs={"user.below": b"\x00\xffbin"})
+    write_file(l0 / "x/attrs", "attrs\n", xattrs={"user.one": b"1", "user.two": b"\x00\xffbin"})
+    write_file(l0 / "x/only-below", "below\n", xattrs={"user.below": b"\x00\xffbin"})
     os.setxattr(l0 / "x", "user.dir", b"l0")
     # l1: replaces, merges, deletes, hides
-    write(l1 / "a/file1", "l1 file1, longer than before\n", mode=0o600, uid=3, gid=4)
-    write(l1 / "a/new", "l1 new\n")
+    write_file(l1 / "a/file1", "l1 file1, longer than before\n", mode=0o600, uid=3, gid=4)
+    write_file(l1 / "a/new", "l1 new\n")
     whiteout(l1 / "b/gone")
     whiteout(l1 / "b/gonedir")
-    write(l1 / "c/new1", "new1\n")
+    write_file(l1 / "c/new1", "new1\n")
     os.setxattr(l1 / "c", "trusted.overlay.opaque", b"y")
-    write(l1 / "e/dir2file", "now a file\n")
-    write(l1 / "e/file2dir/inside", "now a dir\n")
+    write_file(l1 / "e/dir2file", "now a file\n")
+    write_file(l1 / "e/file2dir/inside", "now a dir\n")
     (l1 / "e").mkdir(exist_ok=True)
     os.symlink("dir2file", l1 / "e/file2link")
-    write(l1 / "x/attrs", "attrs replaced\n", xattrs={"user.three": b"3"})
+    write_file(l1 / "x/attrs", "attrs replaced\n", xattrs={"user.three": b"3"})
     os.setxattr(l1 / "x", "user.dir", b"l1")  # a merged dir shows the highest dir's attributes
     # l2: on top of the whiteouts and the opaque dir
-    write(l2 / "a/sub/deep2", "deep2\n")
+    write_file(l2 / "a/sub/deep2", "deep2\n")
     os.symlink("file1", l2 / "a/file2")
-    write(l2 / "b/gone", "back again\n")  # above its whiteout: visible again
-    write(l2 / "c/new2", "new2\n")
+    write_file(l2 / "b/gone", "back again\n")  # above its whiteout: visible again
+    write_file(l2 / "c/new2", "new2\n")
     (l2 / "b/gonedir").mkdir(parents=True)  # a plain dir above a whiteout: empty but present
     return [l0, l1, l2]
 
@@ -469,8 +459,8 @@ def test_same_inode_numbers_in_two_fragments_stay_distinct(small, tmp_path):
     digests = []
     for n in ("p", "q"):
         src = tmp_path / n
-        write(src / f"lib{n}/libx.so", f"library {n}\n")
-        write(src / f"lib{n}/liby.so", f"other {n}\n")
+        write_file(src / f"lib{n}/libx.so", f"library {n}\n")
+        write_file(src / f"lib{n}/liby.so", f"other {n}\n")
         digests.append(small.make(src, f"twin-{n}"))
     with mosaic_mount(digests, tmp_path / "mnt", small.env, store=small.store) as m:
         sts = [os.lstat(m.mnt / f"lib{n}/lib{x}.so") for n in "pq" for x in "xy"]
@@ -483,18 +473,18 @@ def test_oci_whiteouts_from_layer_tars(small, tmp_path):
     """`.wh.NAME` and `.wh..wh..opq` in a fragment made from an OCI-style layer tar delete and
     hide what lies below (the kernel does not read these names, so the tree is spelled out)."""
     base = tmp_path / "base"
-    write(base / "etc/keep", "keep\n")
-    write(base / "etc/remove-me", "bye\n")
-    write(base / "etc/dir-remove/x", "x\n")
-    write(base / "opq/old", "old\n")
-    write(base / "opq/olddir/y", "y\n")
-    write(base / "other/z", "z\n")
+    write_file(base / "etc/keep", "keep\n")
+    write_file(base / "etc/remove-me", "bye\n")
+    write_file(base / "etc/dir-remove/x", "x\n")
+    write_file(base / "opq/old", "old\n")
+    write_file(base / "opq/olddir/y", "y\n")
+    write_file(base / "other/z", "z\n")
     layer = tmp_path / "layer"
-    write(layer / "etc/.wh.remove-me")
-    write(layer / "etc/.wh.dir-remove")
-    write(layer / "opq/.wh..wh..opq")
-    write(layer / "opq/fresh", "fresh\n")
-    write(layer / "other/.wh.not-there")  # whiteout of nothing: no effect
+    write_file(layer / "etc/.wh.remove-me")
+    write_file(layer / "etc/.wh.dir-remove")
+    write_file(layer / "opq/.wh..wh..opq")
+    write_file(layer / "opq/fresh", "fresh\n")
+    write_file(layer / "other/.wh.not-there")  # whiteout of nothing: no effect
     tar = tmp_path / "layer.tar"
     with tarfile.open(tar, "w") as tf:
         for p in sorted(layer.rglob("*")):
@@ -510,11 +500,11 @@ def test_oci_whiteouts_from_layer_tars(small, tmp_path):
 
 def test_compose_conflicts_and_strict(small, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    write(one / "usr/share/thing/conf", "from one\n")
-    write(two / "usr/share/thing/conf", "from two\n")
-    write(one / "usr/share/same", "identical\n")
-    write(two / "usr/share/same", "identical\n")
-    write(one / "usr/share/only-one", "1\n")
+    write_file(one / "usr/share/thing/conf", "from one\n")
+    write_file(two / "usr/share/thing/conf", "from two\n")
+    write_file(one / "usr/share/same", "identical\n")
+    write_file(two / "usr/share/same", "identical\n")
+    write_file(one / "usr/share/only-one", "1\n")
     digests = [small.make(one, "pkg-one", kind="package"),
                small.make(two, "pkg-two", kind="package")]
     refs = ["pkg-one", "pkg-two"]  # store refs (names), lowest first
@@ -632,11 +622,11 @@ def test_mount_fragment_missing_from_store(small, layers, tmp_path):
 def test_mount_untrusted_fragment(small, outsider, tmp_path):
     """An unsigned fragment, or one signed by a key outside the keyring, is not mounted."""
     src = tmp_path / "src"
-    write(src / "f", "f\n")
+    write_file(src / "f", "f\n")
     unsigned = run([MOSAIC, "fragment", "create", src, "-o", small.store, "--name", "unsigned",
                     "--version", "1", "--kind", "config", "--source-date-epoch", EPOCH],
                    env=small.env).stdout.split()[0]
-    write(src / "g", "g\n")
+    write_file(src / "g", "g\n")
     foreign = run([MOSAIC, "fragment", "create", src, "-o", small.store, "--name", "foreign",
                    "--version", "1", "--kind", "config", "--sign", outsider.fingerprint,
                    "--source-date-epoch", EPOCH], env=outsider.env).stdout.split()[0]
@@ -982,13 +972,13 @@ def extra(small):
     """A small fragment stacked on minbase for the write tests: a file with xattrs, an odd
     owner and mode, and a hard link pair, so copy-up has attributes to keep."""
     src = small.base / "extra-src"
-    write(src / "opt/extra/attrs", "attributes\n" * 100, mode=0o640, uid=1001, gid=1002,
+    write_file(src / "opt/extra/attrs", "attributes\n" * 100, mode=0o640, uid=1001, gid=1002,
           xattrs={"user.keep": b"kept", "user.drop": b"dropped"})
     os.utime(src / "opt/extra/attrs", (1_300_000_000, 1_300_000_000))
-    write(src / "opt/extra/linked", "linked\n")
+    write_file(src / "opt/extra/linked", "linked\n")
     os.link(src / "opt/extra/linked", src / "opt/extra/linked2")
-    write(src / "opt/extra/victim/a", "a\n")
-    write(src / "opt/extra/victim/b", "b\n")
+    write_file(src / "opt/extra/victim/a", "a\n")
+    write_file(src / "opt/extra/victim/b", "b\n")
     digest = make_fragment(small.store, src, small.signer, small.env, "extra")
     return SimpleNamespace(digest=digest, image=object_path(small.store, digest),
                            store=small.store)
