@@ -57,6 +57,15 @@ struct notice {
 	off_t off;  /* inode: -1 for its attributes only */
 };
 
+/* An intrusive chained hash table of nodes: each table links through its own field of the node
+ * and hashes its own key. */
+struct table {
+	struct node **tab;
+	size_t size, count;
+	size_t link;                           /* offsetof(struct node, next_...) */
+	uint64_t (*key)(const struct node *n); /* the key, well mixed */
+};
+
 struct upper {
 	struct daemon *d;
 	int root_fd, work_fd, lock_fd; /* the upper, <work>/work, <work> (flock'd) */
@@ -65,8 +74,7 @@ struct upper {
 	uint64_t *index_nlookup; /* the kernel's lookup count of every index ino; atomics */
 	uint64_t *last_name;     /* index ino: dir << 32 | (position + 1) where last looked up */
 	pthread_mutex_t lock;    /* the hash tables, and every node's fd, nlookup and dead */
-	struct node **ino_tab, **dev_tab, **where_tab;
-	size_t ino_size, ino_count, dev_size, dev_count, where_size, where_count;
+	struct table inos, devs, wheres; /* nodes by ino, by (st_dev, st_ino), by where */
 	fuse_ino_t next_ino;
 	size_t fd_count, fd_max; /* fds the nodes hold; past fd_max, file handles instead */
 	uint64_t tmp_seq;
@@ -183,68 +191,109 @@ static void index_name(const struct compose_index *idx, const struct compose_dir
 
 /* ---- the node table ------------------------------------------------------------------------ */
 
-static size_t hash_ino(fuse_ino_t ino, size_t size)
+static uint64_t key_ino(const struct node *n)
 {
-	return (ino * 0x9E3779B97F4A7C15ull) >> 17 & (size - 1);
+	return n->ino;
 }
 
-static size_t hash_dev(dev_t dev, ino_t ino, size_t size)
+static uint64_t key_where(const struct node *n)
+{
+	return n->where;
+}
+
+static uint64_t mix_dev(dev_t dev, ino_t ino)
 {
 	uint64_t h = ino * 0x9E3779B97F4A7C15ull ^ (dev + 1) * 0xC2B2AE3D27D4EB4Full;
-	return (h ^ h >> 29) & (size - 1);
+	return h ^ h >> 29;
 }
 
-static void ino_insert_raw(struct node **tab, size_t size, struct node *n)
+static uint64_t key_dev(const struct node *n)
 {
-	size_t b = hash_ino(n->ino, size);
-	n->next_ino = tab[b];
-	tab[b] = n;
+	return mix_dev(n->dev, n->st_ino);
 }
 
-static void dev_insert_raw(struct node **tab, size_t size, struct node *n)
+static struct node **link_of(const struct table *t, struct node *n)
 {
-	size_t b = hash_dev(n->dev, n->st_ino, size);
-	n->next_dev = tab[b];
-	tab[b] = n;
+	return (struct node **)((char *)n + t->link);
+}
+
+static struct node **bucket(const struct table *t, uint64_t key)
+{
+	return &t->tab[(key * 0x9E3779B97F4A7C15ull) >> 17 & (t->size - 1)];
+}
+
+static void table_init(struct table *t, size_t link, uint64_t (*key)(const struct node *n))
+{
+	*t = (struct table){.size = 1024, .link = link, .key = key};
+	t->tab = xcalloc(t->size, sizeof(*t->tab));
+}
+
+static void table_insert(struct table *t, struct node *n)
+{
+	if (++t->count > t->size) {
+		struct table bigger = *t;
+		bigger.size = t->size * 2;
+		bigger.tab = xcalloc(bigger.size, sizeof(*bigger.tab));
+		for (size_t i = 0; i < t->size; i++)
+			for (struct node *x = t->tab[i], *next; x; x = next) {
+				next = *link_of(t, x);
+				struct node **b = bucket(&bigger, t->key(x));
+				*link_of(t, x) = *b;
+				*b = x;
+			}
+		free(t->tab);
+		t->tab = bigger.tab;
+		t->size = bigger.size;
+	}
+	struct node **b = bucket(t, t->key(n));
+	*link_of(t, n) = *b;
+	*b = n;
+}
+
+static void table_remove(struct table *t, struct node *n)
+{
+	struct node **p = bucket(t, t->key(n));
+	while (*p && *p != n)
+		p = link_of(t, *p);
+	if (*p) {
+		*p = *link_of(t, n);
+		t->count--;
+	}
 }
 
 static void ino_insert(struct upper *up, struct node *n)
 {
-	if (++up->ino_count > up->ino_size) {
-		size_t size = up->ino_size * 2;
-		struct node **tab = xcalloc(size, sizeof(*tab));
-		for (size_t i = 0; i < up->ino_size; i++)
-			for (struct node *x = up->ino_tab[i], *next; x; x = next) {
-				next = x->next_ino;
-				ino_insert_raw(tab, size, x);
-			}
-		free(up->ino_tab);
-		up->ino_tab = tab;
-		up->ino_size = size;
-	}
-	ino_insert_raw(up->ino_tab, up->ino_size, n);
+	table_insert(&up->inos, n);
 }
 
 static void dev_insert(struct upper *up, struct node *n)
 {
-	if (++up->dev_count > up->dev_size) {
-		size_t size = up->dev_size * 2;
-		struct node **tab = xcalloc(size, sizeof(*tab));
-		for (size_t i = 0; i < up->dev_size; i++)
-			for (struct node *x = up->dev_tab[i], *next; x; x = next) {
-				next = x->next_dev;
-				dev_insert_raw(tab, size, x);
-			}
-		free(up->dev_tab);
-		up->dev_tab = tab;
-		up->dev_size = size;
-	}
-	dev_insert_raw(up->dev_tab, up->dev_size, n);
+	table_insert(&up->devs, n);
+}
+
+static void where_insert(struct upper *up, struct node *n)
+{
+	table_insert(&up->wheres, n);
+}
+
+static void ino_remove(struct upper *up, struct node *n)
+{
+	table_remove(&up->inos, n);
+}
+
+static void dev_remove(struct upper *up, struct node *n)
+{
+	table_remove(&up->devs, n);
+}
+
+static void where_remove(struct upper *up, struct node *n)
+{
+	table_remove(&up->wheres, n);
 }
 
 static struct node *ino_find(struct upper *up, fuse_ino_t ino)
 {
-	struct node *n = up->ino_tab[hash_ino(ino, up->ino_size)];
+	struct node *n = *bucket(&up->inos, ino);
 	while (n && n->ino != ino)
 		n = n->next_ino;
 	return n;
@@ -252,72 +301,18 @@ static struct node *ino_find(struct upper *up, fuse_ino_t ino)
 
 static struct node *dev_find(struct upper *up, dev_t dev, ino_t ino)
 {
-	struct node *n = up->dev_tab[hash_dev(dev, ino, up->dev_size)];
+	struct node *n = *bucket(&up->devs, mix_dev(dev, ino));
 	while (n && (n->dev != dev || n->st_ino != ino))
 		n = n->next_dev;
 	return n;
 }
 
-static void ino_remove(struct upper *up, struct node *n)
-{
-	struct node **p = &up->ino_tab[hash_ino(n->ino, up->ino_size)];
-	while (*p && *p != n)
-		p = &(*p)->next_ino;
-	if (*p) {
-		*p = n->next_ino;
-		up->ino_count--;
-	}
-}
-
-static void dev_remove(struct upper *up, struct node *n)
-{
-	struct node **p = &up->dev_tab[hash_dev(n->dev, n->st_ino, up->dev_size)];
-	while (*p && *p != n)
-		p = &(*p)->next_dev;
-	if (*p) {
-		*p = n->next_dev;
-		up->dev_count--;
-	}
-}
-
-static void where_insert(struct upper *up, struct node *n)
-{
-	if (++up->where_count > up->where_size) {
-		size_t size = up->where_size * 2;
-		struct node **tab = xcalloc(size, sizeof(*tab));
-		for (size_t i = 0; i < up->where_size; i++)
-			for (struct node *x = up->where_tab[i], *next; x; x = next) {
-				next = x->next_where;
-				size_t b = hash_ino(x->where, size);
-				x->next_where = tab[b];
-				tab[b] = x;
-			}
-		free(up->where_tab);
-		up->where_tab = tab;
-		up->where_size = size;
-	}
-	size_t b = hash_ino(n->where, up->where_size);
-	n->next_where = up->where_tab[b];
-	up->where_tab[b] = n;
-}
-
 static struct node *where_find(struct upper *up, uint64_t where)
 {
-	struct node *n = up->where_tab[hash_ino(where, up->where_size)];
+	struct node *n = *bucket(&up->wheres, where);
 	while (n && n->where != where)
 		n = n->next_where;
 	return n;
-}
-
-static void where_remove(struct upper *up, struct node *n)
-{
-	struct node **p = &up->where_tab[hash_ino(n->where, up->where_size)];
-	while (*p && *p != n)
-		p = &(*p)->next_where;
-	if (*p) {
-		*p = n->next_where;
-		up->where_count--;
-	}
 }
 
 static bool is_alias(const struct node *n)
@@ -2439,10 +2434,9 @@ int upper_open(struct daemon *d, const char *upper, const char *work, struct mos
 	up->by_index = xcalloc(up->n_index + 1, sizeof(*up->by_index));
 	up->index_nlookup = xcalloc(up->n_index + 1, sizeof(*up->index_nlookup));
 	up->last_name = xcalloc(up->n_index + 1, sizeof(*up->last_name));
-	up->ino_size = up->dev_size = up->where_size = 1024;
-	up->ino_tab = xcalloc(up->ino_size, sizeof(*up->ino_tab));
-	up->dev_tab = xcalloc(up->dev_size, sizeof(*up->dev_tab));
-	up->where_tab = xcalloc(up->where_size, sizeof(*up->where_tab));
+	table_init(&up->inos, offsetof(struct node, next_ino), key_ino);
+	table_init(&up->devs, offsetof(struct node, next_dev), key_dev);
+	table_init(&up->wheres, offsetof(struct node, next_where), key_where);
 	up->next_ino = up->n_index + 1;
 	/* half the fds for the nodes, the rest for open files and the requests' own */
 	up->fd_max = rl.rlim_cur == RLIM_INFINITY ? SIZE_MAX / 2 : (size_t)rl.rlim_cur / 2;
@@ -2496,8 +2490,8 @@ void upper_close(struct daemon *d)
 		return;
 	notify_stop(up);
 	syncfs(up->root_fd);
-	for (size_t i = 0; i < up->ino_size; i++)
-		for (struct node *n = up->ino_tab[i], *next; n; n = next) {
+	for (size_t i = 0; i < up->inos.size; i++)
+		for (struct node *n = up->inos.tab[i], *next; n; n = next) {
 			next = n->next_ino;
 			if (n->fd >= 0)
 				close(n->fd);
@@ -2514,9 +2508,9 @@ void upper_close(struct daemon *d)
 	}
 	close(up->work_fd);
 	close(up->lock_fd);
-	free(up->ino_tab);
-	free(up->dev_tab);
-	free(up->where_tab);
+	free(up->inos.tab);
+	free(up->devs.tab);
+	free(up->wheres.tab);
 	free(up->by_index);
 	free(up->index_nlookup);
 	free(up->last_name);
