@@ -2,6 +2,7 @@
 real mounts (squashfuse and kernel squashfs) that are always unmounted, and tree listings."""
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -167,32 +168,48 @@ def pid_alive(pid):
         return False
 
 
+def walk_tree(root):
+    """Yields (relative path, path) for root itself ('') and every entry under it."""
+    root = Path(root)
+    yield "", root
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = Path(dirpath) / n
+            yield str(p.relative_to(root)), p
+
+
+def view_xattrs(path):
+    """The xattrs a view shows (overlayfs keeps trusted.overlay.* to itself)."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EPERM):
+            return {}
+        raise
+    return {n: os.getxattr(path, n, follow_symlinks=False)
+            for n in sorted(names) if not n.startswith("trusted.overlay.")}
+
+
 def tree_listing(root):
     """{relative path: attributes} for every entry under root ('' is root itself)."""
-    root = Path(root)
     out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        entries = [Path(dirpath) / n for n in dirnames + filenames]
-        if Path(dirpath) == root:
-            entries.append(root)
-        for p in entries:
-            st = os.lstat(p)
-            rel = "" if p == root else str(p.relative_to(root))
-            e = dict(mode=st.st_mode, uid=st.st_uid, gid=st.st_gid, mtime=int(st.st_mtime),
-                     nlink=st.st_nlink, link=None, sha256=None, size=None, rdev=None)
-            if stat.S_ISREG(st.st_mode):
-                e["size"] = st.st_size
-                e["sha256"] = file_sha256(p)
-            elif stat.S_ISLNK(st.st_mode):
-                e["link"] = os.readlink(p)
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                e["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
-            try:
-                names = os.listxattr(p, follow_symlinks=False)
-            except OSError:
-                names = []
-            e["xattrs"] = {n: os.getxattr(p, n, follow_symlinks=False) for n in sorted(names)}
-            out[rel] = e
+    for rel, p in walk_tree(root):
+        st = os.lstat(p)
+        e = dict(mode=st.st_mode, uid=st.st_uid, gid=st.st_gid, mtime=int(st.st_mtime),
+                 nlink=st.st_nlink, link=None, sha256=None, size=None, rdev=None)
+        if stat.S_ISREG(st.st_mode):
+            e["size"] = st.st_size
+            e["sha256"] = file_sha256(p)
+        elif stat.S_ISLNK(st.st_mode):
+            e["link"] = os.readlink(p)
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            e["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        try:
+            names = os.listxattr(p, follow_symlinks=False)
+        except OSError:
+            names = []
+        e["xattrs"] = {n: os.getxattr(p, n, follow_symlinks=False) for n in sorted(names)}
+        out[rel] = e
     return out
 
 

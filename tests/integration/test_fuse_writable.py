@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import MOSAIC, write_file, create, file_sha256, kernel_mount, object_path, pid_alive, run
+from conftest import MOSAIC, view_xattrs, walk_tree, write_file, create, file_sha256, kernel_mount, object_path, pid_alive, run
 
 EPOCH = "1700000000"
 libc = ctypes.CDLL(None, use_errno=True)
@@ -176,38 +176,25 @@ def kernel_overlay(layers, upper, tmp):
         yield target
 
 
-def xattrs_of(path):
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return {}
-    return {n: os.getxattr(path, n, follow_symlinks=False) for n in sorted(names)
-            if not n.startswith("trusted.overlay.")}
-
 
 def snapshot(root):
     """{relative path: attributes} of the tree; directories without their link count (kernel
     overlayfs says 1 for a merged one), checked by dir_nlinks instead."""
-    root = Path(root)
     out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        entries = [Path(dirpath) / n for n in dirnames + filenames]
-        if Path(dirpath) == root:
-            entries.append(root)
-        for p in entries:
-            st = os.lstat(p)
-            e = dict(type=stat.S_IFMT(st.st_mode), mode=stat.S_IMODE(st.st_mode), uid=st.st_uid,
-                     gid=st.st_gid, mtime=st.st_mtime_ns, xattrs=xattrs_of(p))
-            if not stat.S_ISDIR(st.st_mode):
-                e["nlink"] = st.st_nlink
-                e["size"] = st.st_size
-            if stat.S_ISREG(st.st_mode):
-                e["sha256"] = file_sha256(p)
-            elif stat.S_ISLNK(st.st_mode):
-                e["link"] = os.readlink(p)
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                e["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
-            out["" if p == root else str(p.relative_to(root))] = e
+    for rel, p in walk_tree(root):
+        st = os.lstat(p)
+        e = dict(type=stat.S_IFMT(st.st_mode), mode=stat.S_IMODE(st.st_mode), uid=st.st_uid,
+                 gid=st.st_gid, mtime=st.st_mtime_ns, xattrs=view_xattrs(p))
+        if not stat.S_ISDIR(st.st_mode):
+            e["nlink"] = st.st_nlink
+            e["size"] = st.st_size
+        if stat.S_ISREG(st.st_mode):
+            e["sha256"] = file_sha256(p)
+        elif stat.S_ISLNK(st.st_mode):
+            e["link"] = os.readlink(p)
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            e["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        out[rel] = e
     return out
 
 
@@ -294,7 +281,7 @@ def test_copy_up_happens_on_write_and_keeps_attributes(layers, tmp_path):
         assert stat.S_IMODE(st.st_mode) == 0o4755 and st.st_mtime_ns == 1_100_000_000_000_000_000
         assert stat.S_IMODE(os.lstat(upper / "bin/suid").st_mode) == 0o4755
         os.removexattr(r / "etc/attrs", "user.drop")
-        assert xattrs_of(r / "etc/attrs") == {"user.keep": b"kept"}
+        assert view_xattrs(r / "etc/attrs") == {"user.keep": b"kept"}
         st = os.lstat(upper / "etc/attrs")
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime) == (
             0o640, 1001, 1002, 1_300_000_000)
@@ -443,7 +430,7 @@ def test_every_operation_then_remounts_and_kernel_overlayfs(layers, tmp_path):
             assert os.getxattr(r / "etc/config", "user.new") == b"on a lower file", what
             assert (r / "etc/config").read_bytes() == b"config v1\n", what
             assert os.getxattr(r / "etc/created", "user.new") == b"on a new file", what
-            assert xattrs_of(r / "etc/attrs") == {"user.keep": b"kept"}, what
+            assert view_xattrs(r / "etc/attrs") == {"user.keep": b"kept"}, what
             assert stat.S_ISFIFO(os.lstat(r / "etc/fifo").st_mode), what
             st = os.lstat(r / "etc/null")
             assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3), what
@@ -631,8 +618,8 @@ def test_sigkill_during_copy_up_leaves_no_partial_file(layers, big_layer, tmp_pa
     digests = layers.digests + [big_layer.digest]
     work = tmp_path / ".upper.work" / "work"
     mnt.mkdir()
-    p = run([MOSAIC, "mount", "-s", layers.store, "--keyring", layers.keyring, *digests, mnt,
-             "--upper", upper, "--writable=fuse"], env=layers.env)
+    run([MOSAIC, "mount", "-s", layers.store, "--keyring", layers.keyring, *digests, mnt,
+         "--upper", upper, "--writable=fuse"], env=layers.env)
     pid = status(mnt, layers.env)["pid"]
     opener = None
     try:

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import MOSAIC, write_file, file_sha256, object_path, pid_alive, run
+from conftest import MOSAIC, view_xattrs, write_file, file_sha256, object_path, pid_alive, run
 
 STRESS_SECONDS = float(os.environ.get("MOSAIC_STRESS_SECONDS", "30"))
 EPOCH = "1700000000"
@@ -216,16 +216,6 @@ def kernel_overlay(lowers, tops=(), options=()):
 # ---- tree snapshots -----------------------------------------------------------------------------
 
 
-def xattrs_of(path):
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EPERM):
-            return {}
-        raise
-    return {n: os.getxattr(path, n, follow_symlinks=False)
-            for n in sorted(names) if not n.startswith("trusted.overlay.")}
-
 
 def snapshot(root, content=True):
     """{relative path: entry} for every entry under root ('' is root itself). Directories carry
@@ -236,7 +226,7 @@ def snapshot(root, content=True):
     def visit(path, rel):
         st = os.lstat(path)
         e = dict(type=stat.S_IFMT(st.st_mode), mode=stat.S_IMODE(st.st_mode), uid=st.st_uid,
-                 gid=st.st_gid, xattrs=xattrs_of(path))
+                 gid=st.st_gid, xattrs=view_xattrs(path))
         if stat.S_ISDIR(st.st_mode):
             children = sorted(os.listdir(path))
             subdirs = 0
@@ -1151,7 +1141,7 @@ def check_writes(r, x, what, kernel=False):
     assert "user.tmp" not in os.listxattr(cp[13]), what
     attrs = r / "opt/extra/attrs"
     st = os.lstat(attrs)
-    assert xattrs_of(attrs) == {"user.keep": b"kept"}, what
+    assert view_xattrs(attrs) == {"user.keep": b"kept"}, what
     assert (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns) == (
         x.attrs_st.st_mode, x.attrs_st.st_uid, x.attrs_st.st_gid, x.attrs_st.st_size,
         x.attrs_st.st_mtime_ns), what
