@@ -68,6 +68,26 @@ int keyring_open(const char *path, struct keyring **out, struct mosaic_error *er
 void keyring_free(struct keyring *k);
 /* The default keyring path ($MOSAIC_KEYRING, config "keyring", /etc/mosaic/keyring.gpg). */
 char *keyring_default_path(void);
+/* Checks a detached signature over data against the keyring; on success *signer (if not NULL)
+ * is the signing key's fingerprint (caller frees). One good signature is enough unless another
+ * is bad. Distinct errors: -EBADMSG malformed, -ENOKEY unknown key, -EKEYREJECTED bad
+ * signature, -EKEYREVOKED revoked or expired. */
+int keyring_verify(struct keyring *k, const void *data, size_t len, const void *sig, size_t sig_len,
+                   char **signer, struct mosaic_error *err);
+/* The same for repository metadata (Release.gpg, repomd.xml.asc): an unknown key's message says
+ * to add it to the repository's keyring (the file k was opened from). */
+int keyring_verify_metadata(struct keyring *k, const void *data, size_t len, const void *sig,
+                            size_t sig_len, char **signer, struct mosaic_error *err);
+/* Checks a clearsigned message (InRelease) that must be alone in data, with the errors of
+ * keyring_verify_metadata, and hands back the signed text (NUL-terminated; caller frees). */
+int keyring_verify_clearsigned(struct keyring *k, const void *data, size_t len, char **plaintext,
+                               size_t *plen, char **signer, struct mosaic_error *err);
+/* Checks an .rpm's header digests and signature against k (librpm): status is "ok", "nokey",
+ * "nottrusted", "bad" or "unsigned" (static strings); keyid, when not NULL, the signer's key id
+ * (16 hex digits, caller frees; NULL when unsigned). Errors only for a corrupt or unreadable
+ * package. */
+int rpm_signature_check(struct keyring *k, const char *path, const char **status, char **keyid,
+                        struct mosaic_error *err);
 
 /* Verifies the fragment whose image is at image_path (descriptor and signature beside it):
  * good signature by a key in k, image digest and size as the descriptor says, image parses.

@@ -2,6 +2,7 @@
  * descriptor is made from. Not part of the module's public interface. */
 #pragma once
 
+#include "common/deb822.h"
 #include "fragments/fragment.h"
 
 #include <sys/stat.h>
@@ -85,23 +86,6 @@ int src_rpm_read(const char *path, struct fwriter *w, struct src_meta *m,
 struct archive;
 int archive_feed(struct archive *a, const char *what, struct fwriter *w, struct mosaic_error *err);
 
-/* ---- Debian control paragraphs (deb822.c) -------------------------------------------------- */
-
-struct deb822_field {
-	char *name, *value; /* value: continuation lines joined with '\n', first line trimmed */
-};
-struct deb822 {
-	struct deb822_field *fields;
-	size_t n;
-};
-/* Parses the first paragraph of untrusted text; -EINVAL with err naming the line. */
-int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic_error *err);
-const char *deb822_get(const struct deb822 *p, const char *name); /* case-insensitive */
-void deb822_clear(struct deb822 *p);
-/* Splits a dependency field ("a (>= 1), b | c") into a JSON array of its comma-separated
- * relations, each trimmed. */
-json_object *deb822_relations(const char *value);
-
 /* ---- OpenPGP (trust.c, gpgme) -------------------------------------------------------------- */
 
 /* Makes a detached binary signature of data with key_id from the default $GNUPGHOME. */
@@ -118,10 +102,5 @@ char *descriptor_build(const struct src_meta *m, const struct fragment_create_op
                        enum fragment_kind kind, const char *digest, uint64_t image_size,
                        uint64_t files, uint64_t content_bytes, const char *source_sha256,
                        uint64_t source_size, const char *source_file, int64_t created);
-/* Checks a detached signature over data against the keyring; on success *signer (if not NULL)
- * is the signing key's fingerprint. Distinct errors: -EBADMSG malformed, -ENOKEY unknown key,
- * -EKEYREJECTED bad signature, -EKEYREVOKED revoked or expired. */
-int keyring_verify(struct keyring *k, const void *data, size_t len, const void *sig, size_t sig_len,
-                   char **signer, struct mosaic_error *err);
 /* The SHA-256 of the keyring file: part of every remembered verification. */
 const char *keyring_hash(const struct keyring *k);

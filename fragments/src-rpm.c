@@ -704,8 +704,12 @@ static int stream_payload(const char *path, FD_t payload, Header h, struct fwrit
 
 /* ---- the source ------------------------------------------------------------------------------ */
 
-int src_rpm_read(const char *path, struct fwriter *w, struct src_meta *m,
-                 const struct fragment_create_options *o, struct mosaic_error *err)
+/* Reads the header of the package open as fd, checking digests and the header signature
+ * against k (may be NULL: every signature is then "nokey"). status is "ok", "nokey",
+ * "nottrusted", "bad" (the signature does not match; the digests do) or "unsigned"; keyid is the
+ * signer's key id or NULL. A corrupt header or a file that is no package is an error. */
+static int read_header_checked(const char *path, FD_t fd, struct keyring *k, Header *out,
+                               const char **status, char **keyid, struct mosaic_error *err)
 {
 	char detail[sizeof(rpm_said) + 4];
 	int r;
@@ -716,15 +720,8 @@ int src_rpm_read(const char *path, struct fwriter *w, struct src_meta *m,
 		return mosaic_errorf(err, -EIO, "%s: librpm could not read its configuration%s",
 		                     path, rpm_detail(detail, sizeof(detail)));
 
-	_cleanup_close_ int fdno = open(path, O_RDONLY | O_CLOEXEC);
-	if (fdno < 0)
-		return mosaic_errorf(err, -errno, "%s: %s", path, strerror(errno));
-	_cleanup_(fdp) FD_t fd = fdDup(fdno);
-	if (!fd || Ferror(fd))
-		return mosaic_errorf(err, -EIO, "%s: librpm cannot open it", path);
-
 	_cleanup_(rpmkeyringp) rpmKeyring keyring = NULL;
-	r = rpm_keyring_new(path, o ? o->keyring : NULL, &keyring, err);
+	r = rpm_keyring_new(path, k, &keyring, err);
 	if (r < 0)
 		return r;
 	_cleanup_(rpmtsp) rpmts ts = rpmtsCreate();
@@ -735,13 +732,12 @@ int src_rpm_read(const char *path, struct fwriter *w, struct src_meta *m,
 	rpmtsSetVSFlags(ts, RPMVSF_DEFAULT);
 
 	_cleanup_(headerp) Header h = NULL;
-	const char *status;
 	rpmRC rc = rpmReadPackageFile(ts, fd, path, &h);
 	switch (rc) {
 	case RPMRC_OK:
 	case RPMRC_NOKEY:
 	case RPMRC_NOTTRUSTED:
-		status = rc == RPMRC_OK ? "ok" : rc == RPMRC_NOKEY ? "nokey" : "nottrusted";
+		*status = rc == RPMRC_OK ? "ok" : rc == RPMRC_NOKEY ? "nokey" : "nottrusted";
 		break;
 	case RPMRC_NOTFOUND:
 		return mosaic_errorf(err, -EINVAL, "%s: not an RPM package%s", path,
@@ -759,14 +755,54 @@ int src_rpm_read(const char *path, struct fwriter *w, struct src_meta *m,
 			                     "%s: corrupt package: header digest mismatch or "
 			                     "unreadable header%s",
 			                     path, detail);
-		status = "bad";
+		*status = "bad";
 		break;
 	}
 	rpm_said[0] = '\0'; /* a NOKEY warning is recorded, not a detail of later errors */
+	if (!header_signature(h, keyid))
+		*status = "unsigned";
+	*out = TAKE_PTR(h);
+	return 0;
+}
+
+int rpm_signature_check(struct keyring *k, const char *path, const char **status, char **keyid,
+                        struct mosaic_error *err)
+{
+	_cleanup_close_ int fdno = open(path, O_RDONLY | O_CLOEXEC);
+	if (fdno < 0)
+		return mosaic_errorf(err, -errno, "%s: %s", path, strerror(errno));
+	_cleanup_(fdp) FD_t fd = fdDup(fdno);
+	if (!fd || Ferror(fd))
+		return mosaic_errorf(err, -EIO, "%s: librpm cannot open it", path);
+	_cleanup_(headerp) Header h = NULL;
+	_cleanup_free_ char *id = NULL;
+	int r = read_header_checked(path, fd, k, &h, status, &id, err);
+	if (r < 0)
+		return r;
+	if (keyid)
+		*keyid = TAKE_PTR(id);
+	return 0;
+}
+
+int src_rpm_read(const char *path, struct fwriter *w, struct src_meta *m,
+                 const struct fragment_create_options *o, struct mosaic_error *err)
+{
+	char detail[sizeof(rpm_said) + 4];
+	int r;
+
+	_cleanup_close_ int fdno = open(path, O_RDONLY | O_CLOEXEC);
+	if (fdno < 0)
+		return mosaic_errorf(err, -errno, "%s: %s", path, strerror(errno));
+	_cleanup_(fdp) FD_t fd = fdDup(fdno);
+	if (!fd || Ferror(fd))
+		return mosaic_errorf(err, -EIO, "%s: librpm cannot open it", path);
+
+	_cleanup_(headerp) Header h = NULL;
+	const char *status;
 	_cleanup_free_ char *keyid = NULL;
-	bool is_signed = header_signature(h, &keyid);
-	if (!is_signed)
-		status = "unsigned";
+	r = read_header_checked(path, fd, o ? o->keyring : NULL, &h, &status, &keyid, err);
+	if (r < 0)
+		return r;
 	bool verified = !strcmp(status, "ok");
 
 	const char *name = headerGetString(h, RPMTAG_NAME);

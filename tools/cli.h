@@ -27,9 +27,20 @@ int cli_resolve_inputs(char **args, size_t n, const char *store, const char *key
                        struct cli_inputs *out);
 void cli_inputs_free(struct cli_inputs *ci);
 
+/* Manifests (cmd-build.c): facts for when:, loading with the host's arch as the default, the
+ * lock beside the manifest, and the fragment digests a built manifest mounts, lowest first. */
+int cli_fact_add(json_object *facts, const char *kv);
+int cli_manifest_load(const char *path, json_object *facts, json_object **model);
+char *cli_lock_path(const char *manifest, json_object *model);
+int cli_manifest_fragments(const char *manifest, const char *lock_path, char ***digests,
+                           size_t *n);
+
 int cmd_fragment(int argc, char **argv);
 int cmd_compose(int argc, char **argv);
 int cmd_mount(int argc, char **argv);
 int cmd_umount(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_store(int argc, char **argv);
+int cmd_manifest(int argc, char **argv);
+int cmd_resolve(int argc, char **argv);
+int cmd_build(int argc, char **argv);

@@ -8,15 +8,17 @@
 #include <sys/stat.h>
 
 static const char usage_mount[] =
-    "Usage: mosaic mount (INDEX | FRAGMENT...) MOUNTPOINT [OPTIONS]\n"
+    "Usage: mosaic mount (MANIFEST | INDEX | FRAGMENT...) MOUNTPOINT [OPTIONS]\n"
     "\n"
-    "Mounts the composition of FRAGMENTs (lowest first; store refs, digests or .sqfs paths) or\n"
-    "of a prebuilt INDEX. Nothing is unpacked: metadata comes from the index (built once per\n"
+    "Mounts the composition of FRAGMENTs (lowest first; store refs, digests or .sqfs paths),\n"
+    "of a prebuilt INDEX, or of a MANIFEST that 'mosaic build' built (its base lowest, then\n"
+    "its packages in dependency order, then its extra fragments). Nothing is unpacked: metadata comes from the index (built once per\n"
     "fragment list and cached), and a fragment is opened and verified when a file in it is\n"
     "first read. Read-only unless --upper is given. Returns once the mount is usable.\n"
     "\n"
     "  -s, --store STORE       the store fragments come from\n"
     "      --keyring FILE      trusted public keys\n"
+    "      --lock FILE         the MANIFEST's lock (default: NAME.lock beside it)\n"
     "      --upper DIR         writable upper layer (kernel overlayfs upper format)\n"
     "      --work DIR          overlayfs work dir (default: .NAME.work beside the upper)\n"
     "      --writable=MODE     overlay (kernel overlayfs over the view) or fuse (the daemon's\n"
@@ -36,7 +38,14 @@ static const char usage_status[] = "Usage: mosaic status MOUNTPOINT [--json]\n"
                                    "\n"
                                    "Shows the daemon's mode, fragments and fragment opens.\n";
 
-enum { OPT_KEYRING = 256, OPT_UPPER, OPT_WORK, OPT_WRITABLE, OPT_READ_ONLY, OPT_LAZY, OPT_JSON };
+enum { OPT_LOCK = 255, OPT_KEYRING = 256, OPT_UPPER, OPT_WORK, OPT_WRITABLE, OPT_READ_ONLY, OPT_LAZY, OPT_JSON };
+
+static bool is_manifest(const char *path)
+{
+	size_t l = strlen(path);
+	return (l > 5 && strcmp(path + l - 5, ".yaml") == 0) ||
+	       (l > 4 && strcmp(path + l - 4, ".yml") == 0);
+}
 
 static bool is_index(const char *path)
 {
@@ -52,6 +61,7 @@ int cmd_mount(int argc, char **argv)
 {
 	static const struct option opts[] = {{"store", required_argument, NULL, 's'},
 	                                     {"keyring", required_argument, NULL, OPT_KEYRING},
+	                                     {"lock", required_argument, NULL, OPT_LOCK},
 	                                     {"upper", required_argument, NULL, OPT_UPPER},
 	                                     {"work", required_argument, NULL, OPT_WORK},
 	                                     {"writable", required_argument, NULL, OPT_WRITABLE},
@@ -60,7 +70,7 @@ int cmd_mount(int argc, char **argv)
 	                                     {"help", no_argument, NULL, 'h'},
 	                                     {}};
 	struct fusefs_options o = {.writable = FUSEFS_WRITABLE_AUTO};
-	const char *store = NULL, *keyring_path = NULL;
+	const char *store = NULL, *keyring_path = NULL, *lock = NULL;
 	bool read_only = false;
 	int c;
 	while ((c = getopt_long(argc, argv, "s:fo:h", opts, NULL)) != -1) {
@@ -70,6 +80,9 @@ int cmd_mount(int argc, char **argv)
 			break;
 		case OPT_KEYRING:
 			keyring_path = optarg;
+			break;
+		case OPT_LOCK:
+			lock = optarg;
 			break;
 		case OPT_UPPER:
 			o.upper = optarg;
@@ -110,6 +123,16 @@ int cmd_mount(int argc, char **argv)
 	char **args = argv + optind;
 	size_t n_args = argc - optind - 1;
 
+	char **digests = NULL;
+	size_t n_digests = 0;
+	if (n_args == 1 && is_manifest(args[0])) {
+		int r = cli_manifest_fragments(args[0], lock, &digests, &n_digests);
+		if (r)
+			return r;
+		args = digests;
+		n_args = n_digests;
+	}
+
 	_cleanup_free_ char *work = NULL, *cached_index = NULL;
 	if (o.upper && !o.work) {
 		_cleanup_free_ char *a = xstrdup(o.upper), *b = xstrdup(o.upper);
@@ -117,14 +140,14 @@ int cmd_mount(int argc, char **argv)
 		o.work = work;
 	}
 	struct keyring *k = NULL;
-	int r = cli_open_keyring(keyring_path, &k);
-	if (r)
-		return r;
-	o.keyring = k;
-
 	struct cli_inputs ci = {0};
 	char **images = NULL;
 	size_t n_images = 0;
+	int r = cli_open_keyring(keyring_path, &k);
+	if (r)
+		goto out;
+	o.keyring = k;
+
 	struct mosaic_error err = {0};
 	if (n_args == 1 && is_index(args[0])) {
 		struct compose_index *idx;
@@ -193,6 +216,7 @@ int cmd_mount(int argc, char **argv)
 	r = EXIT_OK;
 out:
 	strv_free(images, n_images);
+	strv_free(digests, n_digests);
 	cli_inputs_free(&ci);
 	keyring_free(k);
 	return r;

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The main job on the default example, as far as mosaic goes today: take real Debian packages
-# from the host's apt sources, turn them into signed squashfs fragments in a store, verify them
-# against a keyring, list what one holds, then mount all of them as one tree and run a program
-# from it with chroot. Run as root on Debian bookworm.
+# The main job on the default example: build manifests/examples/debian-minimal.yaml from the
+# Debian archive the host's apt sources name (resolve with libsolv, download and verify every
+# package, one signed fragment each), mount the result, run a command inside it with chroot,
+# and unmount. Run as root on Debian bookworm.
 # State lives in $MOSAIC_DEMO_DIR (default /var/lib/mosaic-demo): a demo signing key, the
-# keyring that trusts it, the downloaded packages and the store.
+# keyring that trusts it, the lock, the store and mosaic's download cache. A second run
+# downloads nothing and makes no fragment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,10 +13,11 @@ bash tools/setup.sh
 [ -f build/build.ninja ] || meson setup build >/dev/null
 ninja -C build >/dev/null
 mosaic=$PWD/build/tools/mosaic
+manifest=manifests/examples/debian-minimal.yaml
 
 work=${MOSAIC_DEMO_DIR:-/var/lib/mosaic-demo}
 export GNUPGHOME=$work/gnupg MOSAIC_CACHE_DIR=$work/cache
-mkdir -p "$work/debs"
+mkdir -p "$work"
 trap 'gpgconf --kill all >/dev/null 2>&1 || true' EXIT
 
 if [ ! -d "$GNUPGHOME" ]; then
@@ -26,28 +28,21 @@ fi
 key=$(gpg --list-keys --with-colons | awk -F: '/^fpr:/ { print $10; exit }')
 gpg --export "$key" >"$work/keyring.gpg"
 
-packages=(busybox-static coreutils iputils-ping tzdata)
-echo "== downloading ${packages[*]} through the host's apt sources"
-(cd "$work/debs" && apt-get download -q "${packages[@]}" 2>/dev/null ||
-	{ apt-get update -qq && apt-get download -q "${packages[@]}"; })
+echo "== the manifest ($manifest, merged with its include)"
+"$mosaic" manifest show "$manifest"
+echo "== building it from the host's apt sources"
+"$mosaic" build "$manifest" --lock "$work/debian-minimal.lock" -s "$work/store" --sign "$key"
 
-echo "== making signed fragments"
-"$mosaic" fragment create "$work"/debs/*.deb -o "$work/store" --sign "$key"
-echo "== verifying them against $work/keyring.gpg"
-"$mosaic" store verify -s "$work/store" --keyring "$work/keyring.gpg"
-echo "== the store"
-"$mosaic" store list -s "$work/store"
-echo "== what the coreutils fragment holds (first lines)"
-"$mosaic" fragment inspect -s "$work/store" coreutils | sed -n 1,12p
-
-echo "== mounting the four fragments as one tree (read-only, nothing unpacked)"
+echo "== mounting it (read-only, nothing unpacked)"
 mnt=$work/mnt
 mkdir -p "$mnt"
-"$mosaic" mount -s "$work/store" --keyring "$work/keyring.gpg" "${packages[@]}" "$mnt"
+"$mosaic" mount "$manifest" "$mnt" --lock "$work/debian-minimal.lock" -s "$work/store" \
+	--keyring "$work/keyring.gpg"
 trap '"$mosaic" umount "$mnt" 2>/dev/null || true; gpgconf --kill all >/dev/null 2>&1 || true' EXIT
-echo "fragment opens after mounting: $("$mosaic" status "$mnt" --json | sed -n 's/.*"fragment_opens": *\([0-9]*\).*/\1/p')"
-chroot "$mnt" /bin/busybox sh -c \
-	'echo "inside the mount: $(busybox ls /bin | busybox wc -l) programs in /bin, $(busybox ls /usr/share/zoneinfo | busybox wc -l) zoneinfo entries"'
-echo "fragment opens after running busybox from it: $("$mosaic" status "$mnt" --json | sed -n 's/.*"fragment_opens": *\([0-9]*\).*/\1/p')"
+echo "fragments: $(ls "$work"/store/sha256/*/*.sqfs | wc -l) in the store, fragment opens after mounting: $("$mosaic" status "$mnt" --json | sed -n 's/.*"fragment_opens": *\([0-9]*\).*/\1/p')"
+echo "== inside, with chroot"
+chroot "$mnt" /bin/bash -c '. /etc/os-release; echo "$PRETTY_NAME: $(ls /usr/bin | wc -l) programs in /usr/bin, $(ls /var/lib/dpkg/info/*.list | wc -l) packages unpacked"; /usr/bin/apt-get --version | head -1'
+echo "fragment opens after running bash and apt-get from it: $("$mosaic" status "$mnt" --json | sed -n 's/.*"fragment_opens": *\([0-9]*\).*/\1/p')"
 "$mosaic" umount "$mnt"
 trap 'gpgconf --kill all >/dev/null 2>&1 || true' EXIT
+echo "== unmounted"

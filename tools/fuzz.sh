@@ -12,7 +12,8 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 build="$root/build-fuzz"
-targets_all=(fuzz-descriptor fuzz-deb822 fuzz-index)
+targets_all=(fuzz-descriptor fuzz-deb822 fuzz-index fuzz-manifest fuzz-deb-metadata
+	fuzz-rpm-metadata)
 
 usage() {
 	echo "usage: $0 [TARGET|all] [SECONDS]  (targets: ${targets_all[*]})" >&2

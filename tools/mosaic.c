@@ -12,6 +12,7 @@ static const char usage[] =
     "Commands:\n"
     "  fragment create|verify|inspect   make, check and list fragments\n"
     "  store add|list|show|verify|gc    manage a content-addressed fragment store\n"
+    "  manifest show|check MANIFEST     validate a manifest, show it merged (includes, layers)\n"
     "  compose FRAGMENT... -o INDEX     build a composition index (overlay rules, conflicts)\n"
     "  mount (INDEX|FRAGMENT...) DIR    mount a composition (read-only, or with an upper)\n"
     "  umount DIR                       unmount it and stop its daemon\n"
@@ -101,6 +102,12 @@ int main(int argc, char **argv)
 		return cmd_fragment(argc - 1, argv + 1);
 	if (strcmp(cmd, "store") == 0)
 		return cmd_store(argc - 1, argv + 1);
+	if (strcmp(cmd, "manifest") == 0)
+		return cmd_manifest(argc - 1, argv + 1);
+	if (strcmp(cmd, "resolve") == 0)
+		return cmd_resolve(argc - 1, argv + 1);
+	if (strcmp(cmd, "build") == 0)
+		return cmd_build(argc - 1, argv + 1);
 	if (strcmp(cmd, "compose") == 0)
 		return cmd_compose(argc - 1, argv + 1);
 	if (strcmp(cmd, "mount") == 0)

@@ -19,6 +19,7 @@ packages=(
 	# test
 	python3 python3-pytest squashfuse squashfs-tools rpm dpkg-dev attr libcap2-bin
 	util-linux kmod e2fsprogs runc xz-utils zstd bzip2 gzip
+	createrepo-c apt-utils
 	# benchmark
 	hyperfine fuse-overlayfs debootstrap
 )

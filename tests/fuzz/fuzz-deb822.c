@@ -1,6 +1,6 @@
-/* libFuzzer target for deb822_parse and deb822_relations: control paragraphs come out of .deb
- * files and repository metadata, both untrusted. */
-#include "fragments/internal.h"
+/* libFuzzer target for deb822_parse, deb822_parse_all and deb822_relations: control paragraphs
+ * come out of .deb files, apt sources and repository metadata. */
+#include "common/deb822.h"
 
 #include <string.h>
 
@@ -36,8 +36,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			}
 			json_object_put(a);
 		}
-		deb822_clear(&p);
 	}
+
+	/* Every paragraph (apt's .sources files): each one non-empty, and the first one is what
+	 * deb822_parse gives when that succeeds. */
+	struct deb822 *all = NULL;
+	size_t n = 0;
+	if (deb822_parse_all((const char *)data, size, &all, &n, &err) == 0) {
+		for (size_t i = 0; i < n; i++)
+			if (all[i].n == 0)
+				__builtin_trap();
+		if (r == 0 && (n == 0 || all[0].n != p.n))
+			__builtin_trap();
+		deb822_free_all(all, n);
+	} else if (all || !err.msg[0]) {
+		__builtin_trap();
+	}
+	if (r == 0)
+		deb822_clear(&p);
 
 	/* The relation splitter on the raw input too (it expects a C string). */
 	char *s = xstrndup((const char *)data, size);

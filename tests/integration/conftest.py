@@ -288,3 +288,56 @@ def minbase_store(signer, tmp_path_factory):
     digests = [by_source[os.path.realpath(d)] for d in debs]
     Minbase = namedtuple("Minbase", "store digests keyring env")
     return Minbase(store, digests, signer.keyring, env)
+
+
+# ---- signed package repositories served over HTTP (appended for the provider tests) ------------
+
+@pytest.fixture(scope="session")
+def repo_key(tmp_path_factory):
+    """The key that signs the test repositories (InRelease, Release.gpg, rpms, repomd.xml.asc)."""
+    import repos
+    with repos.Key.create(tmp_path_factory.mktemp("repo-key"), "mosaic repo signer") as k:
+        yield k
+
+
+@pytest.fixture(scope="session")
+def repo_wrong_key(tmp_path_factory):
+    """Another key: its keyring does not hold the repositories' signer."""
+    import repos
+    with repos.Key.create(tmp_path_factory.mktemp("repo-wrong-key"), "mosaic wrong key") as k:
+        yield k
+
+
+@pytest.fixture(scope="session")
+def repo_site(repo_key, repo_wrong_key, tmp_path_factory):
+    """The standard repositories (repos.py: deb/, deb-extra/, rpm/), built once per session and
+    served over HTTP on 127.0.0.1: a repos.Site with .url, .server, .root, .key, .wrong_key and
+    .deb/.deb_extra/.rpm (repos.Repo). Do not change its files; use fresh_repo_site for that, and
+    the `repos` fixture to get the server's faults and log reset after the test."""
+    import httpd
+    import repos
+    site = repos.build_site(tmp_path_factory.mktemp("repo-site") / "site", repo_key,
+                            repo_wrong_key)
+    with httpd.serve(site.root) as srv:
+        site.server = srv
+        yield site
+
+
+@pytest.fixture
+def repos(repo_site):
+    """repo_site for one test; the server's faults and request log are reset afterwards."""
+    try:
+        yield repo_site
+    finally:
+        repo_site.server.reset()
+
+
+@pytest.fixture
+def fresh_repo_site(repo_site, tmp_path):
+    """A private copy of repo_site (same keys) under tmp_path, served by its own server, for
+    tests that change or remove repository files."""
+    import httpd
+    root = tmp_path / "site"
+    shutil.copytree(repo_site.root, root, symlinks=True)
+    with httpd.serve(root) as srv:
+        yield repo_site.moved(root, srv)

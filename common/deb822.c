@@ -1,6 +1,6 @@
-/* A parser for one Debian control paragraph (deb822): "Field: value" lines, continuation
- * lines starting with a space or tab, '#' comments. Input is untrusted (it comes from a .deb). */
-#include "fragments/internal.h"
+/* A parser for Debian control paragraphs (deb822): "Field: value" lines, continuation lines
+ * starting with a space or tab, '#' comments. Input is untrusted (a .deb, a repository). */
+#include "common/deb822.h"
 
 #include <ctype.h>
 #include <string.h>
@@ -37,34 +37,35 @@ static char *trim(const char *s, size_t n)
 	return xstrndup(s, n);
 }
 
-int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic_error *err)
+/* Parses one paragraph starting at text[*pos], counting lines in *line; stops after the blank
+ * line that ends it (or at the end) and leaves *pos there. A paragraph of comments only gives
+ * out->n == 0. */
+static int parse_one(const char *text, size_t len, size_t *pos, size_t *line, struct deb822 *out,
+                     struct mosaic_error *err)
 {
 	struct deb822 p = {0};
-	size_t line = 0, cap = 0, vlen = 0, vcap = 0; /* length and room of the last value */
-	const char *s = text, *end = text + len;
+	size_t cap = 0, vlen = 0, vcap = 0; /* length and room of the last value */
+	const char *s = text + *pos, *end = text + len;
 	bool started = false;
-
-	/* Real control paragraphs are a few KiB; the limits keep hostile input linear. */
-	if (len > DEB822_MAX_BYTES)
-		return mosaic_errorf(err, -EFBIG, "control paragraph larger than %d bytes",
-		                     DEB822_MAX_BYTES);
 
 	while (s < end) {
 		const char *nl = memchr(s, '\n', end - s);
 		const char *eol = nl ? nl : end;
 		size_t n = eol - s;
-		line++;
+		(*line)++;
 		if (memchr(s, '\0', n)) {
 			deb822_clear(&p);
-			return mosaic_errorf(err, -EINVAL, "line %zu: NUL byte", line);
+			return mosaic_errorf(err, -EINVAL, "line %zu: NUL byte", *line);
 		}
 		bool blank = true;
 		for (size_t i = 0; i < n; i++)
 			if (!isspace((unsigned char)s[i]))
 				blank = false;
 		if (blank) {
-			if (started)
-				break; /* end of the first paragraph */
+			if (started) {
+				s = nl ? nl + 1 : end;
+				break; /* end of the paragraph */
+			}
 		} else if (s[0] == '#') {
 			/* comment */
 		} else if (s[0] == ' ' || s[0] == '\t') {
@@ -72,7 +73,7 @@ int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic
 				deb822_clear(&p);
 				return mosaic_errorf(err, -EINVAL,
 				                     "line %zu: continuation line before any field",
-				                     line);
+				                     *line);
 			}
 			struct deb822_field *f = &p.fields[p.n - 1];
 			_cleanup_free_ char *t = trim(s, n);
@@ -89,25 +90,25 @@ int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic
 			if (!colon || colon == s) {
 				deb822_clear(&p);
 				return mosaic_errorf(err, -EINVAL,
-				                     "line %zu: expected 'Field: value'", line);
+				                     "line %zu: expected 'Field: value'", *line);
 			}
 			for (const char *c = s; c < colon; c++)
 				if (!isgraph((unsigned char)*c)) {
 					deb822_clear(&p);
 					return mosaic_errorf(
 					    err, -EINVAL,
-					    "line %zu: invalid character in field name", line);
+					    "line %zu: invalid character in field name", *line);
 				}
 			_cleanup_free_ char *name = xstrndup(s, colon - s);
 			if (p.n >= DEB822_MAX_FIELDS) {
 				deb822_clear(&p);
 				return mosaic_errorf(err, -EINVAL, "line %zu: more than %d fields",
-				                     line, DEB822_MAX_FIELDS);
+				                     *line, DEB822_MAX_FIELDS);
 			}
 			if (deb822_get(&p, name)) {
 				deb822_clear(&p);
 				return mosaic_errorf(err, -EINVAL, "line %zu: duplicate field '%s'",
-				                     line, name);
+				                     *line, name);
 			}
 			if (p.n == cap) {
 				cap = cap ? cap * 2 : 16;
@@ -122,9 +123,56 @@ int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic
 		}
 		s = nl ? nl + 1 : end;
 	}
+	*pos = s - text;
+	*out = p;
+	return 0;
+}
+
+int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic_error *err)
+{
+	/* Real control paragraphs are a few KiB; the limits keep hostile input linear. */
+	if (len > DEB822_MAX_BYTES)
+		return mosaic_errorf(err, -EFBIG, "control paragraph larger than %d bytes",
+		                     DEB822_MAX_BYTES);
+	size_t pos = 0, line = 0;
+	struct deb822 p = {0};
+	int r = parse_one(text, len, &pos, &line, &p, err);
+	if (r < 0)
+		return r;
 	if (p.n == 0)
 		return mosaic_errorf(err, -EINVAL, "empty control paragraph");
 	*out = p;
+	return 0;
+}
+
+void deb822_free_all(struct deb822 *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		deb822_clear(&p[i]);
+	free(p);
+}
+
+int deb822_parse_all(const char *text, size_t len, struct deb822 **out, size_t *n,
+                     struct mosaic_error *err)
+{
+	if (len > DEB822_MAX_BYTES)
+		return mosaic_errorf(err, -EFBIG, "text larger than %d bytes", DEB822_MAX_BYTES);
+	struct deb822 *all = NULL;
+	size_t count = 0, pos = 0, line = 0;
+	while (pos < len) {
+		struct deb822 p = {0};
+		int r = parse_one(text, len, &pos, &line, &p, err);
+		if (r < 0) {
+			deb822_free_all(all, count);
+			return r;
+		}
+		if (p.n == 0)
+			continue;
+		all = xrealloc(all, (count + 1) * sizeof(*all));
+		all[count++] = p;
+	}
+	*out = all;
+	*n = count;
 	return 0;
 }
 

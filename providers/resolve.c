@@ -1,0 +1,330 @@
+/* Resolution with libsolv: install jobs for the requested packages and the base set, several
+ * repositories with priorities, Recommends by choice, and the transaction ordered so that
+ * every package comes after what it depends on. Problems are told in libsolv's own words with
+ * its suggested solutions. */
+#include "providers/providers.h"
+
+#include <string.h>
+
+#include <solv/evr.h>
+#include <solv/pool.h>
+#include <solv/poolarch.h>
+#include <solv/problems.h>
+#include <solv/repo.h>
+#include <solv/selection.h>
+#include <solv/solver.h>
+#include <solv/transaction.h>
+
+void provider_pool_new(struct provider_ctx *ctx, enum repo_type t)
+{
+	Pool *pool = pool_create();
+	pool_setdisttype(pool, provider_for(t)->disttype);
+	pool_setarch(pool, ctx->arch);
+	ctx->pool = pool;
+}
+
+void provider_pool_free(struct provider_ctx *ctx)
+{
+	if (ctx->pool)
+		pool_free(ctx->pool);
+	ctx->pool = NULL;
+}
+
+/* Grows an error message line by line, keeping what fits. */
+static void msg_append(struct mosaic_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void msg_append(struct mosaic_error *err, const char *fmt, ...)
+{
+	if (!err)
+		return;
+	size_t used = strlen(err->msg);
+	if (used >= sizeof(err->msg) - 1)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err->msg + used, sizeof(err->msg) - used, fmt, ap);
+	va_end(ap);
+}
+
+static Id rel_flags(const char *op)
+{
+	if (strcmp(op, "=") == 0)
+		return REL_EQ;
+	if (strcmp(op, ">=") == 0)
+		return REL_GT | REL_EQ;
+	if (strcmp(op, "<=") == 0)
+		return REL_LT | REL_EQ;
+	if (strcmp(op, ">>") == 0)
+		return REL_GT;
+	if (strcmp(op, "<<") == 0)
+		return REL_LT;
+	return 0;
+}
+
+/* Does any solvable carry this exact name (as opposed to only providing it)? */
+static bool has_name(Pool *pool, Id name)
+{
+	Id p, pp;
+	FOR_PROVIDES(p, pp, name)
+		if (pool->solvables[p].name == name)
+			return true;
+	return false;
+}
+
+static bool has_provider(Pool *pool, Id dep)
+{
+	Id p, pp;
+	FOR_PROVIDES(p, pp, dep)
+		return true;
+	return false;
+}
+
+/* Adds the install job for one request; a name nothing provides is reported here, with the
+ * constraint, rather than as libsolv's terser "nothing provides". */
+static int add_install_job(Pool *pool, Queue *job, const char *name, const char *op,
+                           const char *version, struct mosaic_error *err)
+{
+	Id nid = pool_str2id(pool, name, 0);
+	if (!nid || !has_provider(pool, nid)) {
+		msg_append(err, "\n  no package '%s' in any repository", name);
+		return -ENOENT;
+	}
+	Id dep = nid;
+	if (op && *op && version) {
+		dep = pool_rel2id(pool, nid, pool_str2id(pool, version, 1), rel_flags(op), 1);
+		if (!has_provider(pool, dep)) {
+			msg_append(err, "\n  no version of '%s' satisfies %s %s", name, op, version);
+			return -ENOENT;
+		}
+	}
+	/* A real package by that name is asked for by name; a virtual one by what provides it. */
+	queue_push2(job, SOLVER_INSTALL | (has_name(pool, nid) ? SOLVER_SOLVABLE_NAME :
+	                                                         SOLVER_SOLVABLE_PROVIDES),
+	            dep);
+	return 0;
+}
+
+static void base_names(Pool *pool, const char *set, Queue *names)
+{
+	Repo *repo;
+	Id rid;
+	FOR_REPOS(rid, repo) {
+		struct repo *r = repo->appdata;
+		if (!r)
+			continue;
+		char **lists[3] = {r->essential, NULL, NULL};
+		if (strcmp(set, "required") == 0 || strcmp(set, "important") == 0)
+			lists[1] = r->required;
+		if (strcmp(set, "important") == 0)
+			lists[2] = r->important;
+		for (size_t l = 0; l < ARRAY_SIZE(lists); l++)
+			for (char **n = lists[l]; n && *n; n++)
+				queue_pushunique(names, pool_str2id(pool, *n, 1));
+	}
+}
+
+static void describe_problems(Solver *solv, struct mosaic_error *err)
+{
+	unsigned count = solver_problem_count(solv);
+	mosaic_errorf(err, -ENOENT, "the packages asked for cannot be installed together:");
+	for (Id p = 1; p <= (Id)count; p++) {
+		msg_append(err, "\n  problem %d: %s", p, solver_problem2str(solv, p));
+		unsigned nsol = solver_solution_count(solv, p);
+		for (Id s = 1; s <= (Id)nsol; s++) {
+			msg_append(err, "\n    solution %d:", s);
+			Id e = 0, sp, rp;
+			while ((e = solver_next_solutionelement(solv, p, s, e, &sp, &rp)) != 0)
+				msg_append(err, " %s;", solver_solutionelement2str(solv, sp, rp));
+		}
+	}
+}
+
+/* Solves jobs and leaves the ordered list of solvables to install in out. */
+static int solve(Pool *pool, Queue *job, bool recommends, Queue *out, struct mosaic_error *err)
+{
+	Solver *solv = solver_create(pool);
+	solver_set_flag(solv, SOLVER_FLAG_IGNORE_RECOMMENDED, !recommends);
+	int r = 0;
+	if (solver_solve(solv, job) != 0) {
+		describe_problems(solv, err);
+		r = -ENOENT;
+	} else {
+		Transaction *trans = solver_create_transaction(solv);
+		transaction_order(trans, 0);
+		for (int i = 0; i < trans->steps.count; i++)
+			queue_push(out, trans->steps.elements[i]);
+		transaction_free(trans);
+	}
+	solver_free(solv);
+	return r;
+}
+
+static bool in_set(const char *name, char *const *set)
+{
+	for (char *const *n = set; n && *n; n++)
+		if (strcmp(*n, name) == 0)
+			return true;
+	return false;
+}
+
+/* Turns a solvable into a package; fails when the repository gives no SHA-256 for it. */
+static int fill_package(Pool *pool, Id p, bool base, struct package *pkg, struct mosaic_error *err)
+{
+	Solvable *s = pool->solvables + p;
+	struct repo *r = s->repo->appdata;
+	*pkg = (struct package){
+	    .name = xstrdup(pool_id2str(pool, s->name)),
+	    .version = xstrdup(pool_id2str(pool, s->evr)),
+	    .arch = xstrdup(pool_id2str(pool, s->arch)),
+	    .repository = xstrdup(r->cfg.name),
+	    .size = solvable_lookup_num(s, SOLVABLE_DOWNLOADSIZE, 0),
+	    .base = base,
+	    .essential = in_set(pool_id2str(pool, s->name), r->essential),
+	};
+	unsigned medianr;
+	const char *loc = solvable_get_location(s, &medianr);
+	pkg->location = xstrdup(loc ? loc : "");
+	pkg->url = xasprintf("%s/%s", r->cfg.uri, pkg->location);
+	Id type = 0;
+	const char *sum = solvable_lookup_checksum(s, SOLVABLE_CHECKSUM, &type);
+	if (!sum || type != REPOKEY_TYPE_SHA256)
+		return mosaic_errorf(err, -EBADMSG,
+		                     "%s %s in %s: the repository gives no SHA-256 checksum",
+		                     pkg->name, pkg->version, r->cfg.name);
+	snprintf(pkg->sha256, sizeof(pkg->sha256), "%s", sum);
+	return 0;
+}
+
+int resolve(struct provider_ctx *ctx, const struct resolve_request *rq, struct package **out,
+            size_t *n, struct mosaic_error *err)
+{
+	Pool *pool = ctx->pool;
+	pool_addfileprovides(pool);
+	pool_createwhatprovides(pool);
+
+	Queue base_job, job, names;
+	queue_init(&base_job);
+	queue_init(&job);
+	queue_init(&names);
+	int r = 0;
+	if (err)
+		err->msg[0] = 0;
+	mosaic_errorf(err, -ENOENT, "cannot resolve the request:");
+
+	for (char *const *x = rq->exclude; x && *x; x++)
+		queue_push2(&base_job, SOLVER_LOCK | SOLVER_SOLVABLE_NAME, pool_str2id(pool, *x, 1));
+	if (rq->base_set) {
+		base_names(pool, rq->base_set, &names);
+		for (int i = 0; i < names.count; i++) {
+			const char *name = pool_id2str(pool, names.elements[i]);
+			if (!in_set(name, rq->exclude))
+				queue_push2(&base_job, SOLVER_INSTALL | SOLVER_SOLVABLE_NAME,
+				            names.elements[i]);
+		}
+		if (names.count == 0) {
+			msg_append(err, "\n  the repositories mark no package for the base set '%s'",
+			           rq->base_set);
+			r = -ENOENT;
+		}
+	}
+	for (int i = 0; i < base_job.count; i++)
+		queue_push(&job, base_job.elements[i]);
+	for (size_t i = 0; i < rq->n_packages; i++) {
+		const struct package_request *q = &rq->packages[i];
+		int k = add_install_job(pool, &job, q->name, q->op, q->version, err);
+		if (k < 0)
+			r = k;
+	}
+
+	Queue base_set, all;
+	queue_init(&base_set);
+	queue_init(&all);
+	if (r == 0 && rq->base_set)
+		r = solve(pool, &base_job, rq->recommends, &base_set, err);
+	if (r == 0)
+		r = solve(pool, &job, rq->recommends, &all, err);
+	if (r == 0) {
+		/* The base set's closure first, then the rest, both in dependency order. */
+		Map in_base;
+		map_init(&in_base, pool->nsolvables);
+		for (int i = 0; i < base_set.count; i++)
+			MAPSET(&in_base, base_set.elements[i]);
+		struct package *pkgs = xcalloc(all.count ? all.count : 1, sizeof(*pkgs));
+		size_t k = 0;
+		for (int pass = 0; pass < 2 && r == 0; pass++)
+			for (int i = 0; i < all.count && r == 0; i++) {
+				Id p = all.elements[i];
+				bool base = MAPTST(&in_base, p);
+				if (base != (pass == 0))
+					continue;
+				r = fill_package(pool, p, base, &pkgs[k++], err);
+			}
+		map_free(&in_base);
+		if (r < 0) {
+			for (size_t i = 0; i < k; i++)
+				package_clear(&pkgs[i]);
+			free(pkgs);
+		} else {
+			*out = pkgs;
+			*n = k;
+		}
+	}
+	queue_free(&base_set);
+	queue_free(&all);
+	queue_free(&base_job);
+	queue_free(&job);
+	queue_free(&names);
+	return r;
+}
+
+int resolve_locked(struct provider_ctx *ctx, struct package *pkgs, size_t n,
+                   struct mosaic_error *err)
+{
+	Pool *pool = ctx->pool;
+	pool_createwhatprovides(pool);
+	unsigned missing = 0;
+	mosaic_errorf(err, -ESTALE, "the lock no longer matches the repositories:");
+	for (size_t i = 0; i < n; i++) {
+		struct package *pkg = &pkgs[i];
+		Id name = pool_str2id(pool, pkg->name, 0);
+		Id found = 0, p, pp;
+		FOR_PROVIDES(p, pp, name) {
+			Solvable *s = pool->solvables + p;
+			struct repo *r = s->repo->appdata;
+			Id type;
+			const char *sum = solvable_lookup_checksum(s, SOLVABLE_CHECKSUM, &type);
+			if (s->name == name && strcmp(pool_id2str(pool, s->evr), pkg->version) == 0 &&
+			    strcmp(pool_id2str(pool, s->arch), pkg->arch) == 0 && r &&
+			    strcmp(r->cfg.name, pkg->repository) == 0 && sum &&
+			    strcmp(sum, pkg->sha256) == 0) {
+				found = p;
+				break;
+			}
+		}
+		if (!found) {
+			if (++missing <= 8)
+				msg_append(err, "\n  %s %s (%s) with sha256 %.16s… is not in %s any more",
+				           pkg->name, pkg->version, pkg->arch, pkg->sha256,
+				           pkg->repository);
+			continue;
+		}
+		Solvable *s = pool->solvables + found;
+		struct repo *r = s->repo->appdata;
+		unsigned medianr;
+		const char *loc = solvable_get_location(s, &medianr);
+		free(pkg->location);
+		free(pkg->url);
+		pkg->location = xstrdup(loc ? loc : "");
+		pkg->url = xasprintf("%s/%s", r->cfg.uri, pkg->location);
+		pkg->essential = in_set(pkg->name, r->essential);
+	}
+	if (missing > 8)
+		msg_append(err, "\n  … and %u more", missing - 8);
+	if (missing) {
+		msg_append(err, "\nrun 'mosaic resolve' (without --locked) to update the lock");
+		return -ESTALE;
+	}
+	if (err)
+		err->msg[0] = 0;
+	return 0;
+}
