@@ -103,7 +103,8 @@ static char **list_dir(const char *dir, const char *const *suffixes)
 		v[n] = NULL;
 	}
 	closedir(d);
-	qsort(v, n, sizeof(*v), cmp_names);
+	if (n)
+		qsort(v, n, sizeof(*v), cmp_names);
 	return v;
 }
 

@@ -140,22 +140,180 @@ static void describe_problems(Solver *solv, struct mosaic_error *err)
 }
 
 /* Solves jobs and leaves the ordered list of solvables to install in out. */
-static int solve(Pool *pool, Queue *job, bool recommends, Queue *out, struct mosaic_error *err)
+static int solve_once(Pool *pool, Queue *job, bool recommends, Queue *out,
+                      struct mosaic_error *err)
 {
 	Solver *solv = solver_create(pool);
 	solver_set_flag(solv, SOLVER_FLAG_IGNORE_RECOMMENDED, !recommends);
 	int r = 0;
+	queue_empty(out);
 	if (solver_solve(solv, job) != 0) {
 		describe_problems(solv, err);
 		r = -ENOENT;
 	} else {
 		Transaction *trans = solver_create_transaction(solv);
-		transaction_order(trans, 0);
 		for (int i = 0; i < trans->steps.count; i++)
 			queue_push(out, trans->steps.elements[i]);
 		transaction_free(trans);
 	}
 	solver_free(solv);
+	return r;
+}
+
+static int by_name(Pool *pool, Id a, Id b)
+{
+	return strcmp(pool_id2str(pool, pool->solvables[a].name),
+	              pool_id2str(pool, pool->solvables[b].name));
+}
+
+/* Puts the chosen packages in dependency order: each after every chosen package that meets
+ * one of its Depends or Pre-Depends. Ties, and the breaking of dependency cycles, go by name,
+ * not by libsolv's solvable ids, which depend on how the metadata was loaded (parsed or from
+ * the .solv cache): the same set always gives the same order, and so the same lock. */
+static void order_by_dependencies(Pool *pool, Queue *set)
+{
+	int n = set->count;
+	Map in;
+	map_init(&in, pool->nsolvables);
+	for (int i = 0; i < n; i++)
+		MAPSET(&in, set->elements[i]);
+	/* needs[i]: indices of what package i needs, as a flat list. */
+	Queue edges, deps;
+	queue_init(&edges);
+	queue_init(&deps);
+	int *first = xcalloc(n + 1, sizeof(*first));
+	for (int i = 0; i < n; i++) {
+		first[i] = edges.count;
+		queue_empty(&deps);
+		solvable_lookup_deparray(pool->solvables + set->elements[i], SOLVABLE_REQUIRES, &deps,
+		                         -1);
+		for (int k = 0; k < deps.count; k++) {
+			Id p, pp;
+			if (deps.elements[k] == SOLVABLE_PREREQMARKER)
+				continue;
+			FOR_PROVIDES(p, pp, deps.elements[k]) {
+				if (p == set->elements[i] || !MAPTST(&in, p))
+					continue;
+				for (int j = 0; j < n; j++)
+					if (set->elements[j] == p)
+						queue_push(&edges, j);
+			}
+		}
+	}
+	first[n] = edges.count;
+	bool *placed = xcalloc(n ? n : 1, sizeof(*placed));
+	Queue out;
+	queue_init(&out);
+	while (out.count < n) {
+		/* The first by name of those whose needs are all placed; in a cycle, the first by
+		 * name of those with the fewest needs left. */
+		int best = -1, best_left = 0;
+		for (int i = 0; i < n; i++) {
+			if (placed[i])
+				continue;
+			int left = 0;
+			for (int e = first[i]; e < first[i + 1]; e++)
+				left += !placed[edges.elements[e]];
+			if (best < 0 || left < best_left ||
+			    (left == best_left && by_name(pool, set->elements[i],
+			                                  set->elements[best]) < 0)) {
+				best = i;
+				best_left = left;
+			}
+		}
+		placed[best] = true;
+		queue_push(&out, set->elements[best]);
+	}
+	queue_empty(set);
+	queue_insertn(set, 0, out.count, out.elements);
+	queue_free(&out);
+	queue_free(&edges);
+	queue_free(&deps);
+	free(first);
+	free(placed);
+	map_free(&in);
+}
+
+/* The first alternative of "a | b | c" (libsolv keeps it as nested REL_OR), and the package
+ * name a dependency is about ("foo (>= 1)" and "foo:any" are about foo). */
+static Id first_alternative(Pool *pool, Id dep)
+{
+	while (ISRELDEP(dep) && GETRELDEP(pool, dep)->flags == REL_OR)
+		dep = GETRELDEP(pool, dep)->name;
+	return dep;
+}
+
+static Id dep_name(Pool *pool, Id dep)
+{
+	while (ISRELDEP(dep))
+		dep = GETRELDEP(pool, dep)->name;
+	return dep;
+}
+
+/* libsolv's SAT solver forgets the order of alternatives and treats a real package and others
+ * that provide its name alike, so it may take libelogind0 for "libsystemd0" or dracut for
+ * "initramfs-tools | linux-initramfs-tool". apt and debootstrap take the first alternative,
+ * and a real package before a provider, unless the dependency is already met by a package
+ * asked for. This adds a favor job for each such first choice the solution missed; returns
+ * how many it added. */
+static unsigned favor_first_choices(Pool *pool, const Queue *chosen, const Map *asked,
+                                    Queue *job)
+{
+	Map inst;
+	map_init(&inst, pool->nsolvables);
+	for (int i = 0; i < chosen->count; i++)
+		MAPSET(&inst, chosen->elements[i]);
+	Queue deps;
+	queue_init(&deps);
+	unsigned added = 0;
+	for (int i = 0; i < chosen->count; i++) {
+		queue_empty(&deps);
+		solvable_lookup_deparray(pool->solvables + chosen->elements[i], SOLVABLE_REQUIRES,
+		                         &deps, -1);
+		for (int k = 0; k < deps.count; k++) {
+			Id dep = deps.elements[k], p, pp;
+			if (dep == SOLVABLE_PREREQMARKER)
+				continue;
+			Id first = first_alternative(pool, dep), name = dep_name(pool, first);
+			bool met_by_first = false, met_by_asked = false, real = false;
+			FOR_PROVIDES(p, pp, first) {
+				Solvable *t = pool->solvables + p;
+				if (t->name != name)
+					continue;
+				real = true;
+				met_by_first |= MAPTST(&inst, p);
+			}
+			FOR_PROVIDES(p, pp, dep)
+				if (MAPTST(&inst, p) && MAPTST(asked, pool->solvables[p].name))
+					met_by_asked = true;
+			if (!real || met_by_first || met_by_asked)
+				continue;
+			bool have = false;
+			for (int j = 0; j < job->count; j += 2)
+				have |= job->elements[j] == (SOLVER_FAVOR | SOLVER_SOLVABLE_NAME) &&
+				        job->elements[j + 1] == name;
+			if (!have) {
+				queue_push2(job, SOLVER_FAVOR | SOLVER_SOLVABLE_NAME, name);
+				added++;
+			}
+		}
+	}
+	queue_free(&deps);
+	map_free(&inst);
+	return added;
+}
+
+/* Solves, then again with the first choices favored until nothing changes (a favor can bring
+ * in packages with dependencies of their own; a few rounds settle it). */
+static int solve(Pool *pool, Queue *job, const Map *asked, bool recommends, Queue *out,
+                 struct mosaic_error *err)
+{
+	int r = solve_once(pool, job, recommends, out, err);
+	for (int round = 0; r == 0 && round < 8; round++) {
+		if (favor_first_choices(pool, out, asked, job) == 0)
+			break;
+		r = solve_once(pool, job, recommends, out, err);
+	}
 	return r;
 }
 
@@ -236,13 +394,27 @@ int resolve(struct provider_ctx *ctx, const struct resolve_request *rq, struct p
 			r = k;
 	}
 
+	/* The names asked for: a dependency one of them meets is left as it is. */
+	Map asked;
+	map_init(&asked, pool->ss.nstrings);
+	for (int i = 0; i < job.count; i += 2)
+		if ((job.elements[i] & SOLVER_JOBMASK) == SOLVER_INSTALL)
+			MAPSET(&asked, dep_name(pool, job.elements[i + 1]));
+
 	Queue base_set, all;
 	queue_init(&base_set);
 	queue_init(&all);
 	if (r == 0 && rq->base_set)
-		r = solve(pool, &base_job, rq->recommends, &base_set, err);
+		r = solve(pool, &base_job, &asked, rq->recommends, &base_set, err);
+	/* The favors the base set needed hold for the whole request too. */
+	for (int i = 0; i < base_job.count; i += 2)
+		if (base_job.elements[i] == (SOLVER_FAVOR | SOLVER_SOLVABLE_NAME))
+			queue_push2(&job, base_job.elements[i], base_job.elements[i + 1]);
 	if (r == 0)
-		r = solve(pool, &job, rq->recommends, &all, err);
+		r = solve(pool, &job, &asked, rq->recommends, &all, err);
+	map_free(&asked);
+	if (r == 0)
+		order_by_dependencies(pool, &all);
 	if (r == 0) {
 		/* The base set's closure first, then the rest, both in dependency order. */
 		Map in_base;

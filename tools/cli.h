@@ -27,10 +27,13 @@ int cli_resolve_inputs(char **args, size_t n, const char *store, const char *key
                        struct cli_inputs *out);
 void cli_inputs_free(struct cli_inputs *ci);
 
-/* Manifests (cmd-build.c): facts for when:, loading with the host's arch as the default, the
- * lock beside the manifest, and the fragment digests a built manifest mounts, lowest first. */
+/* Manifests (cmd-manifest.c): a --fact KEY=VALUE (-EINVAL if malformed; a key given twice
+ * becomes a list), and loading with the host's dpkg arch as the default fact; validation errors
+ * are printed as FILE:LINE:COL lines (exit 2). */
 int cli_fact_add(json_object *facts, const char *kv);
 int cli_manifest_load(const char *path, json_object *facts, json_object **model);
+/* Built manifests (cmd-build.c): the lock beside the manifest, and the fragment digests it
+ * mounts, lowest first. */
 char *cli_lock_path(const char *manifest, json_object *model);
 int cli_manifest_fragments(const char *manifest, const char *lock_path, char ***digests,
                            size_t *n);

@@ -11,7 +11,6 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -64,52 +63,7 @@ struct build_opts {
 	unsigned jobs, downloads;
 };
 
-/* ---- facts and the manifest --------------------------------------------------------------- */
-
-static const char *host_arch(void)
-{
-	static const char *const map[][2] = {{"x86_64", "amd64"}, {"aarch64", "arm64"},
-	                                     {"i686", "i386"},    {"i586", "i386"},
-	                                     {"armv7l", "armhf"}, {"ppc64le", "ppc64el"},
-	                                     {"s390x", "s390x"},  {"riscv64", "riscv64"}};
-	static struct utsname u;
-	if (uname(&u) < 0)
-		return "amd64";
-	for (size_t i = 0; i < ARRAY_SIZE(map); i++)
-		if (strcmp(u.machine, map[i][0]) == 0)
-			return map[i][1];
-	return u.machine;
-}
-
-int cli_fact_add(json_object *facts, const char *kv)
-{
-	const char *eq = strchr(kv, '=');
-	if (!eq || eq == kv)
-		return -EINVAL;
-	_cleanup_free_ char *key = xstrndup(kv, eq - kv);
-	json_object *old, *val = json_object_new_string(eq + 1);
-	if (!json_object_object_get_ex(facts, key, &old)) {
-		json_object_object_add(facts, key, val);
-	} else if (json_object_is_type(old, json_type_array)) {
-		json_object_array_add(old, val);
-	} else {
-		json_object *a = json_object_new_array();
-		json_object_array_add(a, json_object_get(old));
-		json_object_array_add(a, val);
-		json_object_object_add(facts, key, a);
-	}
-	return 0;
-}
-
-int cli_manifest_load(const char *path, json_object *facts, json_object **model)
-{
-	if (!json_object_object_get_ex(facts, "arch", NULL))
-		json_object_object_add(facts, "arch", json_object_new_string(host_arch()));
-	struct mosaic_error err = {0};
-	if (manifest_load(path, facts, model, &err) < 0)
-		return cli_fail(&err);
-	return 0;
-}
+/* ---- the manifest ------------------------------------------------------------------------- */
 
 static const char *jstr(json_object *o, const char *key)
 {

@@ -40,11 +40,11 @@ static const char *host_arch(void)
 	return u.machine;
 }
 
-static int add_fact(json_object *facts, const char *arg)
+int cli_fact_add(json_object *facts, const char *arg)
 {
 	const char *eq = strchr(arg, '=');
 	if (!eq || eq == arg)
-		return cli_usage(usage_manifest, "--fact needs KEY=VALUE, not '%s'", arg);
+		return -EINVAL;
 	_cleanup_free_ char *key = xstrndup(arg, eq - arg);
 	json_object *value = json_object_new_string(eq + 1), *cur;
 	if (!json_object_object_get_ex(facts, key, &cur)) {
@@ -127,12 +127,18 @@ static void print_summary(json_object *m)
 			       str(json_object_array_get_idx(v, i), "format"));
 }
 
-/* Validation errors go out as they are, one FILE:LINE:COL line each, like a compiler's. */
-static int fail(const struct mosaic_error *err)
+int cli_manifest_load(const char *path, json_object *facts, json_object **model)
 {
-	if (err->code != -EINVAL)
-		return cli_fail(err);
-	fprintf(stderr, "%s\n", err->msg);
+	const char *arch = host_arch();
+	if (arch && !json_object_object_get_ex(facts, "arch", NULL))
+		json_object_object_add(facts, "arch", json_object_new_string(arch));
+	struct mosaic_error err = {0};
+	if (manifest_load(path, facts, model, &err) == 0)
+		return 0;
+	if (err.code != -EINVAL)
+		return cli_fail(&err);
+	/* Validation errors go out as they are, one FILE:LINE:COL line each, like a compiler's. */
+	fprintf(stderr, "%s\n", err.msg);
 	return EXIT_USAGE;
 }
 
@@ -165,11 +171,13 @@ int cmd_manifest(int argc, char **argv)
 			json = true;
 			break;
 		case OPT_FACT:
-			r = add_fact(facts, optarg);
+			if (cli_fact_add(facts, optarg) < 0)
+				r = cli_usage(usage_manifest, "--fact needs KEY=VALUE, not '%s'",
+				              optarg);
 			break;
 		case OPT_ROLE: {
 			_cleanup_free_ char *f = xasprintf("role=%s", optarg);
-			r = add_fact(facts, f);
+			cli_fact_add(facts, f);
 			break;
 		}
 		case 'h':
@@ -189,17 +197,12 @@ int cmd_manifest(int argc, char **argv)
 		json_object_put(facts);
 		return r;
 	}
-	const char *arch = host_arch();
-	if (arch && !json_object_object_get_ex(facts, "arch", NULL))
-		json_object_object_add(facts, "arch", json_object_new_string(arch));
-
 	const char *path = argv[optind];
-	struct mosaic_error err = {0};
 	json_object *model;
-	r = manifest_load(path, facts, &model, &err);
+	r = cli_manifest_load(path, facts, &model);
 	json_object_put(facts);
-	if (r < 0)
-		return fail(&err);
+	if (r)
+		return r;
 	if (!show)
 		printf("%s: ok\n", path);
 	else if (json)

@@ -182,7 +182,7 @@ def test_debian_minimal_model():
             "components": ["main"], "priority": 0, "check_valid_until": True,
         }],
         "base": {"set": "required"},
-        "packages": [{"name": "apt"}],
+        "packages": [{"name": "usr-is-merged"}, {"name": "apt"}],
         "recommends": False,
     }
 
@@ -192,7 +192,7 @@ def test_summary():
     assert "name          debian-minimal\n" in out
     assert "repository    debian: deb from the host's apt sources" in out
     assert "base          set required\n" in out
-    assert "packages      1 (apt)\n" in out
+    assert "packages      2 (usr-is-merged, apt)\n" in out
     assert "run           0 steps\n" in out
 
 
@@ -202,7 +202,7 @@ def names(model):
 
 def test_roles_layers_follow_facts():
     path = EXAMPLES / "debian-roles.yaml"
-    common = ["apt", "systemd-sysv", "openssh-server", "ca-certificates"]
+    common = ["usr-is-merged", "apt", "systemd-sysv", "openssh-server", "ca-certificates"]
 
     plain = show(path, "--fact", "arch=amd64")
     assert names(plain) == common + ["linux-image-amd64"]
