@@ -364,3 +364,54 @@ def test_build_needs_a_signing_key(repos, tmp_path, env):
     e["MOSAIC_CONFIG"] = str(tmp_path / "none.json")
     p = run([MOSAIC, "build", m, "-s", tmp_path / "store"], env=e, check=False)
     assert p.returncode == 2 and "--sign" in p.stderr
+
+
+def test_unsigned_rpm_is_refused(fresh_repo_site, tmp_path, env, signer):
+    # Metadata signed and checksums right, but the packages themselves carry no signature:
+    # librpm's header check against the repository's keyring refuses them.
+    import repos as R
+    site = fresh_repo_site
+    shutil.rmtree(site.rpm.root)
+    R.build_rpm_repo(site.rpm.root, site.key, R.SCENARIO_RPM, sign_packages=False)
+    m = write_manifest(tmp_path, rpm_repo(site), ["rapp"], arch="x86_64")
+    store = tmp_path / "store"
+    p = build(m, env, store, signer, check=False)
+    assert p.returncode == 1 and "unsigned" in p.stderr, p.stderr
+    assert not list((store / "sha256").rglob("*.sqfs"))
+
+
+def test_base_image_and_extra_fragments(repos, tmp_path, env, signer):
+    # A base from a tarball, packages above it, a local directory on top (dev: true): the
+    # mount shows all three in that order, and a second build remakes nothing.
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/os-release").write_text("ID=tarball\n")
+    (root / "usr/share/doc/app").mkdir(parents=True)
+    (root / "usr/share/doc/app/marker").write_text("from the base\n")
+    run(["tar", "-C", root, "-cf", tmp_path / "rootfs.tar", "."])
+    dev = tmp_path / "overlay"
+    (dev / "etc").mkdir(parents=True)
+    (dev / "etc/os-release").write_text("ID=overlay\n")
+    extra = f"base:\n  image: rootfs.tar\nfragments:\n  - path: overlay\n    dev: true\n"
+    m = write_manifest(tmp_path, deb_repo(repos), ["app"], extra=extra)
+    store = tmp_path / "store"
+    build(m, env, store, signer)
+    lock = json.loads((tmp_path / "t.lock").read_text())
+    assert [(f["role"], Path(f["source"]).name) for f in lock["fragments"]] == \
+        [("base", "rootfs.tar"), ("extra", "overlay")]
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run([MOSAIC, "mount", m, mnt, "-s", store, "--keyring", signer.keyring], env=env)
+    try:
+        assert (mnt / "etc/os-release").read_text() == "ID=overlay\n"
+        assert (mnt / "usr/share/doc/app/marker").read_text() == "app 1.0\n"
+    finally:
+        run([MOSAIC, "umount", mnt], env=env)
+    p = build(m, env, store, signer)
+    assert "0 made" in p.stderr
+    assert json.loads((tmp_path / "t.lock").read_text())["fragments"] == lock["fragments"]
+    # A change in the directory makes a new fragment for it, and only for it.
+    (dev / "etc/motd").write_text("hello\n")
+    build(m, env, store, signer)
+    again = json.loads((tmp_path / "t.lock").read_text())["fragments"]
+    assert again[0] == lock["fragments"][0] and again[1]["digest"] != lock["fragments"][1]["digest"]
