@@ -58,7 +58,7 @@ enum {
 
 struct build_opts {
 	const char *manifest, *lock_path, *store, *sign_key;
-	bool locked, offline, recommends, build;
+	bool locked, offline, recommends, build, lock_given;
 	json_object *facts;
 	unsigned jobs, downloads;
 };
@@ -681,9 +681,10 @@ static int do_build(const struct build_opts *bo, json_object *model, struct prov
 		        store_root(s));
 	if (r == 0)
 		printf("%s: %zu packages, %zu fragments in %s; mount it with 'mosaic mount %s "
-		       "MOUNTPOINT'\n",
+		       "MOUNTPOINT%s%s'\n",
 		       bo->lock_path, n, n + json_object_array_length(lock->fragments), store_root(s),
-		       bo->manifest);
+		       bo->manifest, bo->lock_given ? " --lock " : "",
+		       bo->lock_given ? bo->lock_path : "");
 	for (size_t i = 0; i < rs->n; i++)
 		keyring_free(krs[i]);
 	free(krs);
@@ -724,6 +725,7 @@ static int run(int argc, char **argv, bool build)
 		switch (c) {
 		case OPT_LOCK:
 			bo.lock_path = optarg;
+			bo.lock_given = true;
 			break;
 		case OPT_LOCKED:
 			bo.locked = true;
