@@ -66,6 +66,15 @@ int mosaic_error_prefix(struct mosaic_error *err, const char *fmt, ...)
 int strcmp_ptr(const void *a, const void *b);
 /* Frees n strings and the array. */
 void strv_free(char **v, size_t n);
+/* NULL-terminated string vectors: free one (NULL is fine), and split s at any of the characters
+ * in seps into one (empty words dropped; s may be NULL). */
+void strv_freev(char **v);
+static inline void strv_freevp(char ***v)
+{
+	strv_freev(*v);
+}
+#define _cleanup_strv_ _cleanup_(strv_freevp)
+char **strv_split(const char *s, const char *seps);
 
 /* Allocation that aborts on failure: running out of memory is not an error we can report. */
 void *xmalloc(size_t n);

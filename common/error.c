@@ -92,6 +92,30 @@ void strv_free(char **v, size_t n)
 	free(v);
 }
 
+void strv_freev(char **v)
+{
+	for (char **p = v; p && *p; p++)
+		free(*p);
+	free(v);
+}
+
+char **strv_split(const char *s, const char *seps)
+{
+	char **v = xcalloc(1, sizeof(*v));
+	size_t n = 0;
+	while (s && *s) {
+		s += strspn(s, seps);
+		size_t l = strcspn(s, seps);
+		if (!l)
+			break;
+		v = xrealloc(v, (n + 2) * sizeof(*v));
+		v[n++] = xstrndup(s, l);
+		v[n] = NULL;
+		s += l;
+	}
+	return v;
+}
+
 int strcmp_ptr(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);

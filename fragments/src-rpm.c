@@ -765,18 +765,32 @@ static int read_header_checked(const char *path, FD_t fd, struct keyring *k, Hea
 	return 0;
 }
 
-int rpm_signature_check(struct keyring *k, const char *path, const char **status, char **keyid,
-                        struct mosaic_error *err)
+/* librpm's handle on path (with a descriptor of its own). */
+static int open_rpm(const char *path, FD_t *out, struct mosaic_error *err)
 {
 	_cleanup_close_ int fdno = open(path, O_RDONLY | O_CLOEXEC);
 	if (fdno < 0)
 		return mosaic_errorf(err, -errno, "%s: %s", path, strerror(errno));
-	_cleanup_(fdp) FD_t fd = fdDup(fdno);
-	if (!fd || Ferror(fd))
+	FD_t fd = fdDup(fdno);
+	if (!fd || Ferror(fd)) {
+		if (fd)
+			Fclose(fd);
 		return mosaic_errorf(err, -EIO, "%s: librpm cannot open it", path);
+	}
+	*out = fd;
+	return 0;
+}
+
+int rpm_signature_check(struct keyring *k, const char *path, const char **status, char **keyid,
+                        struct mosaic_error *err)
+{
+	_cleanup_(fdp) FD_t fd = NULL;
+	int r = open_rpm(path, &fd, err);
+	if (r < 0)
+		return r;
 	_cleanup_(headerp) Header h = NULL;
 	_cleanup_free_ char *id = NULL;
-	int r = read_header_checked(path, fd, k, &h, status, &id, err);
+	r = read_header_checked(path, fd, k, &h, status, &id, err);
 	if (r < 0)
 		return r;
 	if (keyid)
@@ -790,12 +804,9 @@ int src_rpm_read(const char *path, struct fwriter *w, struct src_meta *m,
 	char detail[sizeof(rpm_said) + 4];
 	int r;
 
-	_cleanup_close_ int fdno = open(path, O_RDONLY | O_CLOEXEC);
-	if (fdno < 0)
-		return mosaic_errorf(err, -errno, "%s: %s", path, strerror(errno));
-	_cleanup_(fdp) FD_t fd = fdDup(fdno);
-	if (!fd || Ferror(fd))
-		return mosaic_errorf(err, -EIO, "%s: librpm cannot open it", path);
+	_cleanup_(fdp) FD_t fd = NULL;
+	if ((r = open_rpm(path, &fd, err)) < 0)
+		return r;
 
 	_cleanup_(headerp) Header h = NULL;
 	const char *status;
@@ -836,7 +847,7 @@ int src_rpm_read(const char *path, struct fwriter *w, struct src_meta *m,
 	off_t offset = Ftell(fd);
 	if (offset < 0)
 		return mosaic_errorf(err, -EIO, "%s: cannot tell where the payload starts", path);
-	r = check_payload_digest(path, h, fdno, offset, err);
+	r = check_payload_digest(path, h, Fileno(fd), offset, err);
 	if (r < 0)
 		return r;
 

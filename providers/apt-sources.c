@@ -41,31 +41,7 @@ static char *rooted(const char *root, const char *path)
 	return path_join(root, path);
 }
 
-static void strv_free_null(char **v)
-{
-	for (char **p = v; p && *p; p++)
-		free(*p);
-	free(v);
-}
 
-/* Splits on whitespace (and commas when commas is set) into a NULL-terminated vector. */
-static char **split_words(const char *s, bool commas)
-{
-	char **v = xcalloc(1, sizeof(*v));
-	size_t n = 0;
-	const char *sep = commas ? " \t\n\r," : " \t\n\r";
-	while (s && *s) {
-		s += strspn(s, sep);
-		size_t l = strcspn(s, sep);
-		if (!l)
-			break;
-		v = xrealloc(v, (n + 2) * sizeof(*v));
-		v[n++] = xstrndup(s, l);
-		v[n] = NULL;
-		s += l;
-	}
-	return v;
-}
 
 static size_t strv_len(char *const *v)
 {
@@ -160,7 +136,7 @@ static bool check_valid_until(const char *root)
 	char **files = list_dir(dir, any);
 	for (char **f = files; *f; f++)
 		scan_apt_conf(*f, &value);
-	strv_free_null(files);
+	strv_freev(files);
 	_cleanup_free_ char *main_conf = rooted(root, "/etc/apt/apt.conf");
 	scan_apt_conf(main_conf, &value);
 	return value;
@@ -303,7 +279,7 @@ static int host_trusted(struct state *st, char **path, struct mosaic_error *err)
 		memmove(files + 1, files, (nf + 1) * sizeof(*files));
 		files[0] = rooted(st->root, "/etc/apt/trusted.gpg");
 		int r = combine_keyrings(files, &st->trusted, err);
-		strv_free_null(files);
+		strv_freev(files);
 		if (r < 0)
 			return r;
 		/* No keys at all: name the file apt would read, so the error at load names it. */
@@ -343,13 +319,13 @@ static int entry_keyring(struct state *st, const struct entry *e, char **path,
 	if (strstr(e->signed_by, ARMOR_BEGIN))
 		return inline_key(e->signed_by, path, err);
 	/* Paths, or fingerprints of keys in the trusted keyrings (taken as those keyrings). */
-	char **words = split_words(e->signed_by, true);
+	char **words = strv_split(e->signed_by, " \t\n\r,");
 	char **files = xcalloc(strv_len(words) + 1, sizeof(*files));
 	size_t nf = 0;
 	for (char **w = words; *w; w++)
 		if ((*w)[0] == '/')
 			files[nf++] = rooted(st->root, *w);
-	strv_free_null(words);
+	strv_freev(words);
 	int r;
 	if (nf == 0)
 		r = host_trusted(st, path, err);
@@ -361,7 +337,7 @@ static int entry_keyring(struct state *st, const struct entry *e, char **path,
 		if (r >= 0 && !*path)
 			*path = xstrdup(files[0]);
 	}
-	strv_free_null(files);
+	strv_freev(files);
 	return r;
 }
 
@@ -437,9 +413,9 @@ static int add_entry(struct state *st, const struct entry *e, struct mosaic_erro
 
 static void entry_clear(struct entry *e)
 {
-	strv_free_null(e->uris);
-	strv_free_null(e->suites);
-	strv_free_null(e->components);
+	strv_freev(e->uris);
+	strv_freev(e->suites);
+	strv_freev(e->components);
 	free(e->signed_by);
 	*e = (struct entry){0};
 }
@@ -466,7 +442,7 @@ static int parse_list_line(struct state *st, const char *file, size_t line, char
 		if (!close)
 			return mosaic_errorf(err, -EINVAL, "%s:%zu: '[' without ']'", file, line);
 		*close = '\0';
-		char **opts = split_words(s + 1, false);
+		char **opts = strv_split(s + 1, " \t\n\r");
 		for (char **o = opts; *o; o++) {
 			char *eq = strchr(*o, '=');
 			if (!eq)
@@ -480,13 +456,13 @@ static int parse_list_line(struct state *st, const char *file, size_t line, char
 				e.check_valid_until = parse_bool(v, strlen(v));
 			}
 		}
-		strv_free_null(opts);
+		strv_freev(opts);
 		s = close + 1;
 	}
-	char **words = split_words(s, false);
+	char **words = strv_split(s, " \t\n\r");
 	size_t nw = strv_len(words);
 	if (nw < 2) {
-		strv_free_null(words);
+		strv_freev(words);
 		return mosaic_errorf(err, -EINVAL, "%s:%zu: expected 'deb URI SUITE [COMPONENT…]'",
 		                     file, line);
 	}
@@ -503,15 +479,25 @@ static int parse_list_line(struct state *st, const char *file, size_t line, char
 	return r;
 }
 
-static int parse_list(struct state *st, const char *path, struct mosaic_error *err)
+/* Reads an apt sources file; 0 with *text NULL when there is none. */
+static int read_sources_file(const char *path, char **text, size_t *len, struct mosaic_error *err)
 {
-	_cleanup_free_ char *text = NULL;
-	size_t len;
-	int r = read_file(path, APT_FILE_MAX, &text, &len);
+	*text = NULL;
+	int r = read_file(path, APT_FILE_MAX, text, len);
 	if (r == -ENOENT)
 		return 0;
 	if (r < 0)
 		return mosaic_errorf(err, r, "%s: %s", path, strerror(-r));
+	return 0;
+}
+
+static int parse_list(struct state *st, const char *path, struct mosaic_error *err)
+{
+	_cleanup_free_ char *text = NULL;
+	size_t len;
+	int r = read_sources_file(path, &text, &len, err);
+	if (r < 0 || !text)
+		return r;
 	size_t line = 0;
 	for (char *s = text; s && *s;) {
 		char *nl = strchr(s, '\n');
@@ -529,11 +515,9 @@ static int parse_sources(struct state *st, const char *path, struct mosaic_error
 {
 	_cleanup_free_ char *text = NULL;
 	size_t len;
-	int r = read_file(path, APT_FILE_MAX, &text, &len);
-	if (r == -ENOENT)
-		return 0;
-	if (r < 0)
-		return mosaic_errorf(err, r, "%s: %s", path, strerror(-r));
+	int r = read_sources_file(path, &text, &len, err);
+	if (r < 0 || !text)
+		return r;
 	struct deb822 *stanzas = NULL;
 	size_t n = 0;
 	if ((r = deb822_parse_all(text, len, &stanzas, &n, err)) < 0) {
@@ -545,17 +529,17 @@ static int parse_sources(struct state *st, const char *path, struct mosaic_error
 		const char *enabled = deb822_get(p, "Enabled");
 		if (enabled && parse_bool(enabled, strlen(enabled)) == 0)
 			continue;
-		char **types = split_words(deb822_get(p, "Types"), false);
+		char **types = strv_split(deb822_get(p, "Types"), " \t\n\r");
 		bool deb = false;
 		for (char **t = types; *t; t++)
 			deb |= !strcmp(*t, "deb");
-		strv_free_null(types);
+		strv_freev(types);
 		if (!deb)
 			continue;
 		struct entry e = {
-		    .uris = split_words(deb822_get(p, "URIs"), false),
-		    .suites = split_words(deb822_get(p, "Suites"), false),
-		    .components = split_words(deb822_get(p, "Components"), false),
+		    .uris = strv_split(deb822_get(p, "URIs"), " \t\n\r"),
+		    .suites = strv_split(deb822_get(p, "Suites"), " \t\n\r"),
+		    .components = strv_split(deb822_get(p, "Components"), " \t\n\r"),
 		    .check_valid_until = -1,
 		    .file = path,
 		    .line = i + 1,
@@ -595,7 +579,7 @@ int apt_host_sources(const char *root, char *const *suites, struct repo_config *
 			else
 				r = parse_sources(&st, *f, err);
 		}
-		strv_free_null(files);
+		strv_freev(files);
 	}
 	free(st.trusted);
 	if (r < 0) {

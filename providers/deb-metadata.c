@@ -16,29 +16,7 @@
 
 #include "common/deb822.h"
 
-static void strv_free_null(char **v)
-{
-	for (char **p = v; p && *p; p++)
-		free(*p);
-	free(v);
-}
 
-static char **split_words(const char *s)
-{
-	char **v = xcalloc(1, sizeof(*v));
-	size_t n = 0;
-	while (s && *s) {
-		s += strspn(s, " \t\n");
-		size_t l = strcspn(s, " \t\n");
-		if (!l)
-			break;
-		v = xrealloc(v, (n + 2) * sizeof(*v));
-		v[n++] = xstrndup(s, l);
-		v[n] = NULL;
-		s += l;
-	}
-	return v;
-}
 
 static bool strv_contains(char *const *v, const char *s)
 {
@@ -54,8 +32,8 @@ void release_clear(struct release *r)
 {
 	free(r->date);
 	free(r->valid_until);
-	strv_free_null(r->architectures);
-	strv_free_null(r->components);
+	strv_freev(r->architectures);
+	strv_freev(r->components);
 	for (size_t i = 0; i < r->n_files; i++)
 		free(r->files[i].path);
 	free(r->files);
@@ -200,8 +178,8 @@ int release_parse(const char *text, size_t len, struct release *out, struct mosa
 		if (rel.valid_until_time < 0)
 			r = mosaic_errorf(err, -EINVAL, "Valid-Until '%.100s' is not a date", v);
 	}
-	rel.architectures = split_words(deb822_get(&p, "Architectures"));
-	rel.components = split_words(deb822_get(&p, "Components"));
+	rel.architectures = strv_split(deb822_get(&p, "Architectures"), " \t\n");
+	rel.components = strv_split(deb822_get(&p, "Components"), " \t\n");
 	v = deb822_get(&p, "Acquire-By-Hash");
 	rel.acquire_by_hash = v && !strcasecmp(v, "yes");
 	v = deb822_get(&p, "No-Support-for-Architecture-all");

@@ -22,12 +22,6 @@
 #define DEB_CACHE_FORMAT "mosaic-deb-1" /* bump when what goes into the .solv changes */
 #define SETS_HEADER      "mosaic-deb-sets 1\n"
 
-static void strv_free_null(char **v)
-{
-	for (char **p = v; p && *p; p++)
-		free(*p);
-	free(v);
-}
 
 static bool strv_contains(char *const *v, const char *s)
 {
@@ -285,9 +279,9 @@ static int deb_load(struct provider_ctx *ctx, struct repo *r, struct mosaic_erro
 	if (ret >= 0 && read_sets(sets_path, r)) {
 		repo = solv_cache_load(pool, c->name, solv_path);
 		if (!repo) {
-			strv_free_null(r->essential);
-			strv_free_null(r->required);
-			strv_free_null(r->important);
+			strv_freev(r->essential);
+			strv_freev(r->required);
+			strv_freev(r->important);
 			r->essential = r->required = r->important = NULL;
 		}
 	}
@@ -333,10 +327,7 @@ static int deb_load(struct provider_ctx *ctx, struct repo *r, struct mosaic_erro
 	release_clear(&rel);
 	if (ret < 0)
 		return ret;
-	repo->priority = c->priority;
-	repo->appdata = r;
-	r->solv = repo;
-	r->packages = (unsigned)repo->nsolvables;
+	repo_attach(r, repo);
 	return 0;
 }
 

@@ -31,6 +31,8 @@ int metadata_fetch(struct provider_ctx *ctx, struct download_item *items, size_t
  * file), or writes repo to path. */
 Repo *solv_cache_load(Pool *pool, const char *name, const char *path);
 int solv_cache_write(Repo *repo, const char *path);
+/* Makes repo the loaded repository r: its priority, and the links both ways. */
+void repo_attach(struct repo *r, Repo *repo);
 
 /* ---- Debian Release and Packages files (deb-metadata.c) -------------------------------------- */
 

@@ -21,19 +21,13 @@ char *provider_cache_path(const struct provider_ctx *ctx, const char *kind, cons
 	return xasprintf("%s/%s/%s", ctx->cache_dir, kind, name);
 }
 
-static void strv_free_null(char **v)
-{
-	for (char **p = v; p && *p; p++)
-		free(*p);
-	free(v);
-}
 
 void repo_config_clear(struct repo_config *c)
 {
 	free(c->name);
 	free(c->uri);
 	free(c->suite);
-	strv_free_null(c->components);
+	strv_freev(c->components);
 	free(c->keyring);
 	*c = (struct repo_config){0};
 }
@@ -41,9 +35,9 @@ void repo_config_clear(struct repo_config *c)
 void repo_free_contents(struct repo *r)
 {
 	repo_config_clear(&r->cfg);
-	strv_free_null(r->essential);
-	strv_free_null(r->required);
-	strv_free_null(r->important);
+	strv_freev(r->essential);
+	strv_freev(r->required);
+	strv_freev(r->important);
 	/* The libsolv Repo belongs to the pool, which frees it. */
 	*r = (struct repo){0};
 }
@@ -241,6 +235,14 @@ Repo *solv_cache_load(Pool *pool, const char *name, const char *path)
 static int write_solv(void *ctx, FILE *f)
 {
 	return repo_write(ctx, f) == 0 ? 0 : -EIO;
+}
+
+void repo_attach(struct repo *r, Repo *repo)
+{
+	repo->priority = r->cfg.priority;
+	repo->appdata = r;
+	r->solv = repo;
+	r->packages = (unsigned)repo->nsolvables;
 }
 
 int solv_cache_write(Repo *repo, const char *path)

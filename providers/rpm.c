@@ -151,10 +151,7 @@ static int rpm_load(struct provider_ctx *ctx, struct repo *r, struct mosaic_erro
 	}
 	if (ret < 0)
 		return ret;
-	repo->priority = c->priority;
-	repo->appdata = r;
-	r->solv = repo;
-	r->packages = (unsigned)repo->nsolvables;
+	repo_attach(r, repo);
 	return 0;
 }
 

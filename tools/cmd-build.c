@@ -97,13 +97,6 @@ static char **jstrv(json_object *a)
 	return v;
 }
 
-static void strv_freep(char ***v)
-{
-	for (char **p = *v; p && *p; p++)
-		free(*p);
-	free(*v);
-}
-#define _cleanup_strv_ _cleanup_(strv_freep)
 
 char *cli_lock_path(const char *manifest, json_object *model)
 {

@@ -415,3 +415,29 @@ def test_base_image_and_extra_fragments(repos, tmp_path, env, signer):
     build(m, env, store, signer)
     again = json.loads((tmp_path / "t.lock").read_text())["fragments"]
     assert again[0] == lock["fragments"][0] and again[1]["digest"] != lock["fragments"][1]["digest"]
+
+
+def test_store_digest_as_extra_fragment(repos, tmp_path, env, signer):
+    src = tmp_path / "snippet"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc/snippet.conf").write_text("x = 1\n")
+    store = tmp_path / "store"
+    digest = run([MOSAIC, "fragment", "create", src, "-o", store, "--sign", signer.fingerprint],
+                 env=env).stdout.split()[0]
+    m = write_manifest(tmp_path, deb_repo(repos), ["app"],
+                       extra=f"fragments:\n  - digest: {digest}\n")
+    build(m, env, store, signer)
+    lock = json.loads((tmp_path / "t.lock").read_text())
+    assert lock["fragments"] == [{"role": "extra", "source": digest, "digest": digest}]
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run([MOSAIC, "mount", m, mnt, "-s", store, "--keyring", signer.keyring], env=env)
+    try:
+        assert (mnt / "etc/snippet.conf").read_text() == "x = 1\n"
+    finally:
+        run([MOSAIC, "umount", mnt], env=env)
+    # A digest the store does not have fails the build, naming it.
+    m = write_manifest(tmp_path, deb_repo(repos), ["app"],
+                       extra=f"fragments:\n  - digest: {'0' * 64}\n")
+    p = build(m, env, store, signer, check=False)
+    assert p.returncode != 0 and "0000000000" in p.stderr
