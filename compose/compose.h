@@ -93,3 +93,82 @@ uint32_t compose_index_resolve(const struct compose_index *idx, const char *path
 /* Where the index of this ordered fragment list is cached: $MOSAIC_CACHE_DIR/index/<sha256 of
  * the index version and the ordered digests>.idx. Caller frees. */
 char *compose_index_cache_path(const struct compose_input *in, size_t n);
+
+/* ---- an upper layer against the index (diff.c) -------------------------------------------- */
+
+enum compose_change {
+	COMPOSE_UNTOUCHED, /* the upper has nothing there: the index shows through */
+	COMPOSE_ADDED,
+	COMPOSE_MODIFIED,
+	COMPOSE_DELETED,   /* a whiteout, an opaque directory or an upper non-directory hides it */
+	COMPOSE_UNCHANGED, /* a copy-up identical to the index's in everything compared */
+};
+/* What a modification changed. Times are not compared: a copy-up keeps them anyway. */
+enum {
+	COMPOSE_DIFF_TYPE = 1 << 0,
+	COMPOSE_DIFF_CONTENT = 1 << 1,
+	COMPOSE_DIFF_MODE = 1 << 2,
+	COMPOSE_DIFF_OWNER = 1 << 3,
+	COMPOSE_DIFF_XATTRS = 1 << 4,
+	COMPOSE_DIFF_TARGET = 1 << 5, /* symlink target */
+	COMPOSE_DIFF_RDEV = 1 << 6,
+};
+struct compose_diff_entry {
+	char *path; /* in the view: "/" or "/etc/foo" */
+	enum compose_change change;
+	mode_t type;   /* S_IFMT of what the view shows; of what was below for a deletion */
+	unsigned what; /* COMPOSE_DIFF_* for a modification */
+	uint32_t ino;  /* the index inode at that path, 0 if none */
+};
+/* "untouched", "added", "modified", "deleted", "unchanged". */
+const char *compose_change_name(enum compose_change c);
+/* Compares the upper directory (overlayfs upper format, trusted.overlay.* read as overlayfs
+ * does, so root is needed to see opaque markers) with the view of idx it lies over: every path
+ * it adds, modifies or deletes (everything below an added or deleted directory too), sorted by
+ * path; with all, copy-ups without change too. images[i] is fragment i's image, read without
+ * verification to compare same-size files. Caller frees with compose_diff_free. */
+int compose_diff(const struct compose_index *idx, char *const *images, const char *upper, bool all,
+                 struct compose_diff_entry **out, size_t *n, struct mosaic_error *err);
+void compose_diff_free(struct compose_diff_entry *v, size_t n);
+/* How the upper (NULL: none) changes one path of the view; -ENOENT when neither it nor the index
+ * has the path. Caller frees out->path. */
+int compose_diff_path(const struct compose_index *idx, char *const *images, const char *upper,
+                      const char *path, struct compose_diff_entry *out, struct mosaic_error *err);
+
+/* ---- the dpkg database of a composition (dpkg-db.c, docs/formats.md) --------------------- */
+
+struct store;
+struct keyring;
+
+/* One Debian package as the database needs it (everything borrowed): its control paragraph
+ * (the descriptor's deb.control) and the text of its conffiles and triggers control files. */
+struct compose_dpkg_package {
+	const char *control;
+	size_t control_len;
+	const char *conffiles, *triggers; /* NULL: none */
+	const char *what;                 /* names the package in errors; may be NULL */
+};
+
+/* The status (status true) or available text for pkgs, as `dpkg --unpack` of them in this order
+ * leaves it: dpkg's field order and canonical forms, "Status: install ok unpacked", conffiles
+ * as "newconffile", a later package replacing an earlier one of the same name (and arch, for
+ * Multi-Arch: same), paragraphs sorted as dpkg sorts them (name, then unqualified before
+ * name:arch). native_arch decides which architectures are foreign. Caller frees *out. */
+int compose_dpkg_text(const struct compose_dpkg_package *pkgs, size_t n, const char *native_arch,
+                      bool status, char **out, struct mosaic_error *err);
+/* Writes the whole database into the empty directory root: var/lib/dpkg/{status, available,
+ * arch, diversions, statoverride, cmethopt, info/format, updates/, triggers/{Unincorp, File,
+ * <name>}}, root:root-owned modes 0644/0755, every time set to mtime. */
+int compose_dpkg_tree(const struct compose_dpkg_package *pkgs, size_t n, const char *native_arch,
+                      int64_t mtime, const char *root, struct mosaic_error *err);
+/* What the database of these ordered package fragments is cached under (hex). */
+void compose_dpkg_key(const char *const *digests, size_t n, const char *native_arch,
+                      char hex[SHA256_HEX_LEN + 1]);
+/* The signed config fragment "dpkg-database" for the ordered fragments digests in s (those
+ * without a deb descriptor section are skipped): found in the cache
+ * ($MOSAIC_CACHE_DIR/dpkg-database/<key>) or made, reproducibly (its time is the newest input
+ * descriptor's "created"). Descriptors are verified against k, or only parsed when k is NULL.
+ * *made (may be NULL) says whether a fragment was made. */
+int compose_dpkg_fragment(struct store *s, struct keyring *k, const char *const *digests, size_t n,
+                          const char *native_arch, const char *sign_key,
+                          char digest[SHA256_HEX_LEN + 1], bool *made, struct mosaic_error *err);

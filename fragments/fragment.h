@@ -31,6 +31,9 @@ struct fragment_create_options {
 	bool owner_set;            /* directory sources: force this owner on every entry */
 	uid_t uid;
 	gid_t gid;
+	/* directory sources: an overlayfs upper (keep whiteouts and opaque markers, drop
+	 * overlayfs's bookkeeping, refuse redirects and metacopy); see docs/formats.md */
+	bool overlay_upper;
 	struct keyring *keyring; /* checks .rpm header signatures; may be NULL */
 	unsigned workers;        /* compression threads for this image (0: 1) */
 	int level;               /* zstd level 1..22; 0: 15, as mksquashfs */

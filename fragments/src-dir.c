@@ -1,11 +1,13 @@
 /* Directory sources: a sorted walk that keeps owners, modes, device numbers, hard links,
- * xattrs and mtimes as the directory has them (or one forced owner with --owner). */
+ * xattrs and mtimes as the directory has them (or one forced owner with --owner), and overlayfs
+ * upper directories, whose trusted.overlay.* xattrs are sorted into format and bookkeeping. */
 #include "fragments/internal.h"
 
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <string.h>
+#include <sys/sysmacros.h>
 #include <sys/xattr.h>
 
 struct inode_seen {
@@ -15,6 +17,7 @@ struct inode_seen {
 };
 
 struct walk {
+	const char *root;
 	struct fwriter *w;
 	const struct fragment_create_options *o;
 	struct inode_seen *seen;
@@ -29,6 +32,47 @@ static ssize_t fd_read(void *ctx, void *buf, size_t len)
 		n = read(*(int *)ctx, buf, len);
 	while (n < 0 && errno == EINTR);
 	return n < 0 ? -errno : n;
+}
+
+/* An overlayfs upper's trusted.overlay.* xattr: 1 keeps it (the opaque marker, part of the
+ * format), 0 drops it (bookkeeping that only means something to the mount that wrote it), or
+ * an error for state a fragment cannot carry. */
+static int upper_xattr(struct walk *wk, const char *rel, const char *key, const char *value,
+                       size_t len, struct mosaic_error *err)
+{
+	static const char *const bookkeeping[] = {"origin", "impure", "nlink",
+	                                          "upper",  "uuid",   "protattr"};
+	const char *what = key + strlen("trusted.overlay.");
+	if (strcmp(what, "opaque") == 0) {
+		if (len == 1 && value[0] == 'y')
+			return 1;
+		return mosaic_errorf(err, -EINVAL,
+		                     "%s/%s: trusted.overlay.opaque is '%.*s', not 'y'; only plain "
+		                     "opaque directories can be frozen",
+		                     wk->root, rel, (int)(len < 8 ? len : 8), value);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(bookkeeping); i++)
+		if (strcmp(what, bookkeeping[i]) == 0)
+			return 0;
+	if (strcmp(what, "redirect") == 0)
+		return mosaic_errorf(
+		    err, -EINVAL,
+		    "%s/%s: a directory renamed with overlayfs's redirect_dir=on "
+		    "(trusted.overlay.redirect); mosaic mounts with redirect_dir=off "
+		    "and cannot freeze a redirect: rename it back and copy it "
+		    "(cp -a, then rm -r) instead",
+		    wk->root, rel);
+	if (strcmp(what, "metacopy") == 0)
+		return mosaic_errorf(
+		    err, -EINVAL,
+		    "%s/%s: a metadata-only copy-up (trusted.overlay.metacopy) whose "
+		    "data lies in a lower layer; mosaic mounts with metacopy=off and "
+		    "cannot freeze it: write the file once to copy its data up",
+		    wk->root, rel);
+	return mosaic_errorf(err, -EINVAL,
+	                     "%s/%s: overlayfs xattr %s is not one mosaic's upper format has; "
+	                     "refusing to freeze what it cannot interpret",
+	                     wk->root, rel, key);
 }
 
 static int read_xattrs(struct walk *wk, int dfd, const char *name, const char *rel,
@@ -57,6 +101,15 @@ static int read_xattrs(struct walk *wk, int dfd, const char *name, const char *r
 			free(x);
 			return mosaic_errorf(err, -errno, "%s: reading xattr %s: %m", rel, k);
 		}
+		if (wk->o->overlay_upper && strncmp(k, "trusted.overlay.", 16) == 0) {
+			int keep = upper_xattr(wk, rel, k, wk->vbuf + voff, vl, err);
+			if (keep < 0) {
+				free(x);
+				return keep;
+			}
+			if (!keep)
+				continue;
+		}
 		x[n++] = (struct fxattr){.key = k, .value = wk->vbuf + voff, .len = vl};
 		voff += vl;
 	}
@@ -74,7 +127,10 @@ static int add_one(struct walk *wk, int dfd, const char *name, const char *rel,
 	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return mosaic_errorf(err, -errno, "%s: %m", rel);
 
-	if (!S_ISDIR(st.st_mode) && st.st_nlink > 1) {
+	/* Whiteouts are markers, not files: kernel overlayfs links them all to one shared inode in
+	 * its work dir, which must not become a hard link in the image. */
+	bool whiteout = S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0);
+	if (!S_ISDIR(st.st_mode) && st.st_nlink > 1 && !whiteout) {
 		for (size_t i = 0; i < wk->n_seen; i++)
 			if (wk->seen[i].dev == st.st_dev && wk->seen[i].ino == st.st_ino)
 				return fwriter_add_hardlink(wk->w, rel, wk->seen[i].path, err);
@@ -167,7 +223,8 @@ int src_dir_read(const char *path, struct fwriter *w, struct src_meta *m,
 	struct stat st;
 	if (fstat(dfd, &st) < 0)
 		return mosaic_errorf(err, -errno, "%s: %m", path);
-	struct walk wk = {.w = w, .o = o, .xbuf = xmalloc(65536), .vbuf = xmalloc(65536 * 4)};
+	struct walk wk = {
+	    .root = path, .w = w, .o = o, .xbuf = xmalloc(65536), .vbuf = xmalloc(65536 * 4)};
 	struct fentry root = {
 	    .mode = st.st_mode,
 	    .uid = o->owner_set ? o->uid : st.st_uid,
@@ -184,7 +241,7 @@ int src_dir_read(const char *path, struct fwriter *w, struct src_meta *m,
 	free(wk.vbuf);
 	if (r < 0)
 		return r;
-	m->type = xstrdup("dir");
+	m->type = xstrdup(o->overlay_upper ? "upper" : "dir");
 	_cleanup_free_ char *copy = xstrdup(path);
 	char *base = strrchr(copy, '/');
 	while (base && base[1] == '\0' && base != copy) {

@@ -11,6 +11,16 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
 /* Prints "mosaic: <message>" and returns the exit code that fits the error. */
 int cli_fail(const struct mosaic_error *err);
 int cli_usage(const char *usage, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* For commands whose options are only on/off flags: parses --help and "--NAME" for each flag
+ * (NULL-name-terminated), then checks that exactly n_operands operands follow (what names
+ * them, for the error). Returns -1 to go on with the operands at argv[optind], else the exit
+ * code to return. */
+struct cli_flag {
+	const char *name;
+	bool *set;
+};
+int cli_flags(int argc, char **argv, const char *usage, const struct cli_flag *flags,
+              int n_operands, const char *what);
 /* Opens the store named by path (NULL: the default). */
 int cli_open_store(const char *path, bool create, struct store **out);
 int cli_open_keyring(const char *path, struct keyring **out);
@@ -47,3 +57,6 @@ int cmd_store(int argc, char **argv);
 int cmd_manifest(int argc, char **argv);
 int cmd_resolve(int argc, char **argv);
 int cmd_build(int argc, char **argv);
+int cmd_diff(int argc, char **argv);
+int cmd_origin(int argc, char **argv);
+int cmd_commit(int argc, char **argv);

@@ -1,6 +1,7 @@
 /* mosaic resolve | build, and the manifest side of mount: manifest → repositories → libsolv →
  * NAME.lock → downloads → fragments in the store. Each step is done by its module; this file
  * only puts them in order and reports. */
+#include "compose/compose.h"
 #include "manifests/manifest.h"
 #include "providers/providers.h"
 #include "tools/cli.h"
@@ -34,7 +35,8 @@ static const char usage_build[] =
     "Usage: mosaic build MANIFEST [OPTIONS]\n"
     "\n"
     "resolve, then download the packages (parallel, resumable, checksummed, signatures\n"
-    "checked), make a signed fragment of each in the store and record them in the lock.\n"
+    "checked), make a signed fragment of each in the store (and, for Debian, one holding\n"
+    "the dpkg database of them all) and record them in the lock.\n"
     "Incremental: what is cached is not downloaded again, a fragment is not made twice.\n"
     "\n"
     "  --lock FILE --locked --offline --recommends --fact --role   as for resolve\n"
@@ -564,6 +566,40 @@ static int write_root(struct store *s, const struct lock *l)
 	return write_file_atomic(path, text, len, 0644);
 }
 
+/* The package fragments' digests in lock order (borrowed from the lock). */
+static const char **package_digests(const struct lock *l)
+{
+	const char **v = xcalloc(l->n_packages + 1, sizeof(*v));
+	for (size_t i = 0; i < l->n_packages; i++)
+		v[i] = l->packages[i].fragment;
+	return v;
+}
+
+/* Debian: the dpkg database of the packages as one more fragment, recorded in the lock with
+ * role "database" and, as its source, the key of the package list it was made from. */
+static int database_fragment(struct store *s, struct lock *lock, const char *sign_key)
+{
+	struct mosaic_error err = {0};
+	_cleanup_free_ const char **digests = package_digests(lock);
+	char key[SHA256_HEX_LEN + 1], digest[SHA256_HEX_LEN + 1];
+	bool made = false;
+	double t0 = now_s();
+	compose_dpkg_key(digests, lock->n_packages, lock->arch, key);
+	if (compose_dpkg_fragment(s, NULL, digests, lock->n_packages, lock->arch, sign_key, digest,
+	                          &made, &err) < 0) {
+		mosaic_error_prefix(&err, "the dpkg database");
+		return cli_fail(&err);
+	}
+	fprintf(stderr, "dpkg database: %.12s %s in %.2f s\n", digest,
+	        made ? "made" : "already in the store", now_s() - t0);
+	json_object *e = json_object_new_object();
+	json_object_object_add(e, "role", json_object_new_string("database"));
+	json_object_object_add(e, "source", json_object_new_string(key));
+	json_object_object_add(e, "digest", json_object_new_string(digest));
+	json_object_array_add(lock->fragments, e);
+	return 0;
+}
+
 static int do_build(const struct build_opts *bo, json_object *model, struct provider_ctx *ctx,
                     struct repos *rs, struct lock *lock)
 {
@@ -667,6 +703,8 @@ static int do_build(const struct build_opts *bo, json_object *model, struct prov
 		json_object_put(lock->fragments);
 		lock->fragments = extra;
 	}
+	if (r == 0 && rs->type == REPO_DEB && n > 0)
+		r = database_fragment(s, lock, sign_key);
 	if (r == 0 && lock_write(bo->lock_path, lock, &err) < 0)
 		r = cli_fail(&err);
 	if (r == 0 && write_root(s, lock) < 0)
@@ -837,8 +875,12 @@ int cli_manifest_fragments(const char *manifest, const char *lock_path, char ***
 	size_t ne = l.fragments ? json_object_array_length(l.fragments) : 0;
 	char **out = xcalloc(l.n_packages + ne + 1, sizeof(*out));
 	size_t m = 0;
-	/* The base fragment lowest, then the packages in installation order, then the extras. */
-	for (int pass = 0; pass < 3 && r == 0; pass++) {
+	/* The base fragment lowest, then the packages in installation order, the dpkg database of
+	 * them, then the extras. */
+	char key[SHA256_HEX_LEN + 1];
+	_cleanup_free_ const char **frags = package_digests(&l);
+	compose_dpkg_key(frags, l.n_packages, l.arch ? l.arch : "", key);
+	for (int pass = 0; pass < 4 && r == 0; pass++) {
 		for (size_t i = 0; pass == 1 && i < l.n_packages; i++) {
 			if (!is_sha256_hex(l.packages[i].fragment)) {
 				fprintf(stderr, "mosaic: %s has no fragment for %s; run 'mosaic build "
@@ -849,11 +891,24 @@ int cli_manifest_fragments(const char *manifest, const char *lock_path, char ***
 			}
 			out[m++] = xstrdup(l.packages[i].fragment);
 		}
-		for (size_t i = 0; pass != 1 && i < ne; i++) {
+		for (size_t i = 0; pass != 1 && i < ne && r == 0; i++) {
 			json_object *e = json_object_array_get_idx(l.fragments, i);
 			const char *role = jstr(e, "role"), *d = jstr(e, "digest");
-			if (role && d && (strcmp(role, "base") == 0) == (pass == 0))
-				out[m++] = xstrdup(d);
+			if (!role || !d)
+				continue;
+			int want = strcmp(role, "base") == 0 ? 0 : strcmp(role, "database") == 0 ? 2 : 3;
+			if (want != pass)
+				continue;
+			/* A database made for other packages (the lock was resolved again since)
+			 * would describe what is not there. */
+			if (pass == 2 && (!jstr(e, "source") || strcmp(jstr(e, "source"), key) != 0)) {
+				fprintf(stderr, "mosaic: %s: the dpkg database is not the one of its "
+				                "packages; run 'mosaic build %s'\n",
+				        lock_path ? lock_path : def, manifest);
+				r = EXIT_FAIL;
+				break;
+			}
+			out[m++] = xstrdup(d);
 		}
 	}
 	lock_clear(&l);

@@ -3,6 +3,7 @@
 #include "fusefs/fusefs.h"
 #include "tools/cli.h"
 
+#include <ftw.h>
 #include <libgen.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -36,9 +37,13 @@ static const char usage_umount[] = "Usage: mosaic umount MOUNTPOINT [--lazy]\n"
 
 static const char usage_status[] = "Usage: mosaic status MOUNTPOINT [--json]\n"
                                    "\n"
-                                   "Shows the daemon's mode, fragments and fragment opens.\n";
+                                   "Shows the daemon's mode, fragments, fragment opens, "
+                                   "and the upper's\n"
+                                   "path and size (bytes allocated, hard links once: "
+                                   "upper_size and\n"
+                                   "upper_entries in --json).\n";
 
-enum { OPT_LOCK = 255, OPT_KEYRING = 256, OPT_UPPER, OPT_WORK, OPT_WRITABLE, OPT_READ_ONLY, OPT_LAZY, OPT_JSON };
+enum { OPT_KEYRING = 256, OPT_LOCK, OPT_UPPER, OPT_WORK, OPT_WRITABLE, OPT_READ_ONLY };
 
 static bool is_manifest(const char *path)
 {
@@ -224,54 +229,91 @@ out:
 
 int cmd_umount(int argc, char **argv)
 {
-	static const struct option opts[] = {
-	    {"lazy", no_argument, NULL, OPT_LAZY}, {"help", no_argument, NULL, 'h'}, {}};
 	bool lazy = false;
-	int c;
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-		switch (c) {
-		case OPT_LAZY:
-			lazy = true;
-			break;
-		case 'h':
-			fputs(usage_umount, stdout);
-			return EXIT_OK;
-		default:
-			return cli_usage(usage_umount, "unknown option '%s'", argv[optind - 1]);
-		}
-	}
-	if (optind + 1 != argc)
-		return cli_usage(usage_umount, "give exactly one MOUNTPOINT");
+	const struct cli_flag flags[] = {{"lazy", &lazy}, {}};
+	int r = cli_flags(argc, argv, usage_umount, flags, 1, "exactly one MOUNTPOINT");
+	if (r >= 0)
+		return r;
 	struct mosaic_error err = {0};
 	if (fusefs_umount(argv[optind], lazy, &err) < 0)
 		return cli_fail(&err);
 	return EXIT_OK;
 }
 
+/* du of the upper: bytes allocated (hard links once) and entries, the upper root excluded. */
+struct file_id {
+	dev_t dev;
+	ino_t ino;
+	blkcnt_t blocks;
+};
+struct usage {
+	uint64_t bytes, entries;
+	struct file_id *linked; /* multiply linked files: counted once each, after the walk */
+	size_t n_linked, cap;
+};
+static struct usage *usage_walk; /* nftw passes no context */
+
+static int usage_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)path;
+	(void)flag;
+	struct usage *u = usage_walk;
+	if (ftw->level == 0)
+		return 0;
+	u->entries++;
+	if (S_ISDIR(st->st_mode) || st->st_nlink < 2) {
+		u->bytes += (uint64_t)st->st_blocks * 512;
+		return 0;
+	}
+	if (u->n_linked == u->cap) {
+		u->cap = u->cap ? 2 * u->cap : 64;
+		u->linked = xrealloc(u->linked, u->cap * sizeof(*u->linked));
+	}
+	u->linked[u->n_linked++] = (struct file_id){st->st_dev, st->st_ino, st->st_blocks};
+	return 0;
+}
+
+static int file_id_cmp(const void *a, const void *b)
+{
+	const struct file_id *x = a, *y = b;
+	if (x->dev != y->dev)
+		return x->dev < y->dev ? -1 : 1;
+	return (x->ino > y->ino) - (x->ino < y->ino);
+}
+
+static void add_upper_usage(json_object *s)
+{
+	json_object *v;
+	if (!json_object_object_get_ex(s, "upper", &v) || !v)
+		return;
+	struct usage u = {0};
+	usage_walk = &u;
+	int r = nftw(json_object_get_string(v), usage_one, 64, FTW_PHYS | FTW_MOUNT);
+	usage_walk = NULL;
+	if (u.n_linked)
+		qsort(u.linked, u.n_linked, sizeof(*u.linked), file_id_cmp);
+	for (size_t i = 0; i < u.n_linked; i++)
+		if (i == 0 || file_id_cmp(&u.linked[i - 1], &u.linked[i]) != 0)
+			u.bytes += (uint64_t)u.linked[i].blocks * 512;
+	free(u.linked);
+	if (r == 0) {
+		json_object_object_add(s, "upper_size", json_object_new_int64(u.bytes));
+		json_object_object_add(s, "upper_entries", json_object_new_int64(u.entries));
+	}
+}
+
 int cmd_status(int argc, char **argv)
 {
-	static const struct option opts[] = {
-	    {"json", no_argument, NULL, OPT_JSON}, {"help", no_argument, NULL, 'h'}, {}};
 	bool json = false;
-	int c;
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-		switch (c) {
-		case OPT_JSON:
-			json = true;
-			break;
-		case 'h':
-			fputs(usage_status, stdout);
-			return EXIT_OK;
-		default:
-			return cli_usage(usage_status, "unknown option '%s'", argv[optind - 1]);
-		}
-	}
-	if (optind + 1 != argc)
-		return cli_usage(usage_status, "give exactly one MOUNTPOINT");
+	const struct cli_flag flags[] = {{"json", &json}, {}};
+	int r = cli_flags(argc, argv, usage_status, flags, 1, "exactly one MOUNTPOINT");
+	if (r >= 0)
+		return r;
 	struct mosaic_error err = {0};
 	json_object *s;
 	if (fusefs_status(argv[optind], &s, &err) < 0)
 		return cli_fail(&err);
+	add_upper_usage(s);
 	if (json) {
 		printf("%s\n", json_object_to_json_string_ext(
 		                   s, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
@@ -281,7 +323,19 @@ int cmd_status(int argc, char **argv)
 		printf("mountpoint:     %s\n", GET("mountpoint"));
 		printf("daemon pid:     %s (%s)\n", GET("pid"), GET("running"));
 		printf("mode:           %s\n", GET("mode"));
-		printf("upper:          %s\n", GET("upper"));
+		printf("upper:          %s", GET("upper"));
+		if (json_object_object_get_ex(s, "upper_size", &v)) {
+			double size = json_object_get_int64(v);
+			const char *unit = "bytes";
+			static const char *const units[] = {"KiB", "MiB", "GiB", "TiB", NULL};
+			for (const char *const *u = units; *u && size >= 1024; u++) {
+				size /= 1024;
+				unit = *u;
+			}
+			printf(" (%.*f %s in %s entries)", *unit == 'b' ? 0 : 1, size, unit,
+			       GET("upper_entries"));
+		}
+		printf("\n");
 		printf("index:          %s\n", GET("index"));
 		json_object_object_get_ex(s, "fragments", &v);
 		printf("fragments:      %zu\n", v ? json_object_array_length(v) : 0);

@@ -13,10 +13,16 @@ static const char usage[] =
     "  fragment create|verify|inspect   make, check and list fragments\n"
     "  store add|list|show|verify|gc    manage a content-addressed fragment store\n"
     "  manifest show|check MANIFEST     validate a manifest, show it merged (includes, layers)\n"
+    "  resolve MANIFEST                 resolve its packages with libsolv into NAME.lock\n"
+    "  build MANIFEST                   resolve, download, verify, one fragment per package\n"
     "  compose FRAGMENT... -o INDEX     build a composition index (overlay rules, conflicts)\n"
-    "  mount (INDEX|FRAGMENT...) DIR    mount a composition (read-only, or with an upper)\n"
+    "  mount (MANIFEST|INDEX|FRAGMENT...) DIR\n"
+    "                                   mount a composition (read-only, or with an upper)\n"
     "  umount DIR                       unmount it and stop its daemon\n"
     "  status DIR                       show a mount's mode, fragments and fragment opens\n"
+    "  commit DIR -o STORE              freeze a mount's upper into a signed config fragment\n"
+    "  diff DIR                         list what the upper adds, modifies and deletes\n"
+    "  origin DIR PATH                  which fragment and package PATH comes from\n"
     "\n"
     "Options:\n"
     "  -h, --help      show this help (every command has its own --help)\n"
@@ -41,6 +47,31 @@ int cli_usage(const char *u, const char *fmt, ...)
 	/* The synopsis line only; --help has the rest. */
 	fprintf(stderr, "%.*s(see --help)\n", (int)(strchrnul(u, '\n') - u + 1), u);
 	return EXIT_USAGE;
+}
+
+int cli_flags(int argc, char **argv, const char *usage, const struct cli_flag *flags,
+              int n_operands, const char *what)
+{
+	size_t n = 0;
+	while (flags && flags[n].name)
+		n++;
+	_cleanup_free_ struct option *opts = xcalloc(n + 2, sizeof(*opts));
+	for (size_t i = 0; i < n; i++)
+		opts[i] = (struct option){flags[i].name, no_argument, NULL, 256 + (int)i};
+	opts[n] = (struct option){"help", no_argument, NULL, 'h'};
+	int c;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		if (c == 'h') {
+			fputs(usage, stdout);
+			return EXIT_OK;
+		}
+		if (c < 256 || c >= 256 + (int)n)
+			return cli_usage(usage, "unknown option '%s'", argv[optind - 1]);
+		*flags[c - 256].set = true;
+	}
+	if (argc - optind != n_operands)
+		return cli_usage(usage, "give %s", what);
+	return -1;
 }
 
 int cli_open_store(const char *path, bool create, struct store **out)
@@ -108,6 +139,12 @@ int main(int argc, char **argv)
 		return cmd_resolve(argc - 1, argv + 1);
 	if (strcmp(cmd, "build") == 0)
 		return cmd_build(argc - 1, argv + 1);
+	if (strcmp(cmd, "diff") == 0)
+		return cmd_diff(argc - 1, argv + 1);
+	if (strcmp(cmd, "origin") == 0)
+		return cmd_origin(argc - 1, argv + 1);
+	if (strcmp(cmd, "commit") == 0)
+		return cmd_commit(argc - 1, argv + 1);
 	if (strcmp(cmd, "compose") == 0)
 		return cmd_compose(argc - 1, argv + 1);
 	if (strcmp(cmd, "mount") == 0)

@@ -4,8 +4,10 @@ real mounts (squashfuse and kernel squashfs) that are always unmounted, and tree
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -166,6 +168,84 @@ def pid_alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.fixture
+def no_mount_leftovers(tmp_path):
+    """Unmounts whatever a test left mounted below its tmp_path (use with usefixtures)."""
+    yield
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        mnt = line.split()[1]
+        if mnt.startswith(str(tmp_path)):
+            run([MOSAIC, "umount", "--lazy", mnt], check=False)
+
+
+def wait_gone(pid, timeout=15.0):
+    """True once pid has exited (within timeout)."""
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+@contextlib.contextmanager
+def mosaic_mounted(args, mnt, env):
+    """`mosaic mount ARGS... MNT` (daemonised); yields mnt, the daemon's pid, what mount printed
+    and its first status. Then mosaic umount, which must end the daemon; cleans up (lazy
+    unmount, kill) even when the test failed."""
+    mnt = Path(mnt)
+    mnt.mkdir(parents=True, exist_ok=True)
+    args = list(args)
+    p = run([MOSAIC, "mount", *args, mnt], env=env, check=False)
+    assert p.returncode == 0, f"mosaic mount exited {p.returncode}: {p.stderr}"
+    st = json.loads(run([MOSAIC, "status", mnt, "--json"], env=env).stdout)
+    pid = st["pid"]
+    ok = False
+    try:
+        yield SimpleNamespace(mnt=mnt, pid=pid, stdout=p.stdout, status=st)
+        ok = True
+    finally:
+        u = run([MOSAIC, "umount", mnt], env=env, check=False)
+        if u.returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        if not wait_gone(pid):
+            os.kill(pid, signal.SIGKILL)
+            wait_gone(pid)
+    if ok:
+        assert u.returncode == 0, f"mosaic umount: {u.stderr}"
+        assert not os.path.ismount(mnt)
+        assert not pid_alive(pid), f"daemon {pid} outlived mosaic umount"
+
+
+def tree_snapshot(root, whole_seconds=False):
+    """{relative path: attributes}: type, mode, owner, mtime (ns, or whole seconds: what a
+    fragment keeps), xattrs, and for non-directories link count and size, content hash, symlink
+    target, device. Directory link counts are left out (kernel overlayfs says 1 for a merged
+    directory)."""
+    out = {}
+    for rel, p in walk_tree(root):
+        st = os.lstat(p)
+        e = dict(type=stat.S_IFMT(st.st_mode), mode=stat.S_IMODE(st.st_mode), uid=st.st_uid,
+                 gid=st.st_gid, mtime=int(st.st_mtime) if whole_seconds else st.st_mtime_ns,
+                 xattrs=view_xattrs(p))
+        if not stat.S_ISDIR(st.st_mode):
+            e["nlink"] = st.st_nlink
+            e["size"] = st.st_size
+        if stat.S_ISREG(st.st_mode):
+            e["sha256"] = file_sha256(p)
+        elif stat.S_ISLNK(st.st_mode):
+            e["link"] = os.readlink(p)
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            e["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        out[rel] = e
+    return out
+
+
+def assert_same_tree(got, want, what):
+    """Compares two tree_snapshot results, naming the first differences."""
+    diff = [f"/{p}: got {got.get(p)} want {want.get(p)}" for p in sorted(set(got) | set(want))
+            if got.get(p) != want.get(p)]
+    assert not diff, f"{what}: {len(diff)} differ\n" + "\n".join(diff[:20])
 
 
 def walk_tree(root):

@@ -16,15 +16,6 @@ from conftest import MOSAIC, run
 pytestmark = pytest.mark.usefixtures("no_mount_leftovers")
 
 
-@pytest.fixture
-def no_mount_leftovers(tmp_path):
-    yield
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        mnt = line.split()[1]
-        if mnt.startswith(str(tmp_path)):
-            run([MOSAIC, "umount", "--lazy", mnt], check=False)
-
-
 def deb_repo(site, name="local", suite="stable", uri=None, keyring=None, priority=None):
     lines = [f"  - name: {name}", "    type: deb", f"    uri: {uri or site.deb_url}",
              f"    suites: [{suite}]", f"    keyring: {keyring or site.key.keyring}"]
@@ -250,7 +241,8 @@ def test_build_and_mount_deb(repos, tmp_path, env, signer):
     lock = json.loads((tmp_path / "t.lock").read_text())
     assert all(len(p["fragment"] or "") == 64 for p in lock["packages"])
     assert (store / "roots" / "manifest-t").read_text().split() == \
-        [p["fragment"] for p in lock["packages"]]
+        [p["fragment"] for p in lock["packages"]] + [f["digest"] for f in lock["fragments"]]
+    assert [f["role"] for f in lock["fragments"]] == ["database"]
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     run([MOSAIC, "mount", m, mnt, "-s", store, "--keyring", signer.keyring], env=env)
@@ -392,13 +384,14 @@ def test_base_image_and_extra_fragments(repos, tmp_path, env, signer):
     dev = tmp_path / "overlay"
     (dev / "etc").mkdir(parents=True)
     (dev / "etc/os-release").write_text("ID=overlay\n")
-    extra = f"base:\n  image: rootfs.tar\nfragments:\n  - path: overlay\n    dev: true\n"
+    extra = "base:\n  image: rootfs.tar\nfragments:\n  - path: overlay\n    dev: true\n"
     m = write_manifest(tmp_path, deb_repo(repos), ["app"], extra=extra)
     store = tmp_path / "store"
     build(m, env, store, signer)
     lock = json.loads((tmp_path / "t.lock").read_text())
-    assert [(f["role"], Path(f["source"]).name) for f in lock["fragments"]] == \
+    assert [(f["role"], Path(f["source"]).name) for f in lock["fragments"]][:2] == \
         [("base", "rootfs.tar"), ("extra", "overlay")]
+    assert [f["role"] for f in lock["fragments"]][2:] == ["database"]
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     run([MOSAIC, "mount", m, mnt, "-s", store, "--keyring", signer.keyring], env=env)
@@ -428,7 +421,8 @@ def test_store_digest_as_extra_fragment(repos, tmp_path, env, signer):
                        extra=f"fragments:\n  - digest: {digest}\n")
     build(m, env, store, signer)
     lock = json.loads((tmp_path / "t.lock").read_text())
-    assert lock["fragments"] == [{"role": "extra", "source": digest, "digest": digest}]
+    assert lock["fragments"][0] == {"role": "extra", "source": digest, "digest": digest}
+    assert [f["role"] for f in lock["fragments"][1:]] == ["database"]
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     run([MOSAIC, "mount", m, mnt, "-s", store, "--keyring", signer.keyring], env=env)

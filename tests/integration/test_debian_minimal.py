@@ -10,8 +10,6 @@ debootstrap and mosaic take the mirror from the host's apt sources at run time."
 import json
 import os
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 

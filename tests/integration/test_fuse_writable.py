@@ -20,7 +20,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import MOSAIC, view_xattrs, walk_tree, write_file, create, file_sha256, kernel_mount, object_path, pid_alive, run
+from conftest import (MOSAIC, assert_same_tree, create, file_sha256, kernel_mount,
+                      mosaic_mounted, object_path, pid_alive, run, tree_snapshot, view_xattrs,
+                      wait_gone, write_file)
 
 EPOCH = "1700000000"
 libc = ctypes.CDLL(None, use_errno=True)
@@ -42,13 +44,6 @@ def whiteout(path):
     os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
 
 
-
-
-def wait_gone(pid, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not pid_alive(pid)
 
 
 # ---- fragments ---------------------------------------------------------------------------------
@@ -128,31 +123,11 @@ def status(mnt, env):
 def mosaic(layers, mnt, upper, mode="fuse", digests=None, env=None, extra=()):
     """mosaic mount (daemonised) with an upper; yields the daemon's pid and what mount said;
     then mosaic umount, which must end the daemon. Cleans up even when the test failed."""
-    env = env or layers.env
-    mnt = Path(mnt)
-    mnt.mkdir(parents=True, exist_ok=True)
     opts = [f"--writable={mode}"] if mode else []
-    p = run([MOSAIC, "mount", "-s", layers.store, "--keyring", layers.keyring,
-             *(digests or layers.digests), mnt, "--upper", upper, *opts, *extra],
-            env=env, check=False)
-    assert p.returncode == 0, f"mosaic mount exited {p.returncode}: {p.stderr}"
-    st = status(mnt, env)
-    pid = st["pid"]
-    ok = False
-    try:
-        yield SimpleNamespace(mnt=mnt, pid=pid, stdout=p.stdout, status=st)
-        ok = True
-    finally:
-        u = run([MOSAIC, "umount", mnt], env=env, check=False)
-        if u.returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-        if not wait_gone(pid):
-            os.kill(pid, signal.SIGKILL)
-            wait_gone(pid)
-    if ok:
-        assert u.returncode == 0, f"mosaic umount: {u.stderr}"
-        assert not os.path.ismount(mnt)
-        assert not pid_alive(pid), f"daemon {pid} outlived mosaic umount"
+    with mosaic_mounted(["-s", layers.store, "--keyring", layers.keyring,
+                         *(digests or layers.digests), "--upper", upper, *opts, *extra],
+                        mnt, env or layers.env) as m:
+        yield m
 
 
 @contextlib.contextmanager
@@ -175,33 +150,6 @@ def kernel_overlay(layers, upper, tmp):
         stack.callback(subprocess.run, ["umount", "-l", str(target)], capture_output=True)
         yield target
 
-
-
-def snapshot(root):
-    """{relative path: attributes} of the tree; directories without their link count (kernel
-    overlayfs says 1 for a merged one), checked by dir_nlinks instead."""
-    out = {}
-    for rel, p in walk_tree(root):
-        st = os.lstat(p)
-        e = dict(type=stat.S_IFMT(st.st_mode), mode=stat.S_IMODE(st.st_mode), uid=st.st_uid,
-                 gid=st.st_gid, mtime=st.st_mtime_ns, xattrs=view_xattrs(p))
-        if not stat.S_ISDIR(st.st_mode):
-            e["nlink"] = st.st_nlink
-            e["size"] = st.st_size
-        if stat.S_ISREG(st.st_mode):
-            e["sha256"] = file_sha256(p)
-        elif stat.S_ISLNK(st.st_mode):
-            e["link"] = os.readlink(p)
-        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            e["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
-        out[rel] = e
-    return out
-
-
-def assert_same(got, want, what):
-    diff = [f"/{p}: got {got.get(p)} want {want.get(p)}" for p in sorted(set(got) | set(want))
-            if got.get(p) != want.get(p)]
-    assert not diff, f"{what}: {len(diff)} differ\n" + "\n".join(diff[:20])
 
 
 def assert_dir_nlinks(root):
@@ -250,9 +198,9 @@ def test_merged_view_of_a_hand_made_upper(layers, tmp_path):
         assert "trusted.overlay.opaque" not in os.listxattr(r / "etc/sub")
         assert "keep" not in os.listdir(r / "etc") and "config" in os.listdir(r / "etc")
         assert_dir_nlinks(r)
-        live = snapshot(r)
+        live = tree_snapshot(r)
     with kernel_overlay(layers, upper, tmp_path) as k:
-        assert_same(live, snapshot(k), "mosaic --writable=fuse vs kernel overlayfs")
+        assert_same_tree(live, tree_snapshot(k), "mosaic --writable=fuse vs kernel overlayfs")
 
 
 def test_copy_up_happens_on_write_and_keeps_attributes(layers, tmp_path):
@@ -439,7 +387,7 @@ def test_every_operation_then_remounts_and_kernel_overlayfs(layers, tmp_path):
 
         check(r, "live")
         assert_dir_nlinks(r)
-        live = snapshot(r)
+        live = tree_snapshot(r)
 
     # the upper is in the kernel's format
     for p in ("etc/gone", "emptyme", "etc/rename-me", "victim"):
@@ -455,23 +403,23 @@ def test_every_operation_then_remounts_and_kernel_overlayfs(layers, tmp_path):
 
     with mosaic(layers, tmp_path / "mnt", upper) as m:
         check(m.mnt, "fuse remount")
-        assert_same(snapshot(m.mnt), live, "fuse remount vs live")
+        assert_same_tree(tree_snapshot(m.mnt), live, "fuse remount vs live")
     with mosaic(layers, tmp_path / "mnt", upper, mode="overlay") as m:
         assert "kernel overlayfs" in m.stdout and m.status["mode"] == "overlay"
         check(m.mnt, "overlay remount", kernel=True)
-        assert_same(snapshot(m.mnt), live, "overlay remount vs live")
+        assert_same_tree(tree_snapshot(m.mnt), live, "overlay remount vs live")
     with kernel_overlay(layers, upper, tmp_path) as k:
         check(k, "kernel overlayfs", kernel=True)
-        assert_same(snapshot(k), live, "kernel overlayfs over the fragments vs live")
+        assert_same_tree(tree_snapshot(k), live, "kernel overlayfs over the fragments vs live")
     # and back: what overlay mode wrote, fuse mode reads
     with mosaic(layers, tmp_path / "mnt", upper, mode="overlay") as m:
         (m.mnt / "etc/by-overlay").write_bytes(b"overlay\n")
         os.unlink(m.mnt / "etc/config")
-        live = snapshot(m.mnt)
+        live = tree_snapshot(m.mnt)
     with mosaic(layers, tmp_path / "mnt", upper) as m:
         assert (m.mnt / "etc/by-overlay").read_bytes() == b"overlay\n"
         assert not os.path.lexists(m.mnt / "etc/config")
-        assert_same(snapshot(m.mnt), live, "fuse after overlay")
+        assert_same_tree(tree_snapshot(m.mnt), live, "fuse after overlay")
 
 
 def test_inode_numbers_stable_and_unique(layers, tmp_path):
@@ -593,9 +541,9 @@ def test_concurrent_copy_ups_of_many_files(layers, tmp_path):
             data = (m.mnt / n).read_bytes()
             assert data.startswith(orig[n]), n
             assert sorted(data[len(orig[n]):].split()) == [str(i).encode() for i in range(8)], n
-        live = snapshot(m.mnt)
+        live = tree_snapshot(m.mnt)
     with mosaic(layers, tmp_path / "mnt", upper) as m:
-        assert_same(snapshot(m.mnt), live, "after remount")
+        assert_same_tree(tree_snapshot(m.mnt), live, "after remount")
 
 
 @pytest.fixture(scope="module")

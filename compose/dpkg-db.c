@@ -1,0 +1,854 @@
+/* The dpkg database of a composition: status, available, arch, info/format and the trigger
+ * interest files that `dpkg --unpack` of the same packages would leave, made into a fragment. */
+#include "compose/compose.h"
+#include "fragments/fragment.h"
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#define DPKG_DB_VERSION 1
+
+/* ---- control paragraphs -------------------------------------------------------------------- */
+
+struct cfield {
+	char *name, *value;
+};
+
+struct cpara {
+	struct cfield *f;
+	size_t n;
+};
+
+static void cpara_clear(struct cpara *p)
+{
+	for (size_t i = 0; i < p->n; i++) {
+		free(p->f[i].name);
+		free(p->f[i].value);
+	}
+	free(p->f);
+	*p = (struct cpara){0};
+}
+
+static const char *cpara_get(const struct cpara *p, const char *name)
+{
+	for (size_t i = 0; i < p->n; i++)
+		if (strcasecmp(p->f[i].name, name) == 0)
+			return p->f[i].value;
+	return NULL;
+}
+
+static bool is_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+/* Splits the first paragraph of text into fields with values as dpkg keeps them: continuation
+ * lines verbatim (indentation included), leading and trailing whitespace of the whole value
+ * dropped. common/deb822.c trims every line, which would lose a description's verbatim lines. */
+static int cpara_parse(const char *text, size_t len, struct cpara *out, struct mosaic_error *err)
+{
+	struct cpara p = {0};
+	size_t cap = 0, line = 0;
+	const char *s = text, *end = text + len;
+	const char *vstart = NULL, *vend = NULL; /* the value being collected */
+
+	for (;;) {
+		const char *nl = s < end ? memchr(s, '\n', end - s) : NULL;
+		const char *eol = s < end ? (nl ? nl : end) : end;
+		bool at_end = s >= end;
+		size_t n = eol - s;
+		bool blank = true;
+		for (size_t i = 0; i < n; i++)
+			if (!is_space(s[i]))
+				blank = false;
+		bool cont = !at_end && !blank && (s[0] == ' ' || s[0] == '\t');
+		if (vstart && !cont && !(!at_end && s[0] == '#')) {
+			while (vstart < vend && is_space(*vstart))
+				vstart++;
+			while (vend > vstart && is_space(vend[-1]))
+				vend--;
+			p.f[p.n - 1].value = xstrndup(vstart, vend - vstart);
+			vstart = NULL;
+		}
+		if (at_end || (blank && p.n > 0))
+			break;
+		line++;
+		if (memchr(s, '\0', n)) {
+			cpara_clear(&p);
+			return mosaic_errorf(err, -EINVAL, "line %zu: NUL byte", line);
+		}
+		if (blank || s[0] == '#') {
+			/* blank lines before the paragraph, comments */
+		} else if (cont) {
+			if (!vstart) {
+				cpara_clear(&p);
+				return mosaic_errorf(err, -EINVAL,
+				                     "line %zu: continuation line before any field",
+				                     line);
+			}
+			vend = eol;
+		} else {
+			const char *colon = memchr(s, ':', n);
+			if (!colon || colon == s) {
+				cpara_clear(&p);
+				return mosaic_errorf(err, -EINVAL,
+				                     "line %zu: expected 'Field: value'", line);
+			}
+			for (const char *c = s; c < colon; c++)
+				if ((unsigned char)*c <= ' ' || (unsigned char)*c >= 0x7f) {
+					cpara_clear(&p);
+					return mosaic_errorf(
+					    err, -EINVAL,
+					    "line %zu: invalid character in field name", line);
+				}
+			_cleanup_free_ char *name = xstrndup(s, colon - s);
+			if (cpara_get(&p, name)) {
+				cpara_clear(&p);
+				return mosaic_errorf(err, -EINVAL, "line %zu: duplicate field '%s'",
+				                     line, name);
+			}
+			if (p.n == cap) {
+				cap = cap ? cap * 2 : 32;
+				p.f = xrealloc(p.f, cap * sizeof(*p.f));
+			}
+			p.f[p.n++] = (struct cfield){TAKE_PTR(name), NULL};
+			vstart = colon + 1;
+			vend = eol;
+		}
+		s = nl ? nl + 1 : end;
+	}
+	*out = p;
+	return 0;
+}
+
+/* ---- writing paragraphs as dpkg does (lib/dpkg/parse.c's fieldinfos, dump.c) ---------------- */
+
+enum fkind {
+	F_TEXT,      /* as it is */
+	F_NAME,      /* lower case, as dpkg keeps package names */
+	F_BOOL,      /* only "yes" is written */
+	F_STATUS,    /* made here */
+	F_MULTIARCH, /* "no" is not written */
+	F_VERSION,   /* a zero epoch is not written */
+	F_DEPS,      /* parsed and written back in canonical form */
+	F_CONFFILES, /* made here from the conffiles control file */
+	F_AVAILABLE, /* only in available */
+	F_DROP,      /* dpkg's own bookkeeping: never taken from a package */
+};
+
+/* dpkg 1.21's field order: known fields in this order, then the others as the package has them. */
+static const struct {
+	const char *name;
+	enum fkind kind;
+} fields[] = {
+    {"Package", F_NAME},
+    {"Essential", F_BOOL},
+    {"Protected", F_BOOL},
+    {"Status", F_STATUS},
+    {"Priority", F_TEXT},
+    {"Section", F_TEXT},
+    {"Installed-Size", F_TEXT},
+    {"Origin", F_TEXT},
+    {"Maintainer", F_TEXT},
+    {"Bugs", F_TEXT},
+    {"Architecture", F_TEXT},
+    {"Multi-Arch", F_MULTIARCH},
+    {"Source", F_TEXT},
+    {"Version", F_VERSION},
+    {"Config-Version", F_DROP},
+    {"Replaces", F_DEPS},
+    {"Provides", F_DEPS},
+    {"Depends", F_DEPS},
+    {"Pre-Depends", F_DEPS},
+    {"Recommends", F_DEPS},
+    {"Suggests", F_DEPS},
+    {"Breaks", F_DEPS},
+    {"Conflicts", F_DEPS},
+    {"Enhances", F_DEPS},
+    {"Conffiles", F_CONFFILES},
+    {"Filename", F_AVAILABLE},
+    {"Size", F_AVAILABLE},
+    {"MD5sum", F_AVAILABLE},
+    {"MSDOS-Filename", F_AVAILABLE},
+    {"Description", F_TEXT},
+    {"Triggers-Pending", F_DROP},
+    {"Triggers-Awaited", F_DROP},
+};
+
+/* dpkg's old names for known fields. */
+static const struct {
+	const char *alias, *name;
+} nicknames[] = {{"Recommended", "Recommends"}, {"Optional", "Suggests"}, {"Class", "Priority"}};
+
+static int field_index(const char *name)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(nicknames); i++)
+		if (strcasecmp(name, nicknames[i].alias) == 0)
+			name = nicknames[i].name;
+	for (size_t i = 0; i < ARRAY_SIZE(fields); i++)
+		if (strcasecmp(name, fields[i].name) == 0)
+			return (int)i;
+	return -1;
+}
+
+/* "a(>=1),b|c ,\n d" → "a (>= 1), b | c, d"; the obsolete "<" and ">" mean "<=" and ">=". */
+static void write_deps(FILE *f, const char *v)
+{
+	bool first_rel = true;
+	while (*v) {
+		const char *comma = strchr(v, ',');
+		size_t rlen = comma ? (size_t)(comma - v) : strlen(v);
+		_cleanup_free_ char *rel = xstrndup(v, rlen);
+		v += rlen + (comma ? 1 : 0);
+		bool first_alt = true;
+		char *save = NULL;
+		for (char *alt = strtok_r(rel, "|", &save); alt; alt = strtok_r(NULL, "|", &save)) {
+			while (is_space(*alt))
+				alt++;
+			size_t nl = 0;
+			while (alt[nl] && !is_space(alt[nl]) && !strchr("([<", alt[nl]))
+				nl++;
+			if (nl == 0)
+				continue;
+			fputs(first_alt ? (first_rel ? "" : ", ") : " | ", f);
+			first_alt = false;
+			fwrite(alt, 1, nl, f);
+			char *rest = alt + nl;
+			while (is_space(*rest))
+				rest++;
+			char *close = *rest == '(' ? strchr(rest, ')') : NULL;
+			if (close) {
+				char *op = rest + 1;
+				while (is_space(*op))
+					op++;
+				size_t ol = 0;
+				while (op[ol] && strchr("<>=", op[ol]))
+					ol++;
+				char *ver = op + ol, *vend = close;
+				while (ver < vend && is_space(*ver))
+					ver++;
+				while (vend > ver && is_space(vend[-1]))
+					vend--;
+				const char *canon = ol == 1 && *op == '<'   ? "<="
+				                    : ol == 1 && *op == '>' ? ">="
+				                                            : NULL;
+				fprintf(f, " (%.*s %.*s)", canon ? 2 : (int)ol, canon ? canon : op,
+				        (int)(vend - ver), ver);
+				rest = close + 1;
+				while (is_space(*rest))
+					rest++;
+			}
+			/* Anything else (arch or profile restrictions) as it is. */
+			size_t tl = strlen(rest);
+			while (tl && is_space(rest[tl - 1]))
+				tl--;
+			if (tl)
+				fprintf(f, " %.*s", (int)tl, rest);
+		}
+		if (!first_alt)
+			first_rel = false;
+	}
+}
+
+static void write_conffiles(FILE *f, const char *conffiles)
+{
+	bool any = false;
+	for (const char *s = conffiles; s && *s;) {
+		const char *nl = strchr(s, '\n');
+		size_t n = nl ? (size_t)(nl - s) : strlen(s);
+		_cleanup_free_ char *line = xstrndup(s, n);
+		s += n + (nl ? 1 : 0);
+		char *l = line, *e = line + n;
+		while (is_space(*l))
+			l++;
+		while (e > l && is_space(e[-1]))
+			*--e = 0;
+		if (!*l)
+			continue;
+		/* Flags come first in the control file ("remove-on-upgrade /etc/x"), last here. */
+		const char *flag = NULL;
+		if (*l != '/') {
+			char *sp = l;
+			while (*sp && !is_space(*sp))
+				sp++;
+			if (*sp) {
+				*sp++ = 0;
+				while (is_space(*sp))
+					sp++;
+				flag = l;
+				l = sp;
+			}
+		}
+		if (!any)
+			fputs("Conffiles:\n", f);
+		any = true;
+		/* What dpkg --unpack records for a conffile it has not configured yet. */
+		fprintf(f, " %s newconffile%s%s\n", l, flag ? " " : "", flag ? flag : "");
+	}
+}
+
+static void write_paragraph(FILE *f, const struct cpara *p, const char *conffiles, bool status)
+{
+	const char *slot[ARRAY_SIZE(fields)] = {0};
+	for (size_t i = 0; i < p->n; i++) {
+		int k = field_index(p->f[i].name);
+		if (k >= 0)
+			slot[k] = p->f[i].value;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(fields); i++) {
+		const char *v = slot[i], *name = fields[i].name;
+		switch (fields[i].kind) {
+		case F_STATUS:
+			if (status)
+				fputs("Status: install ok unpacked\n", f);
+			continue;
+		case F_CONFFILES:
+			if (status)
+				write_conffiles(f, conffiles);
+			continue;
+		case F_DROP:
+			continue;
+		case F_AVAILABLE:
+			if (status)
+				continue;
+			break;
+		default:
+			break;
+		}
+		if (!v || !*v)
+			continue;
+		switch (fields[i].kind) {
+		case F_NAME:
+			fprintf(f, "%s: ", name);
+			for (const char *c = v; *c; c++)
+				fputc(*c >= 'A' && *c <= 'Z' ? *c - 'A' + 'a' : *c, f);
+			fputc('\n', f);
+			break;
+		case F_BOOL:
+			if (strcasecmp(v, "yes") == 0)
+				fprintf(f, "%s: yes\n", name);
+			break;
+		case F_MULTIARCH:
+			if (strcasecmp(v, "no") != 0)
+				fprintf(f, "%s: %s\n", name, v);
+			break;
+		case F_VERSION: {
+			const char *colon = strchr(v, ':');
+			bool zero = colon && colon > v && strspn(v, "0") == (size_t)(colon - v);
+			fprintf(f, "%s: %s\n", name, zero ? colon + 1 : v);
+			break;
+		}
+		case F_DEPS:
+			fprintf(f, "%s: ", name);
+			write_deps(f, v);
+			fputc('\n', f);
+			break;
+		default:
+			fprintf(f, "%s: %s\n", name, v);
+		}
+	}
+	for (size_t i = 0; i < p->n; i++)
+		if (field_index(p->f[i].name) < 0)
+			fprintf(f, "%s: %s\n", p->f[i].name, p->f[i].value);
+	fputc('\n', f);
+}
+
+/* ---- the package set ------------------------------------------------------------------------ */
+
+struct dpkg_pkg {
+	struct cpara para;
+	char *name, *arch; /* name lower case */
+	bool same;         /* Multi-Arch: same: dpkg names it name:arch */
+	bool needs_arch;   /* dpkg's "nonambig" name carries the arch: same, or foreign */
+	bool replaced;     /* a later package of the same name (and arch) takes its place */
+	const struct compose_dpkg_package *in;
+};
+
+struct dpkg_set {
+	struct dpkg_pkg *p;
+	size_t n;
+	struct dpkg_pkg **sorted; /* the live packages, in dpkg's order */
+	size_t n_sorted;
+};
+
+static void dpkg_set_clear(struct dpkg_set *s)
+{
+	for (size_t i = 0; i < s->n; i++) {
+		cpara_clear(&s->p[i].para);
+		free(s->p[i].name);
+		free(s->p[i].arch);
+	}
+	free(s->p);
+	free(s->sorted);
+	*s = (struct dpkg_set){0};
+}
+
+/* dpkg's pkg_sorter_by_nonambig_name_arch: by name, then the one without an arch qualifier
+ * first, then by architecture. */
+static int pkg_cmp(const void *a, const void *b)
+{
+	const struct dpkg_pkg *x = *(struct dpkg_pkg *const *)a, *y = *(struct dpkg_pkg *const *)b;
+	int c = strcmp(x->name, y->name);
+	if (c || strcmp(x->arch, y->arch) == 0)
+		return c;
+	if (x->needs_arch != y->needs_arch)
+		return x->needs_arch ? 1 : -1;
+	return strcmp(x->arch, y->arch);
+}
+
+static int dpkg_set_load(const struct compose_dpkg_package *pkgs, size_t n, const char *native,
+                         struct dpkg_set *out, struct mosaic_error *err)
+{
+	struct dpkg_set s = {.p = xcalloc(n ? n : 1, sizeof(*s.p)), .n = n};
+	for (size_t i = 0; i < n; i++) {
+		struct dpkg_pkg *p = &s.p[i];
+		p->in = &pkgs[i];
+		int r = cpara_parse(pkgs[i].control, pkgs[i].control_len, &p->para, err);
+		const char *name = r < 0 ? NULL : cpara_get(&p->para, "Package");
+		const char *arch = r < 0 ? NULL : cpara_get(&p->para, "Architecture");
+		if (r == 0 &&
+		    (!name || !arch || !*name || !*arch || !cpara_get(&p->para, "Version")))
+			r = mosaic_errorf(err, -EINVAL, "lacks Package, Version or Architecture");
+		if (r < 0) {
+			mosaic_error_prefix(err, "%s: control",
+			                    pkgs[i].what ? pkgs[i].what : "package");
+			s.n = i + 1;
+			dpkg_set_clear(&s);
+			return r;
+		}
+		p->name = xstrdup(name);
+		for (char *c = p->name; *c; c++)
+			if (*c >= 'A' && *c <= 'Z')
+				*c += 'a' - 'A';
+		p->arch = xstrdup(arch);
+		const char *ma = cpara_get(&p->para, "Multi-Arch");
+		p->same = ma && strcasecmp(ma, "same") == 0;
+		p->needs_arch = p->same || (strcmp(arch, "all") != 0 && strcmp(arch, native) != 0);
+		/* As unpacking them in order would: a later instance replaces an earlier one. */
+		for (size_t k = 0; k < i; k++)
+			if (!s.p[k].replaced && strcmp(s.p[k].name, p->name) == 0 &&
+			    (!(s.p[k].same && p->same) || strcmp(s.p[k].arch, p->arch) == 0))
+				s.p[k].replaced = true;
+	}
+	s.sorted = xcalloc(n ? n : 1, sizeof(*s.sorted));
+	for (size_t i = 0; i < n; i++)
+		if (!s.p[i].replaced)
+			s.sorted[s.n_sorted++] = &s.p[i];
+	qsort(s.sorted, s.n_sorted, sizeof(*s.sorted), pkg_cmp);
+	*out = s;
+	return 0;
+}
+
+static char *set_text(const struct dpkg_set *s, bool status)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	if (!f)
+		abort(); /* only fails without memory */
+	for (size_t i = 0; i < s->n_sorted; i++)
+		write_paragraph(f, &s->sorted[i]->para, s->sorted[i]->in->conffiles, status);
+	fclose(f);
+	return buf;
+}
+
+int compose_dpkg_text(const struct compose_dpkg_package *pkgs, size_t n, const char *native_arch,
+                      bool status, char **out, struct mosaic_error *err)
+{
+	struct dpkg_set s;
+	int r = dpkg_set_load(pkgs, n, native_arch, &s, err);
+	if (r < 0)
+		return r;
+	*out = set_text(&s, status);
+	dpkg_set_clear(&s);
+	return 0;
+}
+
+/* ---- the tree ------------------------------------------------------------------------------- */
+
+static int put_file(int dirfd, const char *path, const char *data, size_t len, int64_t mtime)
+{
+	_cleanup_close_ int fd = openat(dirfd, path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	int r = write_all(fd, data, len);
+	if (r < 0)
+		return r;
+	if (fchmod(fd, 0644) < 0)
+		return -errno;
+	struct timespec ts[2] = {{.tv_sec = mtime}, {.tv_sec = mtime}};
+	return futimens(fd, ts) < 0 ? -errno : 0;
+}
+
+static int put_dir(int dirfd, const char *path)
+{
+	if (mkdirat(dirfd, path, 0755) < 0)
+		return -errno;
+	return fchmodat(dirfd, path, 0755, 0) < 0 ? -errno : 0;
+}
+
+/* A trigger interest file being collected: triggers/File or triggers/<name>. */
+struct interest {
+	char *name;
+	char *buf;
+	size_t len;
+	FILE *f;
+};
+
+/* Each one allocated on its own: the memory stream keeps pointers to buf and len. */
+static FILE *interest_file(struct interest ***v, size_t *n, const char *name)
+{
+	for (size_t i = 0; i < *n; i++)
+		if (strcmp((*v)[i]->name, name) == 0)
+			return (*v)[i]->f;
+	*v = xrealloc(*v, (*n + 1) * sizeof(**v));
+	struct interest *it = (*v)[(*n)++] = xmalloc(sizeof(*it));
+	*it = (struct interest){.name = xstrdup(name)};
+	it->f = open_memstream(&it->buf, &it->len);
+	if (!it->f)
+		abort();
+	return it->f;
+}
+
+/* The interests of each package's triggers control file, in unpack order, as dpkg records them:
+ * "PATH PKG[/noawait]" in File, "PKG[/noawait]" in a file named after the trigger. */
+static void collect_interests(const struct dpkg_set *s, struct interest ***v, size_t *nv)
+{
+	for (size_t i = 0; i < s->n; i++) {
+		const struct dpkg_pkg *p = &s->p[i];
+		if (p->replaced || !p->in->triggers)
+			continue;
+		_cleanup_free_ char *text = xstrdup(p->in->triggers);
+		_cleanup_free_ char *who =
+		    p->same ? xasprintf("%s:%s", p->name, p->arch) : xstrdup(p->name);
+		char *save = NULL;
+		for (char *line = strtok_r(text, "\n", &save); line;
+		     line = strtok_r(NULL, "\n", &save)) {
+			char *save2 = NULL;
+			const char *directive = strtok_r(line, " \t\r", &save2);
+			const char *trig = directive ? strtok_r(NULL, " \t\r", &save2) : NULL;
+			if (!trig || *directive == '#' || strncmp(directive, "interest", 8) != 0)
+				continue;
+			const char *opt =
+			    strcmp(directive, "interest-noawait") == 0 ? "/noawait" : "";
+			if (*trig == '/') {
+				fprintf(interest_file(v, nv, "File"), "%s %s%s\n", trig, who, opt);
+				continue;
+			}
+			/* A name that is no plain file name (or one of dpkg's own) cannot be one.
+			 */
+			if (strchr(trig, '/') || *trig == '.' || strcmp(trig, "File") == 0 ||
+			    strcmp(trig, "Lock") == 0 || strcmp(trig, "Unincorp") == 0)
+				continue;
+			fprintf(interest_file(v, nv, trig), "%s%s\n", who, opt);
+		}
+	}
+}
+
+static int write_tree(int root, const struct dpkg_set *s, const char *native, int64_t mtime)
+{
+	static const char *const dirs[] = {"var",
+	                                   "var/lib",
+	                                   "var/lib/dpkg",
+	                                   "var/lib/dpkg/info",
+	                                   "var/lib/dpkg/updates",
+	                                   "var/lib/dpkg/triggers"};
+	int r = 0;
+	for (size_t i = 0; i < ARRAY_SIZE(dirs) && r == 0; i++)
+		r = put_dir(root, dirs[i]);
+	if (r < 0)
+		return r;
+
+	_cleanup_free_ char *status = set_text(s, true), *available = set_text(s, false);
+	/* The native architecture, then the foreign ones the packages use, as dpkg's arch file
+	 * lists them after dpkg --add-architecture. */
+	size_t na = 0;
+	const char **archs = xcalloc(s->n + 1, sizeof(*archs));
+	for (size_t i = 0; i < s->n; i++) {
+		const char *a = s->p[i].arch;
+		bool seen = strcmp(a, native) == 0 || strcmp(a, "all") == 0;
+		for (size_t k = 0; k < na && !seen; k++)
+			seen = strcmp(archs[k], a) == 0;
+		if (!seen)
+			archs[na++] = a;
+	}
+	qsort(archs, na, sizeof(*archs), strcmp_ptr);
+	char *arch_text = NULL;
+	size_t arch_len = 0;
+	FILE *af = open_memstream(&arch_text, &arch_len);
+	if (!af)
+		abort();
+	fprintf(af, "%s\n", native);
+	for (size_t i = 0; i < na; i++)
+		fprintf(af, "%s\n", archs[i]);
+	fclose(af);
+	free(archs);
+
+	const struct {
+		const char *path, *data;
+	} files[] = {
+	    {"var/lib/dpkg/status", status},
+	    {"var/lib/dpkg/available", available},
+	    {"var/lib/dpkg/arch", arch_text},
+	    {"var/lib/dpkg/diversions", ""},
+	    {"var/lib/dpkg/statoverride", ""},
+	    /* dselect's access method, as debootstrap and mmdebstrap set it */
+	    {"var/lib/dpkg/cmethopt", "apt apt\n"},
+	    /* the multiarch layout of info/ ("pkg:arch.list" for Multi-Arch: same) */
+	    {"var/lib/dpkg/info/format", "1\n"},
+	    {"var/lib/dpkg/triggers/Unincorp", ""},
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(files) && r == 0; i++)
+		r = put_file(root, files[i].path, files[i].data, strlen(files[i].data), mtime);
+	free(arch_text);
+
+	struct interest **iv = NULL;
+	size_t ni = 0;
+	collect_interests(s, &iv, &ni);
+	for (size_t i = 0; i < ni; i++) {
+		fclose(iv[i]->f);
+		_cleanup_free_ char *p = xasprintf("var/lib/dpkg/triggers/%s", iv[i]->name);
+		if (r == 0)
+			r = put_file(root, p, iv[i]->buf, iv[i]->len, mtime);
+		free(iv[i]->name);
+		free(iv[i]->buf);
+		free(iv[i]);
+	}
+	free(iv);
+
+	/* Directories last: writing into them moved their times. */
+	struct timespec ts[2] = {{.tv_sec = mtime}, {.tv_sec = mtime}};
+	for (size_t i = ARRAY_SIZE(dirs); i-- > 0 && r == 0;)
+		if (utimensat(root, dirs[i], ts, AT_SYMLINK_NOFOLLOW) < 0)
+			r = -errno;
+	if (r == 0 && futimens(root, ts) < 0)
+		r = -errno;
+	return r;
+}
+
+int compose_dpkg_tree(const struct compose_dpkg_package *pkgs, size_t n, const char *native_arch,
+                      int64_t mtime, const char *root, struct mosaic_error *err)
+{
+	struct dpkg_set s;
+	int r = dpkg_set_load(pkgs, n, native_arch, &s, err);
+	if (r < 0)
+		return r;
+	_cleanup_close_ int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	r = fd < 0 ? -errno : write_tree(fd, &s, native_arch, mtime);
+	dpkg_set_clear(&s);
+	if (r < 0)
+		return mosaic_errorf(err, r, "%s: writing the dpkg database: %s", root,
+		                     strerror(-r));
+	return 0;
+}
+
+/* ---- the fragment --------------------------------------------------------------------------- */
+
+void compose_dpkg_key(const char *const *digests, size_t n, const char *native_arch,
+                      char hex[SHA256_HEX_LEN + 1])
+{
+	struct sha256 *h = sha256_new();
+	_cleanup_free_ char *salt =
+	    xasprintf("mosaic dpkg database v%d\n%s\n", DPKG_DB_VERSION, native_arch);
+	sha256_update(h, salt, strlen(salt));
+	for (size_t i = 0; i < n; i++) {
+		sha256_update(h, digests[i], strlen(digests[i]));
+		sha256_update(h, "\n", 1);
+	}
+	sha256_final(h, hex);
+}
+
+/* The conffiles and triggers control files a .deb fragment carries in var/lib/dpkg/info/. */
+struct info_find {
+	const char *want[2];
+	uint64_t inode[2];
+	uint64_t size[2];
+	bool found[2];
+};
+
+static int info_visit(void *ctx, const struct fragment_entry *e)
+{
+	struct info_find *f = ctx;
+	for (int i = 0; i < 2; i++)
+		if (S_ISREG(e->mode) && strcmp(e->path, f->want[i]) == 0) {
+			f->inode[i] = e->inode_id;
+			f->size[i] = e->size;
+			f->found[i] = true;
+		}
+	return 0;
+}
+
+static int read_info_files(const char *image, const char *info_name, char **conffiles,
+                           char **triggers, struct mosaic_error *err)
+{
+	_cleanup_free_ char *c = xasprintf("var/lib/dpkg/info/%s.conffiles", info_name);
+	_cleanup_free_ char *t = xasprintf("var/lib/dpkg/info/%s.triggers", info_name);
+	struct info_find f = {.want = {c, t}};
+	int r = fragment_walk(image, info_visit, &f, err);
+	if (r < 0 || (!f.found[0] && !f.found[1]))
+		return r;
+	struct fragment_image *im;
+	if ((r = fragment_image_open(image, &im, err)) < 0)
+		return r;
+	char **out[2] = {conffiles, triggers};
+	for (int i = 0; i < 2 && r == 0; i++) {
+		if (!f.found[i])
+			continue;
+		if (f.size[i] > (1 << 24)) {
+			r = mosaic_errorf(err, -EFBIG, "%s: %s is too large", image, f.want[i]);
+			break;
+		}
+		char *buf = xmalloc(f.size[i] + 1);
+		size_t got = 0;
+		while (got < f.size[i]) {
+			ssize_t k =
+			    fragment_image_read(im, f.inode[i], got, buf + got, f.size[i] - got);
+			if (k <= 0) {
+				r = mosaic_errorf(err, k < 0 ? (int)k : -EIO, "%s: reading %s",
+				                  image, f.want[i]);
+				break;
+			}
+			got += k;
+		}
+		buf[got] = 0;
+		if (r < 0)
+			free(buf);
+		else
+			*out[i] = buf;
+	}
+	fragment_image_close(im);
+	return r;
+}
+
+static int rm_visit(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+	return remove(path) < 0 ? -1 : 0;
+}
+
+static int make_fragment(struct store *s, const struct compose_dpkg_package *pkgs, size_t n,
+                         const char *native, int64_t epoch, const char *sign_key,
+                         char digest[SHA256_HEX_LEN + 1], struct mosaic_error *err)
+{
+	const char *tmpdir = getenv("TMPDIR");
+	_cleanup_free_ char *tmp = xasprintf("%s/mosaic-dpkg-db.XXXXXX", tmpdir ? tmpdir : "/tmp");
+	if (!mkdtemp(tmp))
+		return mosaic_errorf(err, -errno, "%s: %s", tmp, strerror(errno));
+	/* A fixed name for the source directory: the descriptor records it. */
+	_cleanup_free_ char *root = path_join(tmp, "dpkg-database");
+	int r =
+	    mkdir(root, 0755) < 0 ? mosaic_errorf(err, -errno, "%s: %s", root, strerror(errno)) : 0;
+	if (r == 0)
+		r = compose_dpkg_tree(pkgs, n, native, epoch, root, err);
+	if (r == 0) {
+		struct fragment_create_options o = {
+		    .name = "dpkg-database",
+		    .arch = native,
+		    .kind = FRAGMENT_CONFIG,
+		    .sign_key = sign_key,
+		    .source_date_epoch = epoch,
+		    .owner_set = true,
+		};
+		struct fragment_info info = {0};
+		r = fragment_create(s, root, &o, &info, err);
+		if (r == 0)
+			memcpy(digest, info.digest, SHA256_HEX_LEN + 1);
+		fragment_info_clear(&info);
+	}
+	nftw(tmp, rm_visit, 16, FTW_DEPTH | FTW_PHYS);
+	return r;
+}
+
+int compose_dpkg_fragment(struct store *s, struct keyring *k, const char *const *digests, size_t n,
+                          const char *native_arch, const char *sign_key,
+                          char digest[SHA256_HEX_LEN + 1], bool *made, struct mosaic_error *err)
+{
+	char key[SHA256_HEX_LEN + 1];
+	compose_dpkg_key(digests, n, native_arch, key);
+	_cleanup_free_ char *cache = mosaic_cache_dir();
+	_cleanup_free_ char *cache_path = xasprintf("%s/dpkg-database/%s", cache, key);
+	_cleanup_free_ char *known = NULL;
+	if (read_file(cache_path, 128, &known, NULL) == 0 && is_sha256_hex(known)) {
+		_cleanup_free_ char *sig = store_object_path(s, known, ".json.sig");
+		if (access(sig, R_OK) == 0) {
+			memcpy(digest, known, SHA256_HEX_LEN + 1);
+			if (made)
+				*made = false;
+			return 0;
+		}
+	}
+
+	struct compose_dpkg_package *pkgs = xcalloc(n ? n : 1, sizeof(*pkgs));
+	struct fragment_descriptor *descs = xcalloc(n ? n : 1, sizeof(*descs));
+	char **conffiles = xcalloc(n ? n : 1, sizeof(char *));
+	char **triggers = xcalloc(n ? n : 1, sizeof(char *));
+	size_t np = 0;
+	int64_t epoch = 0;
+	int r = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		struct fragment_descriptor *d = &descs[i];
+		_cleanup_free_ char *image = store_object_path(s, digests[i], ".sqfs");
+		if (k) {
+			r = fragment_verify(k, image, d, err);
+		} else {
+			/* Our own store, just written by the caller: the descriptor alone. */
+			_cleanup_free_ char *jp = store_object_path(s, digests[i], ".json");
+			_cleanup_free_ char *text = NULL;
+			size_t len = 0;
+			r = read_file(jp, 16 << 20, &text, &len);
+			if (r < 0)
+				r = mosaic_errorf(err, r, "%s: %s", jp, strerror(-r));
+			else
+				r = fragment_descriptor_parse(text, len, d, err);
+		}
+		if (r < 0)
+			break;
+		if (d->created > epoch)
+			epoch = d->created;
+		json_object *deb, *control;
+		if (!json_object_object_get_ex(d->json, "deb", &deb) ||
+		    !json_object_object_get_ex(deb, "control", &control) ||
+		    !json_object_is_type(control, json_type_string))
+			continue;
+		struct compose_dpkg_package *p = &pkgs[np];
+		p->control = json_object_get_string(control);
+		p->control_len = json_object_get_string_len(control);
+		p->what = d->name;
+		/* The info files are named as fragments/ names them: "pkg:arch" for Multi-Arch:
+		 * same, else "pkg". */
+		json_object *ma = NULL, *arch = NULL, *name = NULL;
+		json_object_object_get_ex(deb, "Multi-Arch", &ma);
+		json_object_object_get_ex(deb, "Architecture", &arch);
+		json_object_object_get_ex(deb, "Package", &name);
+		const char *pkg = name ? json_object_get_string(name) : d->name;
+		_cleanup_free_ char *info =
+		    ma && arch && strcasecmp(json_object_get_string(ma), "same") == 0
+		        ? xasprintf("%s:%s", pkg, json_object_get_string(arch))
+		        : xstrdup(pkg);
+		r = read_info_files(image, info, &conffiles[np], &triggers[np], err);
+		p->conffiles = conffiles[np];
+		p->triggers = triggers[np];
+		np++;
+	}
+	if (r == 0)
+		r = make_fragment(s, pkgs, np, native_arch, epoch, sign_key, digest, err);
+	if (r == 0) {
+		_cleanup_free_ char *dir = xasprintf("%s/dpkg-database", cache);
+		if (mkdir_p(dir, 0755) == 0)
+			write_file_atomic(cache_path, digest, SHA256_HEX_LEN, 0644);
+		if (made)
+			*made = true;
+	}
+	for (size_t i = 0; i < n; i++) {
+		fragment_descriptor_clear(&descs[i]);
+		free(conffiles[i]);
+		free(triggers[i]);
+	}
+	free(conffiles);
+	free(triggers);
+	free(descs);
+	free(pkgs);
+	return r;
+}

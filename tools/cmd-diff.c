@@ -1,0 +1,281 @@
+/* mosaic diff | origin: what a mount's upper changes against its fragments, and where a path of
+ * the view comes from. Both read the mount's state, its index and its upper directory. */
+#include "compose/compose.h"
+#include "fusefs/fusefs.h"
+#include "tools/cli.h"
+
+#include <string.h>
+#include <sys/stat.h>
+
+static const char usage_diff[] =
+    "Usage: mosaic diff MOUNTPOINT [--json] [--all]\n"
+    "\n"
+    "Lists what the mount's upper layer changes against its fragments, sorted by path, like\n"
+    "'git status --short':\n"
+    "  A  added (the fragments do not have the path)\n"
+    "  M  modified (type, content, mode, owner, xattrs, symlink target or device differ)\n"
+    "  D  deleted (a whiteout, an opaque directory or a file over a directory hides it)\n"
+    "  =  a copy-up identical to the fragments' (only with --all)\n"
+    "Everything below an added or deleted directory is listed too. Times are not compared.\n"
+    "A read-only mount has no upper: nothing is listed.\n"
+    "\n"
+    "  --json      [{\"path\", \"change\", \"type\", \"what\"}]; change is added, modified,\n"
+    "              deleted or unchanged; what (modified only) lists what differs\n"
+    "  --all       list unchanged copy-ups too\n"
+    "  -h, --help  show this help\n";
+
+static const char usage_origin[] =
+    "Usage: mosaic origin MOUNTPOINT PATH [--json]\n"
+    "\n"
+    "Says which fragment (and package) provides PATH, a path inside the view (/etc/hostname),\n"
+    "in the layers below the upper, and whether the upper added, modified or deleted it.\n"
+    "\n"
+    "  --json      {\"path\", \"type\", \"fragment\", \"package\", \"upper\", \"what\"}\n"
+    "  -h, --help  show this help\n";
+
+
+static const char *type_name(mode_t type)
+{
+	switch (type & S_IFMT) {
+	case S_IFREG:
+		return "file";
+	case S_IFDIR:
+		return "dir";
+	case S_IFLNK:
+		return "symlink";
+	case S_IFCHR:
+		return "char";
+	case S_IFBLK:
+		return "block";
+	case S_IFIFO:
+		return "fifo";
+	case S_IFSOCK:
+		return "socket";
+	}
+	return "unknown";
+}
+
+static json_object *what_json(unsigned what)
+{
+	static const struct {
+		unsigned bit;
+		const char *name;
+	} names[] = {{COMPOSE_DIFF_TYPE, "type"},     {COMPOSE_DIFF_CONTENT, "content"},
+	             {COMPOSE_DIFF_MODE, "mode"},     {COMPOSE_DIFF_OWNER, "owner"},
+	             {COMPOSE_DIFF_XATTRS, "xattrs"}, {COMPOSE_DIFF_TARGET, "target"},
+	             {COMPOSE_DIFF_RDEV, "rdev"}};
+	json_object *a = json_object_new_array();
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+		if (what & names[i].bit)
+			json_object_array_add(a, json_object_new_string(names[i].name));
+	return a;
+}
+
+/* A mount as diff and origin need it: its index, its fragment images in index order, its
+ * upper (NULL for a read-only mount). */
+struct mounted {
+	json_object *state;
+	struct compose_index *idx;
+	char **images;
+	size_t n_images;
+	const char *upper; /* borrowed from state */
+};
+
+static void mounted_clear(struct mounted *m)
+{
+	compose_index_close(m->idx);
+	strv_free(m->images, m->n_images);
+	json_object_put(m->state);
+}
+
+static int mounted_open(const char *mountpoint, struct mounted *m)
+{
+	struct mosaic_error err = {0};
+	if (fusefs_status(mountpoint, &m->state, &err) < 0)
+		return cli_fail(&err);
+	json_object *v, *frags;
+	if (!json_object_object_get_ex(m->state, "index", &v) || !v ||
+	    !json_object_object_get_ex(m->state, "fragments", &frags) ||
+	    !json_object_is_type(frags, json_type_array)) {
+		fprintf(stderr, "mosaic: the state of %s names no index or fragments; remount it\n",
+		        mountpoint);
+		return EXIT_FAIL;
+	}
+	if (compose_index_open(json_object_get_string(v), &m->idx, &err) < 0)
+		return cli_fail(&err);
+	m->n_images = json_object_array_length(frags);
+	if (m->n_images != compose_index_fragments(m->idx)) {
+		fprintf(stderr, "mosaic: %s: the index has %u fragments, the state names %zu\n",
+		        mountpoint, compose_index_fragments(m->idx), m->n_images);
+		return EXIT_FAIL;
+	}
+	m->images = xcalloc(m->n_images ? m->n_images : 1, sizeof(*m->images));
+	for (size_t i = 0; i < m->n_images; i++)
+		m->images[i] = xstrdup(json_object_get_string(json_object_array_get_idx(frags, i)));
+	if (json_object_object_get_ex(m->state, "upper", &v) && v)
+		m->upper = json_object_get_string(v);
+	return 0;
+}
+
+int cmd_diff(int argc, char **argv)
+{
+	bool json = false, all = false;
+	const struct cli_flag flags[] = {{"json", &json}, {"all", &all}, {}};
+	int r = cli_flags(argc, argv, usage_diff, flags, 1, "exactly one MOUNTPOINT");
+	if (r >= 0)
+		return r;
+	_cleanup_(mounted_clear) struct mounted m = {0};
+	r = mounted_open(argv[optind], &m);
+	if (r)
+		return r;
+	struct compose_diff_entry *v = NULL;
+	size_t n = 0;
+	if (!m.upper)
+		fprintf(stderr, "mosaic: %s is mounted read-only: no upper, no changes\n",
+		        argv[optind]);
+	else {
+		struct mosaic_error err = {0};
+		if (compose_diff(m.idx, m.images, m.upper, all, &v, &n, &err) < 0)
+			return cli_fail(&err);
+	}
+	if (json) {
+		json_object *a = json_object_new_array();
+		for (size_t i = 0; i < n; i++) {
+			json_object *o = json_object_new_object();
+			json_object_object_add(o, "path", json_object_new_string(v[i].path));
+			json_object_object_add(
+			    o, "change", json_object_new_string(compose_change_name(v[i].change)));
+			json_object_object_add(o, "type",
+			                       json_object_new_string(type_name(v[i].type)));
+			if (v[i].change == COMPOSE_MODIFIED)
+				json_object_object_add(o, "what", what_json(v[i].what));
+			json_object_array_add(a, o);
+		}
+		printf("%s\n", json_object_to_json_string_ext(
+		                   a, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+		json_object_put(a);
+	} else {
+		static const char letter[] = {[COMPOSE_ADDED] = 'A',
+		                              [COMPOSE_MODIFIED] = 'M',
+		                              [COMPOSE_DELETED] = 'D',
+		                              [COMPOSE_UNCHANGED] = '=',
+		                              [COMPOSE_UNTOUCHED] = ' '};
+		for (size_t i = 0; i < n; i++)
+			printf("%c  %s\n", letter[v[i].change], v[i].path);
+	}
+	compose_diff_free(v, n);
+	return EXIT_OK;
+}
+
+/* The descriptor beside a fragment image (<hex>.sqfs -> <hex>.json), or NULL if unreadable. */
+static json_object *fragment_json(const char *image, json_object **package)
+{
+	*package = NULL;
+	size_t l = strlen(image);
+	if (l < 5 || strcmp(image + l - 5, ".sqfs") != 0)
+		return NULL;
+	_cleanup_free_ char *path = xasprintf("%.*s.json", (int)(l - 5), image);
+	_cleanup_free_ char *buf = NULL;
+	size_t len;
+	struct fragment_descriptor d = {0};
+	if (read_file(path, 16 << 20, &buf, &len) < 0 ||
+	    fragment_descriptor_parse(buf, len, &d, NULL) < 0)
+		return NULL;
+	json_object *o = json_object_new_object(), *v, *name;
+	json_object_object_add(o, "name", json_object_new_string(d.name));
+	json_object_object_add(o, "version", d.version ? json_object_new_string(d.version) : NULL);
+	json_object_object_add(o, "arch", d.arch ? json_object_new_string(d.arch) : NULL);
+	json_object_object_add(o, "kind", json_object_new_string(fragment_kind_to_string(d.kind)));
+	if (d.kind == FRAGMENT_PACKAGE) {
+		/* the package's own name: Debian's Package, RPM's name, else the fragment's */
+		if (json_object_object_get_ex(d.json, "deb", &v) &&
+		    json_object_object_get_ex(v, "Package", &name))
+			*package = json_object_get(name);
+		else if (json_object_object_get_ex(d.json, "rpm", &v) &&
+		         json_object_object_get_ex(v, "name", &name))
+			*package = json_object_get(name);
+		else
+			*package = json_object_new_string(d.name);
+	}
+	fragment_descriptor_clear(&d);
+	return o;
+}
+
+int cmd_origin(int argc, char **argv)
+{
+	bool json = false;
+	const struct cli_flag flags[] = {{"json", &json}, {}};
+	int r = cli_flags(argc, argv, usage_origin, flags, 2, "a MOUNTPOINT and a PATH");
+	if (r >= 0)
+		return r;
+	_cleanup_(mounted_clear) struct mounted m = {0};
+	r = mounted_open(argv[optind], &m);
+	if (r)
+		return r;
+	struct mosaic_error err = {0};
+	struct compose_diff_entry e;
+	if (compose_diff_path(m.idx, m.images, m.upper, argv[optind + 1], &e, &err) < 0) {
+		fprintf(stderr, "mosaic: %s\n", err.msg);
+		return err.code == -EINVAL ? EXIT_USAGE : EXIT_FAIL;
+	}
+	_cleanup_free_ char *path = e.path;
+
+	json_object *o = json_object_new_object(), *frag = NULL, *package = NULL;
+	const struct compose_inode *in = e.ino ? compose_index_inode(m.idx, e.ino) : NULL;
+	if (in && in->fragment != COMPOSE_NO_FRAGMENT) {
+		char digest[65];
+		compose_index_fragment_digest(m.idx, in->fragment, digest);
+		frag = fragment_json(m.images[in->fragment], &package);
+		if (!frag)
+			frag = json_object_new_object();
+		json_object_object_add(frag, "digest", json_object_new_string(digest));
+		json_object_object_add(frag, "index", json_object_new_int(in->fragment));
+		json_object_object_add(frag, "image",
+		                       json_object_new_string(m.images[in->fragment]));
+	}
+	json_object_object_add(o, "path", json_object_new_string(path));
+	json_object_object_add(o, "type", json_object_new_string(type_name(e.type)));
+	json_object_object_add(o, "fragment", frag);
+	json_object_object_add(o, "package", package);
+	json_object_object_add(o, "upper", json_object_new_string(compose_change_name(e.change)));
+	if (e.change == COMPOSE_MODIFIED)
+		json_object_object_add(o, "what", what_json(e.what));
+
+	if (json)
+		printf("%s\n", json_object_to_json_string_ext(
+		                   o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+	else {
+		json_object *v;
+#define GET(obj, k) (json_object_object_get_ex(obj, k, &v) && v ? json_object_get_string(v) : "-")
+		printf("path:      %s (%s)\n", path, type_name(e.type));
+		if (frag) {
+			printf("fragment:  %s\n", GET(frag, "digest"));
+			printf("           %s %s (%s), layer %u of %zu from the bottom\n",
+			       GET(frag, "name"), GET(frag, "version"), GET(frag, "kind"),
+			       in->fragment + 1, m.n_images);
+			printf("image:     %s\n", GET(frag, "image"));
+		} else
+			printf("fragment:  none\n");
+		if (package)
+			printf("package:   %s\n", json_object_get_string(package));
+		static const char *const says[] = {
+		    [COMPOSE_UNTOUCHED] = "untouched (the fragment's)",
+		    [COMPOSE_ADDED] = "added (only the upper has it)",
+		    [COMPOSE_MODIFIED] = "modified",
+		    [COMPOSE_DELETED] = "deleted (hidden by the upper)",
+		    [COMPOSE_UNCHANGED] = "unchanged copy-up (the same as the fragment's)"};
+		printf("upper:     %s", m.upper ? says[e.change] : "none (read-only mount)");
+		if (e.change == COMPOSE_MODIFIED) {
+			json_object *w = what_json(e.what);
+			for (size_t i = 0; i < json_object_array_length(w); i++)
+				printf("%s%s", i ? ", " : " (",
+				       json_object_get_string(json_object_array_get_idx(w, i)));
+			printf(")");
+			json_object_put(w);
+		}
+		printf("\n");
+#undef GET
+	}
+	json_object_put(o);
+	return EXIT_OK;
+}
