@@ -62,6 +62,13 @@ int mosaic_errorf(struct mosaic_error *err, int code, const char *fmt, ...)
 int mosaic_error_prefix(struct mosaic_error *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* qsort that accepts an empty (possibly NULL) array, which qsort itself must not be given. */
+static inline void qsort_safe(void *base, size_t n, size_t size,
+                              int (*cmp)(const void *, const void *))
+{
+	if (n > 1)
+		qsort(base, n, size, cmp);
+}
 /* qsort comparator for an array of strings. */
 int strcmp_ptr(const void *a, const void *b);
 /* Frees n strings and the array. */

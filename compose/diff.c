@@ -326,7 +326,7 @@ int compose_diff(const struct compose_index *idx, char *const *images, const cha
 		compose_diff_free(d.v, d.n);
 		return r;
 	}
-	qsort(d.v, d.n, sizeof(*d.v), entry_cmp);
+	qsort_safe(d.v, d.n, sizeof(*d.v), entry_cmp);
 	*out = d.v;
 	*n = d.n;
 	return 0;

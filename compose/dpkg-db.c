@@ -437,7 +437,7 @@ static int dpkg_set_load(const struct compose_dpkg_package *pkgs, size_t n, cons
 	for (size_t i = 0; i < n; i++)
 		if (!s.p[i].replaced)
 			s.sorted[s.n_sorted++] = &s.p[i];
-	qsort(s.sorted, s.n_sorted, sizeof(*s.sorted), pkg_cmp);
+	qsort_safe(s.sorted, s.n_sorted, sizeof(*s.sorted), pkg_cmp);
 	*out = s;
 	return 0;
 }
@@ -575,7 +575,7 @@ static int write_tree(int root, const struct dpkg_set *s, const char *native, in
 		if (!seen)
 			archs[na++] = a;
 	}
-	qsort(archs, na, sizeof(*archs), strcmp_ptr);
+	qsort_safe(archs, na, sizeof(*archs), strcmp_ptr);
 	char *arch_text = NULL;
 	size_t arch_len = 0;
 	FILE *af = open_memstream(&arch_text, &arch_len);

@@ -203,8 +203,7 @@ static int walk_dir(struct walk *wk, int dfd, const char *rel, struct mosaic_err
 	}
 	closedir(d);
 	/* Sorted, so that the same tree always gives the same data block order. */
-	if (n > 1)
-		qsort(names, n, sizeof(*names), strcmp_ptr);
+	qsort_safe(names, n, sizeof(*names), strcmp_ptr);
 	int r = 0;
 	for (size_t i = 0; r == 0 && i < n; i++) {
 		_cleanup_free_ char *child = *rel ? path_join(rel, names[i]) : xstrdup(names[i]);

@@ -298,8 +298,7 @@ static int list_objects(const struct store *s, const char *prefix, char ***out, 
 		closedir(sd);
 	}
 	closedir(d);
-	if (n > 1)
-		qsort(v, n, sizeof(*v), strcmp_ptr);
+	qsort_safe(v, n, sizeof(*v), strcmp_ptr);
 	*out = v;
 	*n_out = n;
 	return 0;
@@ -424,8 +423,7 @@ int store_gc(struct store *s, bool dry_run, struct store_gc_stats *st, struct mo
 	                    *roots = path_join(s->root, "roots");
 	collect_roots(refs, &keep, &n_keep);
 	collect_roots(roots, &keep, &n_keep);
-	if (n_keep > 1)
-		qsort(keep, n_keep, sizeof(*keep), strcmp_ptr);
+	qsort_safe(keep, n_keep, sizeof(*keep), strcmp_ptr);
 
 	time_t now = time(NULL);
 	_cleanup_free_ char *tmp = path_join(s->root, "tmp");

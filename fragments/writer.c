@@ -300,7 +300,7 @@ static int set_xattrs(struct fwriter *w, struct fnode *n, const struct fentry *e
 	/* Sorted so that the same set in any order gives the same image. */
 	_cleanup_free_ struct fxattr *x = xmalloc(e->n_xattrs * sizeof(*x));
 	memcpy(x, e->xattrs, e->n_xattrs * sizeof(*x));
-	qsort(x, e->n_xattrs, sizeof(*x), xattr_cmp);
+	qsort_safe(x, e->n_xattrs, sizeof(*x), xattr_cmp);
 	int r = sqfs_xattr_writer_begin(w->xwr, 0);
 	for (size_t i = 0; r == 0 && i < e->n_xattrs; i++) {
 		r = sqfs_xattr_writer_add(w->xwr, x[i].key, x[i].value, x[i].len);
@@ -504,7 +504,7 @@ static int name_cmp(const void *a, const void *b)
 static void number_files(struct fnode *d, uint32_t *next)
 {
 	if (d->n_children > 1)
-		qsort(d->children, d->n_children, sizeof(*d->children), name_cmp);
+		qsort_safe(d->children, d->n_children, sizeof(*d->children), name_cmp);
 	for (size_t i = 0; i < d->n_children; i++) {
 		struct fnode *c = d->children[i];
 		if (S_ISDIR(c->mode))

@@ -691,8 +691,7 @@ static int upper_list(int dirfd, struct uent **out, size_t *count)
 		uents_free(e, n);
 		return r;
 	}
-	if (n)
-		qsort(e, n, sizeof(*e), uent_cmp);
+	qsort_safe(e, n, sizeof(*e), uent_cmp);
 	*out = e;
 	*count = n;
 	return 0;

@@ -160,7 +160,7 @@ static int diag_cmp(const void *a, const void *b)
 static int report(struct loader *l, struct mosaic_error *err)
 {
 	sort_loader = l;
-	qsort(l->diags, l->n_diags, sizeof(*l->diags), diag_cmp);
+	qsort_safe(l->diags, l->n_diags, sizeof(*l->diags), diag_cmp);
 	sort_loader = NULL;
 	size_t unique = 0;
 	for (size_t i = 0; i < l->n_diags; i++) {

@@ -79,8 +79,7 @@ static char **list_dir(const char *dir, const char *const *suffixes)
 		v[n] = NULL;
 	}
 	closedir(d);
-	if (n)
-		qsort(v, n, sizeof(*v), cmp_names);
+	qsort_safe(v, n, sizeof(*v), cmp_names);
 	return v;
 }
 

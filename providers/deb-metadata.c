@@ -152,7 +152,7 @@ static int parse_sha256_list(const char *value, struct release *out, struct mosa
 	}
 	if (out->n_files == 0)
 		return 0;
-	qsort(out->files, out->n_files, sizeof(*out->files), cmp_files);
+	qsort_safe(out->files, out->n_files, sizeof(*out->files), cmp_files);
 	for (size_t i = 1; i < out->n_files; i++)
 		if (!strcmp(out->files[i - 1].path, out->files[i].path))
 			return mosaic_errorf(err, -EINVAL, "SHA256 lists %s twice",
@@ -447,8 +447,7 @@ int deb_packages_add(Repo *repo, const char *text, size_t len, struct deb_sets *
 	struct stanza_sum *sums = NULL;
 	size_t n_sums = 0;
 	scan_packages(text, len, &sums, &n_sums, sets);
-	if (n_sums)
-		qsort(sums, n_sums, sizeof(*sums), cmp_sums);
+	qsort_safe(sums, n_sums, sizeof(*sums), cmp_sums);
 
 	Repodata *data = repo_last_repodata(repo);
 	r = 0;

@@ -40,8 +40,7 @@ static void push(char ***v, size_t *n, const char *s, size_t len)
 /* Sorted, without duplicates, NULL-terminated; takes the strings. */
 static char **finish_set(char **v, size_t n)
 {
-	if (n)
-		qsort(v, n, sizeof(*v), strcmp_ptr);
+	qsort_safe(v, n, sizeof(*v), strcmp_ptr);
 	char **out = xcalloc(n + 1, sizeof(*out));
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++) {

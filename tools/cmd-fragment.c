@@ -229,7 +229,7 @@ static int fragment_create_cmd(int argc, char **argv)
 		p.jobs[i].size = stat(p.jobs[i].src, &st) == 0 && S_ISREG(st.st_mode) ? st.st_size : 0;
 		p.order[i] = &p.jobs[i];
 	}
-	qsort(p.order, n, sizeof(*p.order), job_larger_first);
+	qsort_safe(p.order, n, sizeof(*p.order), job_larger_first);
 	pthread_t *th = xcalloc(jobs, sizeof(*th));
 	for (long i = 0; i < jobs; i++)
 		pthread_create(&th[i], NULL, worker, &p);

@@ -291,7 +291,7 @@ static void add_upper_usage(json_object *s)
 	int r = nftw(json_object_get_string(v), usage_one, 64, FTW_PHYS | FTW_MOUNT);
 	usage_walk = NULL;
 	if (u.n_linked)
-		qsort(u.linked, u.n_linked, sizeof(*u.linked), file_id_cmp);
+		qsort_safe(u.linked, u.n_linked, sizeof(*u.linked), file_id_cmp);
 	for (size_t i = 0; i < u.n_linked; i++)
 		if (i == 0 || file_id_cmp(&u.linked[i - 1], &u.linked[i]) != 0)
 			u.bytes += (uint64_t)u.linked[i].blocks * 512;
