@@ -1,5 +1,6 @@
 /* Building a composition index: walk every fragment's metadata once (fragment_walk), merge
- * with kernel overlayfs's rules into one tree, then serialise it with sorted directories. */
+ * with kernel overlayfs's rules into one tree (package fragments with dpkg's for directories
+ * and symlinks to them), then serialise it with sorted directories. */
 #include "compose/index-format.h"
 #include "fragments/fragment.h"
 
@@ -251,8 +252,10 @@ static int content_differs(struct builder *b, const struct minode *lo, uint32_t 
 static int note_conflict(struct builder *b, struct mnode *old, const struct fragment_entry *e)
 {
 	struct minode *m = old->inode;
+	/* Within one package a path can come twice only through a symlinked directory (bin/foo
+	 * and usr/bin/foo on merged /usr): the package's own business, not a conflict. */
 	if (!S_ISREG(e->mode) || !S_ISREG(m->mode) || m->fragment == COMPOSE_NO_FRAGMENT ||
-	    !b->in[m->fragment].package || !b->in[b->frag].package)
+	    m->fragment == b->frag || !b->in[m->fragment].package || !b->in[b->frag].package)
 		return 0;
 	int differs = m->size != e->size ? 1 : content_differs(b, m, b->frag, e->inode_id);
 	if (differs <= 0)
@@ -262,6 +265,38 @@ static int note_conflict(struct builder *b, struct mnode *old, const struct frag
 	res->conflicts[res->n_conflicts++] = (struct compose_conflict){
 	    .path = node_path(old), .lower = m->fragment, .upper = b->frag};
 	return 0;
+}
+
+/* The directory a symlink in dir with target link leads to in the tree so far, as the kernel
+ * resolves it in a chroot of the composition: absolute targets start at the root, ".." at the
+ * root stays there, at most 40 symlinks are followed, this one included (the kernel's
+ * MAXSYMLINKS). NULL when it dangles, loops or ends at something that is not a directory. */
+static struct mnode *resolve_dir(struct builder *b, struct mnode *dir, const char *link,
+                                 unsigned *hops)
+{
+	if (++*hops > 40 || !*link)
+		return NULL;
+	_cleanup_free_ char *copy = xstrdup(link);
+	struct mnode *cur = link[0] == '/' ? b->root : dir;
+	char *save = NULL;
+	for (char *c = strtok_r(copy, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+		if (strcmp(c, ".") == 0)
+			continue;
+		if (strcmp(c, "..") == 0) {
+			cur = cur->parent ? cur->parent : b->root;
+			continue;
+		}
+		struct mnode *next = child_get(b, cur, c);
+		if (next && S_ISLNK(next->inode->mode)) {
+			if (!next->inode->link)
+				return NULL;
+			next = resolve_dir(b, cur, next->inode->link, hops);
+		}
+		if (!next || !S_ISDIR(next->inode->mode))
+			return NULL;
+		cur = next;
+	}
+	return cur;
 }
 
 static int merge_entry(void *ctx, const struct fragment_entry *e)
@@ -302,6 +337,22 @@ static int merge_entry(void *ctx, const struct fragment_entry *e)
 	}
 
 	struct mnode *old = child_get(b, dir, e->name);
+	if (b->in[b->frag].package && old && S_ISDIR(e->mode) && S_ISLNK(old->inode->mode)) {
+		/* dpkg never replaces a symlink to a directory with a directory: what the package
+		 * has below it goes where the symlink leads (on merged /usr, bin/ls lands in
+		 * usr/bin/ls), and that directory keeps its attributes, as dpkg leaves an existing
+		 * directory alone. */
+		unsigned hops = 0;
+		struct mnode *target = resolve_dir(b, dir, old->inode->link, &hops);
+		if (target) {
+			b->stack[e->depth + 1] = target;
+			return 0;
+		}
+	}
+	if (b->in[b->frag].package && old && S_ISLNK(e->mode) && S_ISDIR(old->inode->mode)) {
+		/* Nor a directory with a symlink: dpkg keeps the directory and skips the link. */
+		return 0;
+	}
 	if (S_ISDIR(e->mode) && old && S_ISDIR(old->inode->mode)) {
 		set_attrs(b, old->inode, e);
 		old->fragment = b->frag;
@@ -383,7 +434,7 @@ static void number(struct writer *w, struct mnode *n)
 	if (!n->inode->ino)
 		n->inode->ino = ++w->n_inodes;
 	if (n->n_children > 1)
-		qsort(n->children, n->n_children, sizeof(*n->children), child_cmp);
+		qsort_safe(n->children, n->n_children, sizeof(*n->children), child_cmp);
 	for (size_t i = 0; i < n->n_children; i++)
 		number(w, n->children[i]);
 }

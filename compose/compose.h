@@ -6,6 +6,8 @@
 #include "common/common.h"
 
 #define COMPOSE_INDEX_VERSION 1
+/* Bumped when the same fragments would merge into another tree (2: dpkg's directory rules). */
+#define COMPOSE_RULES_VERSION 2
 #define COMPOSE_ROOT_INO      1
 #define COMPOSE_NO_FRAGMENT   UINT32_MAX
 
@@ -40,7 +42,9 @@ struct compose_input {
 	const char *image_path;
 	const char *digest; /* 64 hex */
 	const char *name;
-	bool package; /* kind package: same-path regular files with other content are conflicts */
+	/* kind package: same-path regular files with other content are conflicts, and directories
+	 * merge as dpkg unpacks them (through symlinks to directories; docs/formats.md) */
+	bool package;
 };
 
 struct compose_conflict {

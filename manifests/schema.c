@@ -1044,8 +1044,8 @@ static const struct schema s_exports = {
 // clang-format off
 #define BODY_FIELDS                                                                                \
 	{"repositories", &s_repositories}, {"base", &s_base}, {"packages", &s_packages},           \
-	{"recommends", &s_bool}, {"exclude", &s_exclude}, {"fragments", &s_fragments},             \
-	{"config", &s_config}, {"run", &s_run}, {"export", &s_exports}
+	{"recommends", &s_bool}, {"merged_usr", &s_bool}, {"exclude", &s_exclude},                 \
+	{"fragments", &s_fragments}, {"config", &s_config}, {"run", &s_run}, {"export", &s_exports}
 // clang-format on
 
 static const struct field layer_fields[] = {{"when", &s_when, true}, BODY_FIELDS, {NULL}};
@@ -1190,5 +1190,7 @@ void schema_check_model(struct loader *l, json_object *model)
 			check_repository(l, json_object_array_get_idx(repos, i));
 	if (!json_object_object_get_ex(model, "recommends", NULL))
 		json_object_object_add(model, "recommends", json_object_new_boolean(false));
+	if (!json_object_object_get_ex(model, "merged_usr", NULL))
+		json_object_object_add(model, "merged_usr", json_object_new_boolean(false));
 	reorder(model, top_fields);
 }

@@ -7,6 +7,7 @@
 #include "tools/cli.h"
 
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <ftw.h>
 #include <limits.h>
 #include <poll.h>
@@ -36,7 +37,8 @@ static const char usage_build[] =
     "\n"
     "resolve, then download the packages (parallel, resumable, checksummed, signatures\n"
     "checked), make a signed fragment of each in the store (and, for Debian, one holding\n"
-    "the dpkg database of them all) and record them in the lock.\n"
+    "the dpkg database of them all; with the manifest's merged_usr, one holding /bin, /sbin\n"
+    "and /lib as symlinks into /usr) and record them in the lock.\n"
     "Incremental: what is cached is not downloaded again, a fragment is not made twice.\n"
     "\n"
     "  --lock FILE --locked --offline --recommends --fact --role   as for resolve\n"
@@ -600,6 +602,143 @@ static int database_fragment(struct store *s, struct lock *lock, const char *sig
 	return 0;
 }
 
+/* ---- merged /usr -------------------------------------------------------------------------- */
+
+/* What debootstrap's setup_merged_usr links into usr/ on this (Debian) architecture. */
+static const char *const *merged_usr_dirs(const char *arch)
+{
+	static const struct {
+		const char *arch; /* an fnmatch pattern */
+		const char *const dirs[7];
+	} table[] = {
+	    {"amd64", {"bin", "sbin", "lib", "lib32", "lib64", "libx32"}},
+	    {"i386", {"bin", "sbin", "lib", "lib64", "libx32"}},
+	    {"mips", {"bin", "sbin", "lib", "lib32", "lib64"}},
+	    {"mipsel", {"bin", "sbin", "lib", "lib32", "lib64"}},
+	    {"mips64*", {"bin", "sbin", "lib", "lib32", "lib64", "libo32"}},
+	    {"mipsn32*", {"bin", "sbin", "lib", "lib32", "lib64", "libo32"}},
+	    {"loongarch64*", {"bin", "sbin", "lib", "lib32", "lib64"}},
+	    {"powerpc", {"bin", "sbin", "lib", "lib64"}},
+	    {"ppc64", {"bin", "sbin", "lib", "lib32", "lib64"}},
+	    {"ppc64el", {"bin", "sbin", "lib", "lib64"}},
+	    {"s390x", {"bin", "sbin", "lib", "lib32"}},
+	    {"sparc", {"bin", "sbin", "lib", "lib64"}},
+	    {"sparc64", {"bin", "sbin", "lib", "lib32", "lib64"}},
+	    {"x32", {"bin", "sbin", "lib", "lib32", "lib64", "libx32"}},
+	    /* RPM's names for 64-bit architectures: Fedora's filesystem package links lib64. */
+	    {"x86_64", {"bin", "sbin", "lib", "lib64"}},
+	    {"aarch64", {"bin", "sbin", "lib", "lib64"}},
+	};
+	static const char *const plain[] = {"bin", "sbin", "lib", NULL};
+	for (size_t i = 0; i < ARRAY_SIZE(table); i++)
+		if (fnmatch(table[i].arch, arch, 0) == 0)
+			return table[i].dirs;
+	return plain;
+}
+
+static int remove_visit(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+	(void)st, (void)flag, (void)f;
+	remove(path);
+	return 0;
+}
+
+static int zero_time_visit(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+	(void)st, (void)flag, (void)f;
+	static const struct timespec zero[2] = {{0, 0}, {0, 0}};
+	return utimensat(AT_FDCWD, path, zero, AT_SYMLINK_NOFOLLOW) < 0 ? -1 : 0;
+}
+
+/* Makes the merged-/usr tree under root: usr/ and its directories 0755, the links beside. */
+static int merged_usr_tree(const char *root, const char *arch, struct mosaic_error *err)
+{
+	_cleanup_free_ char *usr = path_join(root, "usr");
+	const char *const *dirs = merged_usr_dirs(arch);
+	if (mkdir(root, 0755) < 0 || chmod(root, 0755) < 0 || mkdir(usr, 0755) < 0 ||
+	    chmod(usr, 0755) < 0)
+		return mosaic_errorf(err, -errno, "%s: %s", usr, strerror(errno));
+	for (size_t i = 0; dirs[i]; i++) {
+		_cleanup_free_ char *d = path_join(usr, dirs[i]);
+		_cleanup_free_ char *l = path_join(root, dirs[i]);
+		_cleanup_free_ char *target = xasprintf("usr/%s", dirs[i]);
+		if (mkdir(d, 0755) < 0 || chmod(d, 0755) < 0 || symlink(target, l) < 0)
+			return mosaic_errorf(err, -errno, "%s: %s", l, strerror(errno));
+	}
+	if (nftw(root, zero_time_visit, 16, FTW_PHYS) != 0)
+		return mosaic_errorf(err, -errno, "%s: setting times: %s", root, strerror(errno));
+	return 0;
+}
+
+/* The base fragment "merged-usr": /bin, /sbin, /lib, ... as symlinks into usr/ as debootstrap
+ * makes them, for the packages to unpack through (compose follows dpkg there). Root-owned, every
+ * time 0: one architecture always gives the same fragment, cached by architecture. Recorded
+ * first in the lock's fragments, with role "merged-usr" and the architecture as its source. */
+static int merged_usr_fragment(struct store *s, struct lock *lock, const char *sign_key)
+{
+	struct mosaic_error err = {0};
+	_cleanup_free_ char *cache = mosaic_cache_dir();
+	_cleanup_free_ char *cache_dir = path_join(cache, "merged-usr");
+	_cleanup_free_ char *name = xasprintf("1-%s", lock->arch);
+	_cleanup_free_ char *key = path_join(cache_dir, name);
+	_cleanup_free_ char *known = NULL;
+	char digest[SHA256_HEX_LEN + 1] = "";
+	bool made = false;
+	double t0 = now_s();
+	if (read_file(key, 128, &known, NULL) == 0 && store_has(s, known)) {
+		snprintf(digest, sizeof(digest), "%s", known);
+	} else {
+		const char *t = getenv("TMPDIR");
+		_cleanup_free_ char *tmp =
+		    xasprintf("%s/mosaic-merged-usr.XXXXXX", t && *t ? t : "/tmp");
+		if (!mkdtemp(tmp)) {
+			fprintf(stderr, "mosaic: %s: %s\n", tmp, strerror(errno));
+			return EXIT_FAIL;
+		}
+		/* A fixed name for the source directory: the descriptor records it. */
+		_cleanup_free_ char *root = path_join(tmp, "merged-usr");
+		int r = merged_usr_tree(root, lock->arch, &err);
+		if (r == 0) {
+			struct fragment_create_options o = {
+			    .name = "merged-usr",
+			    .version = "1",
+			    .arch = lock->arch,
+			    .kind = FRAGMENT_BASE,
+			    .sign_key = sign_key,
+			    .source_date_epoch = 0,
+			    .owner_set = true,
+			};
+			struct fragment_info info = {0};
+			r = fragment_create(s, root, &o, &info, &err);
+			if (r == 0)
+				memcpy(digest, info.digest, sizeof(digest));
+			fragment_info_clear(&info);
+		}
+		nftw(tmp, remove_visit, 16, FTW_DEPTH | FTW_PHYS);
+		if (r < 0) {
+			mosaic_error_prefix(&err, "the merged-usr fragment");
+			return cli_fail(&err);
+		}
+		if (mkdir_p(cache_dir, 0755) == 0)
+			write_file_atomic(key, digest, SHA256_HEX_LEN, 0644);
+		made = true;
+	}
+	fprintf(stderr, "merged /usr: %.12s %s in %.2f s\n", digest,
+	        made ? "made" : "already in the store", now_s() - t0);
+	json_object *list = json_object_new_array(), *e = json_object_new_object();
+	json_object_object_add(e, "role", json_object_new_string("merged-usr"));
+	json_object_object_add(e, "source", json_object_new_string(lock->arch));
+	json_object_object_add(e, "digest", json_object_new_string(digest));
+	json_object_array_add(list, e);
+	for (size_t i = 0; lock->fragments && i < json_object_array_length(lock->fragments); i++) {
+		json_object *f = json_object_array_get_idx(lock->fragments, i);
+		json_object_array_add(list, json_object_get(f));
+	}
+	json_object_put(lock->fragments);
+	lock->fragments = list;
+	return 0;
+}
+
 static int do_build(const struct build_opts *bo, json_object *model, struct provider_ctx *ctx,
                     struct repos *rs, struct lock *lock)
 {
@@ -703,6 +842,8 @@ static int do_build(const struct build_opts *bo, json_object *model, struct prov
 		json_object_put(lock->fragments);
 		lock->fragments = extra;
 	}
+	if (r == 0 && jbool(model, "merged_usr", false))
+		r = merged_usr_fragment(s, lock, sign_key);
 	if (r == 0 && rs->type == REPO_DEB && n > 0)
 		r = database_fragment(s, lock, sign_key);
 	if (r == 0 && lock_write(bo->lock_path, lock, &err) < 0)
@@ -856,6 +997,17 @@ int cmd_build(int argc, char **argv)
 	return run(argc, argv, true);
 }
 
+/* Where a lock fragment of this role goes among the passes of cli_manifest_fragments (2 is the
+ * packages'); unknown roles go with the extras. */
+static int role_pass(const char *role)
+{
+	static const char *const order[] = {"merged-usr", "base", "", "database"};
+	for (int i = 0; i < (int)ARRAY_SIZE(order); i++)
+		if (strcmp(role, order[i]) == 0)
+			return i;
+	return 4;
+}
+
 int cli_manifest_fragments(const char *manifest, const char *lock_path, char ***digests,
                            size_t *n)
 {
@@ -865,6 +1017,7 @@ int cli_manifest_fragments(const char *manifest, const char *lock_path, char ***
 	if (r)
 		return r;
 	_cleanup_free_ char *def = lock_path ? NULL : cli_lock_path(manifest, model);
+	bool merged_usr = jbool(model, "merged_usr", false);
 	json_object_put(model);
 	struct lock l = {0};
 	struct mosaic_error err = {0};
@@ -875,13 +1028,26 @@ int cli_manifest_fragments(const char *manifest, const char *lock_path, char ***
 	size_t ne = l.fragments ? json_object_array_length(l.fragments) : 0;
 	char **out = xcalloc(l.n_packages + ne + 1, sizeof(*out));
 	size_t m = 0;
-	/* The base fragment lowest, then the packages in installation order, the dpkg database of
-	 * them, then the extras. */
+	/* The merged-/usr links lowest, then the base fragment, the packages in installation order,
+	 * the dpkg database of them, then the extras. */
 	char key[SHA256_HEX_LEN + 1];
 	_cleanup_free_ const char **frags = package_digests(&l);
 	compose_dpkg_key(frags, l.n_packages, l.arch ? l.arch : "", key);
-	for (int pass = 0; pass < 4 && r == 0; pass++) {
-		for (size_t i = 0; pass == 1 && i < l.n_packages; i++) {
+	bool has_merged_usr = false;
+	for (size_t i = 0; i < ne; i++) {
+		const char *role = jstr(json_object_array_get_idx(l.fragments, i), "role");
+		has_merged_usr |= role && strcmp(role, "merged-usr") == 0;
+	}
+	/* Packages unpacked without the links would not be a merged-/usr system. */
+	if (merged_usr && !has_merged_usr) {
+		fprintf(stderr,
+		        "mosaic: %s was built without merged /usr, which the manifest asks for; run "
+		        "'mosaic build %s'\n",
+		        lock_path ? lock_path : def, manifest);
+		r = EXIT_FAIL;
+	}
+	for (int pass = 0; pass < 5 && r == 0; pass++) {
+		for (size_t i = 0; pass == 2 && i < l.n_packages; i++) {
 			if (!is_sha256_hex(l.packages[i].fragment)) {
 				fprintf(stderr, "mosaic: %s has no fragment for %s; run 'mosaic build "
 				                "%s'\n",
@@ -891,17 +1057,14 @@ int cli_manifest_fragments(const char *manifest, const char *lock_path, char ***
 			}
 			out[m++] = xstrdup(l.packages[i].fragment);
 		}
-		for (size_t i = 0; pass != 1 && i < ne && r == 0; i++) {
+		for (size_t i = 0; pass != 2 && i < ne && r == 0; i++) {
 			json_object *e = json_object_array_get_idx(l.fragments, i);
 			const char *role = jstr(e, "role"), *d = jstr(e, "digest");
-			if (!role || !d)
-				continue;
-			int want = strcmp(role, "base") == 0 ? 0 : strcmp(role, "database") == 0 ? 2 : 3;
-			if (want != pass)
+			if (!role || !d || role_pass(role) != pass)
 				continue;
 			/* A database made for other packages (the lock was resolved again since)
 			 * would describe what is not there. */
-			if (pass == 2 && (!jstr(e, "source") || strcmp(jstr(e, "source"), key) != 0)) {
+			if (pass == 3 && (!jstr(e, "source") || strcmp(jstr(e, "source"), key) != 0)) {
 				fprintf(stderr, "mosaic: %s: the dpkg database is not the one of its "
 				                "packages; run 'mosaic build %s'\n",
 				        lock_path ? lock_path : def, manifest);

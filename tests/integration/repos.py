@@ -165,6 +165,11 @@ class DebPkg:
     files: Optional[dict] = None
     component: str = "main"
     section: str = "misc"
+    # control-area file name -> contents (preinst, postinst, prerm, postrm, config: executable;
+    # triggers, conffiles, templates: not).
+    scripts: dict = field(default_factory=dict)
+    # Ship DEBIAN/md5sums as dh_md5sums does (dpkg --audit asks for it once configured).
+    md5sums: bool = False
 
     def __post_init__(self):
         if self.files is None:
@@ -222,6 +227,14 @@ def build_deb(pkg, out_dir, work_dir):
     size = _tree(tree, pkg.files)
     (tree / "DEBIAN").mkdir(parents=True)
     (tree / "DEBIAN" / "control").write_text(pkg.control(max(1, -(-size // 1024))))
+    if pkg.md5sums:
+        (tree / "DEBIAN" / "md5sums").write_text("".join(
+            f"{hashlib.md5(_bytes(data)).hexdigest()}  {path.lstrip('/')}\n"
+            for path, data in sorted(pkg.files.items())))
+    for name, text in pkg.scripts.items():
+        f = tree / "DEBIAN" / name
+        f.write_bytes(_bytes(text))
+        f.chmod(0o755 if name in ("preinst", "postinst", "prerm", "postrm", "config") else 0o644)
     _clamp_times(tree)
     out = Path(out_dir) / pkg.filename
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -426,6 +439,35 @@ SCENARIO_DEB = [
     DebPkg("rec-user", "1.0", recommends="rec-extra"),
     DebPkg("rec-extra", "1.0"),
     DebPkg("pre-user", "1.0", pre_depends="mini-libc"),
+    # Maintainer scripts and triggers, for mosaic configure (tests/integration/test_configure.py).
+    # They need a real shell: the tests put them beside real Debian packages.
+    DebPkg("script-pkg", "1.0", md5sums=True, scripts={
+        "preinst": "#!/bin/sh\nset -e\nmkdir -p /var/lib/script-pkg\n"
+                   "echo \"preinst $*\" >> /var/lib/script-pkg/preinst-ran\n",
+        "postinst": "#!/bin/sh\nset -e\ncase \"$1\" in\n"
+                    "configure) log=/var/lib/script-pkg/postinst.log\n"
+                    "  echo \"configured $DEBIAN_FRONTEND\" >> $log\n"
+                    "  rc=0; /usr/sbin/policy-rc.d script-pkg start || rc=$?\n"
+                    "  echo \"policy-rc.d $rc\" >> $log ;;\n"
+                    "triggered) echo \"triggered $2\" >> /var/lib/script-pkg/triggers.log ;;\n"
+                    "esac\n",
+        "triggers": "interest-noawait script-pkg-trigger\n"
+                    "interest-noawait /usr/share/script-trig\n",
+    }),
+    DebPkg("trig-a", "1.0", depends="script-pkg", md5sums=True,
+           files={"/usr/share/script-trig/a": "a\n"},
+           scripts={"triggers": "activate-noawait script-pkg-trigger\n"}),
+    DebPkg("trig-b", "1.0", depends="script-pkg", md5sums=True,
+           scripts={"triggers": "activate-noawait script-pkg-trigger\n"}),
+    DebPkg("script-fail", "1.0", md5sums=True, scripts={
+        "postinst": "#!/bin/sh\necho 'script-fail: setting up'\n"
+                    "echo 'script-fail: it broke' >&2\nexit 3\n"}),
+    DebPkg("script-slow", "1.0", md5sums=True, scripts={
+        "postinst": "#!/bin/sh\necho 'script-slow: sleeping'\nexec sleep 600\n"}),
+    # Files in /bin and /lib as pre-merged-/usr packages ship them, for merged /usr
+    # (tests/integration/test_merged_usr.py).
+    DebPkg("unmerged-tool", "1.0", files={"/bin/unmerged-foo": "#!/bin/sh\necho foo\n",
+                                          "/lib/unmerged/x": "x\n"}),
 ]
 
 # A second archive, for repository priorities: a libfoo between the main archive's 2.0 and 3.0~rc1.

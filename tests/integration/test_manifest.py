@@ -184,6 +184,7 @@ def test_debian_minimal_model():
         "base": {"set": "required"},
         "packages": [{"name": "usr-is-merged"}, {"name": "apt"}],
         "recommends": False,
+        "merged_usr": True,
     }
 
 
