@@ -60,3 +60,4 @@ int cmd_build(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
 int cmd_origin(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
+int cmd_configure(int argc, char **argv);

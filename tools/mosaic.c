@@ -20,7 +20,8 @@ static const char usage[] =
     "                                   mount a composition (read-only, or with an upper)\n"
     "  umount DIR                       unmount it and stop its daemon\n"
     "  status DIR                       show a mount's mode, fragments and fragment opens\n"
-    "  commit DIR -o STORE              freeze a mount's upper into a signed config fragment\n"
+    "  configure DIR                    run the packages' scripts in a chroot, into the upper\n"
+  "  commit DIR -o STORE              freeze a mount's upper into a signed config fragment\n"
     "  diff DIR                         list what the upper adds, modifies and deletes\n"
     "  origin DIR PATH                  which fragment and package PATH comes from\n"
     "\n"
@@ -145,6 +146,8 @@ int main(int argc, char **argv)
 		return cmd_origin(argc - 1, argv + 1);
 	if (strcmp(cmd, "commit") == 0)
 		return cmd_commit(argc - 1, argv + 1);
+	if (strcmp(cmd, "configure") == 0)
+		return cmd_configure(argc - 1, argv + 1);
 	if (strcmp(cmd, "compose") == 0)
 		return cmd_compose(argc - 1, argv + 1);
 	if (strcmp(cmd, "mount") == 0)

@@ -455,7 +455,8 @@ SCENARIO_DEB = [
                     "interest-noawait /usr/share/script-trig\n",
     }),
     DebPkg("trig-a", "1.0", depends="script-pkg", md5sums=True,
-           files={"/usr/share/script-trig/a": "a\n"},
+           files={"/usr/share/doc/trig-a/marker": "trig-a 1.0\n",
+                  "/usr/share/script-trig/a": "a\n"},
            scripts={"triggers": "activate-noawait script-pkg-trigger\n"}),
     DebPkg("trig-b", "1.0", depends="script-pkg", md5sums=True,
            scripts={"triggers": "activate-noawait script-pkg-trigger\n"}),
@@ -467,7 +468,9 @@ SCENARIO_DEB = [
     # Files in /bin and /lib as pre-merged-/usr packages ship them, for merged /usr
     # (tests/integration/test_merged_usr.py).
     DebPkg("unmerged-tool", "1.0", files={"/bin/unmerged-foo": "#!/bin/sh\necho foo\n",
-                                          "/lib/unmerged/x": "x\n"}),
+                                          "/lib/unmerged/x": "x\n",
+                                          "/usr/share/doc/unmerged-tool/marker":
+                                              "unmerged-tool 1.0\n"}),
 ]
 
 # A second archive, for repository priorities: a libfoo between the main archive's 2.0 and 3.0~rc1.

@@ -1,0 +1,593 @@
+/* mosaic configure: turns a writable mount of unpacked packages into a configured system, the
+ * way debootstrap's second stage does, with every change landing in the mount's upper layer. */
+#include "common/deb822.h"
+#include "fusefs/fusefs.h"
+#include "tools/chroot-run.h"
+#include "tools/cli.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+static const char usage_configure[] =
+    "Usage: mosaic configure MOUNTPOINT [--step-timeout S]\n"
+    "\n"
+    "Configures the packages of a writable mosaic mount (mosaic mount ... --upper DIR) in a\n"
+    "chroot, in private mount and PID namespaces that carry /proc, /sys, /dev, /run and /tmp\n"
+    "and vanish afterwards. Debian: each unpacked package's preinst ('install') in dependency\n"
+    "order, then dpkg --configure -a with triggers deferred, the triggers once, and dpkg --audit.\n"
+    "Services are never started (usr/sbin/policy-rc.d says 101 for the run). Every change lands\n"
+    "in the upper; a second run on a configured mount changes nothing, and a run after a\n"
+    "failure carries on where that one stopped.\n"
+    "\n"
+    "      --step-timeout S   kill a step (its whole process group) after S seconds and report\n"
+    "                         it (default 600; 0: no limit)\n"
+    "  -h, --help             show this help\n";
+
+enum { OPT_STEP_TIMEOUT = 256 };
+
+#define POLICY_RC_D "usr/sbin/policy-rc.d"
+/* The first line tells a policy-rc.d a killed run left behind from the system's own. */
+static const char policy_rc_d[] = "#!/bin/sh\n"
+                                  "# mosaic configure: no service starts while it runs\n"
+                                  "exit 101\n";
+
+/* ---- the dpkg status file ------------------------------------------------------------------ */
+
+struct pkg {
+	char *name, *arch, *multi_arch, *version, *status, *depends, *pre_depends;
+	int mark; /* ordering: 0 new, 1 in progress, 2 placed */
+};
+
+static void pkg_clear(struct pkg *p)
+{
+	free(p->name);
+	free(p->arch);
+	free(p->multi_arch);
+	free(p->version);
+	free(p->status);
+	free(p->depends);
+	free(p->pre_depends);
+}
+
+static void pkgs_free(struct pkg *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		pkg_clear(&p[i]);
+	free(p);
+}
+
+static char *field_dup(const struct deb822 *d, const char *name)
+{
+	const char *v = deb822_get(d, name);
+	return v ? xstrdup(v) : NULL;
+}
+
+/* Reads the fields configure needs from every paragraph of a dpkg status file. */
+static int read_status(const char *path, struct pkg **out, size_t *n_out, struct mosaic_error *err)
+{
+	_cleanup_free_ char *text = NULL;
+	size_t len;
+	int r = read_file(path, 256 << 20, &text, &len);
+	if (r < 0)
+		return mosaic_errorf(err, r, "%s: %s", path, strerror(-r));
+	struct deb822 *paras;
+	size_t n;
+	r = deb822_parse_all(text, len, &paras, &n, err);
+	if (r < 0) {
+		mosaic_error_prefix(err, "%s", path);
+		return r;
+	}
+	struct pkg *pkgs = xcalloc(n + 1, sizeof(*pkgs));
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		/* Paragraphs without a name or status are not packages dpkg knows about. */
+		if (!deb822_get(&paras[i], "Package") || !deb822_get(&paras[i], "Status"))
+			continue;
+		pkgs[k++] = (struct pkg){
+		    .name = field_dup(&paras[i], "Package"),
+		    .arch = field_dup(&paras[i], "Architecture"),
+		    .multi_arch = field_dup(&paras[i], "Multi-Arch"),
+		    .version = field_dup(&paras[i], "Version"),
+		    .status = field_dup(&paras[i], "Status"),
+		    .depends = field_dup(&paras[i], "Depends"),
+		    .pre_depends = field_dup(&paras[i], "Pre-Depends"),
+		};
+	}
+	deb822_free_all(paras, n);
+	*out = pkgs;
+	*n_out = k;
+	return 0;
+}
+
+/* The status file with dpkg's journal (updates/NNNN, applied in order) on top: where a killed
+ * dpkg left the state of the package it was working on. */
+static int read_database(const char *root, struct pkg **out, size_t *n_out,
+                         struct mosaic_error *err)
+{
+	_cleanup_free_ char *status = path_join(root, "var/lib/dpkg/status");
+	int r = read_status(status, out, n_out, err);
+	if (r < 0)
+		return r;
+	_cleanup_free_ char *dir = path_join(root, "var/lib/dpkg/updates");
+	struct dirent **names;
+	int k = scandir(dir, &names, NULL, alphasort);
+	for (int i = 0; i < k; i++) {
+		const char *d = names[i]->d_name;
+		struct pkg *up = NULL;
+		size_t m = 0;
+		_cleanup_free_ char *path = path_join(dir, d);
+		if (strspn(d, "0123456789") == strlen(d) && read_status(path, &up, &m, NULL) == 0) {
+			for (size_t j = 0; j < m; j++)
+				for (size_t q = 0; q < *n_out; q++)
+					if (strcmp((*out)[q].name, up[j].name) == 0) {
+						free((*out)[q].status);
+						(*out)[q].status = xstrdup(up[j].status);
+					}
+			pkgs_free(up, m);
+		}
+		free(names[i]);
+	}
+	if (k >= 0)
+		free(names);
+	return 0;
+}
+
+/* The state word of "want flag state". */
+static const char *pkg_state(const struct pkg *p)
+{
+	const char *s = strrchr(p->status, ' ');
+	return s ? s + 1 : p->status;
+}
+
+static bool pkg_installed(const struct pkg *p)
+{
+	return strcmp(pkg_state(p), "installed") == 0;
+}
+
+static struct pkg *find_pkg(struct pkg *pkgs, size_t n, const char *name, size_t len)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strlen(pkgs[i].name) == len && strncmp(pkgs[i].name, name, len) == 0)
+			return &pkgs[i];
+	return NULL;
+}
+
+static void place(struct pkg *pkgs, size_t n, struct pkg *p, struct pkg **order, size_t *k);
+
+/* Places, before p, the first alternative of each relation in rel that is an unconfigured
+ * package (dpkg's canonical form: "a (>= 1) | b:any, c"). */
+static void place_relations(struct pkg *pkgs, size_t n, const char *rel, struct pkg **order,
+                            size_t *k)
+{
+	for (const char *s = rel; s && *s;) {
+		const char *comma = strchrnul(s, ',');
+		for (const char *a = s; a < comma;) {
+			while (a < comma && (*a == ' ' || *a == '|'))
+				a++;
+			size_t len = strcspn(a, " :(|,");
+			if (len > (size_t)(comma - a))
+				len = (size_t)(comma - a);
+			struct pkg *d = len ? find_pkg(pkgs, n, a, len) : NULL;
+			if (d && !pkg_installed(d)) {
+				place(pkgs, n, d, order, k);
+				break;
+			}
+			const char *bar = memchr(a, '|', (size_t)(comma - a));
+			if (!bar || !len)
+				break;
+			a = bar + 1;
+		}
+		s = *comma ? comma + 1 : comma;
+	}
+}
+
+/* Depth-first: dependencies first, a cycle broken where it closes, as dpkg orders too. */
+static void place(struct pkg *pkgs, size_t n, struct pkg *p, struct pkg **order, size_t *k)
+{
+	if (p->mark)
+		return;
+	p->mark = 1;
+	place_relations(pkgs, n, p->pre_depends, order, k);
+	place_relations(pkgs, n, p->depends, order, k);
+	p->mark = 2;
+	order[(*k)++] = p;
+}
+
+/* ---- the run --------------------------------------------------------------------------------- */
+
+struct plan {
+	struct pkg *pkgs;
+	size_t n;
+	struct pkg **order; /* the unconfigured packages, dependencies first */
+	size_t n_order;
+	char **env; /* NULL-terminated */
+	unsigned timeout;
+	bool bind_policy; /* the mount has its own policy-rc.d: cover it in the namespace only */
+	const char *failed_step;
+};
+
+static void strv_push(char ***v, size_t *n, char *s)
+{
+	*v = xrealloc(*v, (*n + 2) * sizeof(**v));
+	(*v)[(*n)++] = s;
+	(*v)[*n] = NULL;
+}
+
+static char **base_env(const char *root)
+{
+	char **env = NULL;
+	size_t n = 0;
+	_cleanup_free_ char *cutf8 = path_join(root, "usr/lib/locale/C.utf8");
+	strv_push(&env, &n,
+	          xstrdup("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"));
+	strv_push(&env, &n, xstrdup("HOME=/root"));
+	strv_push(&env, &n, xstrdup("DEBIAN_FRONTEND=noninteractive"));
+	strv_push(&env, &n, xstrdup("DEBCONF_NONINTERACTIVE_SEEN=true"));
+	strv_push(&env, &n, xstrdup("DEBCONF_NOWARNINGS=yes"));
+	strv_push(&env, &n, xstrdup(access(cutf8, F_OK) == 0 ? "LC_ALL=C.UTF-8" : "LC_ALL=C"));
+	return env;
+}
+
+#define REPORT_LINES 12
+
+/* The lines of out from the first that starts with "Setting up NAME " (or "NAME:") up to the
+ * next package dpkg sets up: what that package's postinst printed. */
+static void print_package_lines(const char *out, const char *name)
+{
+	_cleanup_free_ char *a = xasprintf("Setting up %s ", name);
+	_cleanup_free_ char *b = xasprintf("Setting up %s:", name);
+	bool in = false;
+	int shown = 0;
+	for (const char *l = out; *l && shown < REPORT_LINES;) {
+		const char *nl = strchrnul(l, '\n');
+		bool setup = strncmp(l, "Setting up ", 11) == 0 ||
+		             strncmp(l, "Processing triggers ", 20) == 0;
+		if (setup && in)
+			break;
+		if (strncmp(l, a, strlen(a)) == 0 || strncmp(l, b, strlen(b)) == 0)
+			in = true;
+		if (in) {
+			fprintf(stderr, "    | %.*s\n", (int)(nl - l), l);
+			shown++;
+		}
+		l = *nl ? nl + 1 : nl;
+	}
+}
+
+static void print_last_lines(const char *out, int max)
+{
+	int lines = 0;
+	for (const char *l = out; *l; l++)
+		lines += *l == '\n';
+	for (const char *l = out; *l; lines--) {
+		const char *nl = strchrnul(l, '\n');
+		if (lines <= max)
+			fprintf(stderr, "    %.*s\n", (int)(nl - l), l);
+		l = *nl ? nl + 1 : nl;
+	}
+}
+
+/* Prints how a failed step ended, the packages dpkg left half-way with what their scripts
+ * printed, and the step's last lines. */
+static void report_failure(const char *root, const struct plan *plan, const char *step,
+                           const struct chroot_result *res)
+{
+	if (res->timed_out)
+		fprintf(stderr,
+		        "mosaic: configure: step '%s' ran past --step-timeout %u s and was "
+		        "killed\n",
+		        step, plan->timeout);
+	else
+		fprintf(stderr, "mosaic: configure: step '%s' failed with exit status %d\n", step,
+		        res->status);
+	struct pkg *pkgs = NULL;
+	size_t n = 0;
+	if (read_database(root, &pkgs, &n, NULL) == 0) {
+		for (size_t i = 0; i < n; i++) {
+			const char *st = pkg_state(&pkgs[i]);
+			if (strcmp(st, "half-configured") == 0)
+				fprintf(stderr,
+				        "  package %s: its postinst failed (half-configured)\n",
+				        pkgs[i].name);
+			else if (strcmp(st, "half-installed") == 0)
+				fprintf(stderr, "  package %s: half-installed\n", pkgs[i].name);
+			else
+				continue;
+			print_package_lines(res->tail, pkgs[i].name);
+		}
+		pkgs_free(pkgs, n);
+	}
+	fprintf(stderr, "  last lines of its output:\n");
+	print_last_lines(res->tail, REPORT_LINES);
+	fprintf(stderr, "  the upper keeps what was done; fix it and run mosaic configure again to "
+	                "carry on\n");
+}
+
+static int run_step(const char *root, const struct plan *plan, const char *name, char *const *argv,
+                    char *const *env, bool quiet_ok)
+{
+	const struct chroot_step s = {name, argv, env, plan->timeout};
+	struct chroot_result res;
+	fprintf(stderr, "mosaic: configure: %s\n", name);
+	int r = chroot_run_step(root, &s, &res);
+	if (r < 0) {
+		fprintf(stderr, "mosaic: configure: step '%s' could not start: %s\n", name,
+		        strerror(-r));
+		return EXIT_FAIL;
+	}
+	int rc = EXIT_OK;
+	if (res.status != 0 || res.timed_out) {
+		report_failure(root, plan, name, &res);
+		rc = EXIT_FAIL;
+	} else if (quiet_ok && *res.tail) {
+		/* dpkg --audit prints nothing when the database is consistent. */
+		fprintf(stderr, "mosaic: configure: '%s' reports problems (above)\n", name);
+		rc = EXIT_FAIL;
+	}
+	free(res.tail);
+	return rc;
+}
+
+static char *info_path(const struct pkg *p, const char *what)
+{
+	bool same = p->multi_arch && strcmp(p->multi_arch, "same") == 0;
+	if (same && p->arch)
+		return xasprintf("/var/lib/dpkg/info/%s:%s.%s", p->name, p->arch, what);
+	return xasprintf("/var/lib/dpkg/info/%s.%s", p->name, what);
+}
+
+/* dpkg's environment for a maintainer script (dpkg 1.21, src/main/script.c). */
+static char **script_env(const struct plan *plan, const struct pkg *p, const char *script)
+{
+	char **env = NULL;
+	size_t n = 0;
+	for (char **e = plan->env; *e; e++)
+		strv_push(&env, &n, xstrdup(*e));
+	struct pkg *dpkg = find_pkg(plan->pkgs, plan->n, "dpkg", 4);
+	strv_push(&env, &n, xasprintf("DPKG_MAINTSCRIPT_PACKAGE=%s", p->name));
+	strv_push(&env, &n, xasprintf("DPKG_MAINTSCRIPT_ARCH=%s", p->arch ? p->arch : "all"));
+	strv_push(&env, &n, xasprintf("DPKG_MAINTSCRIPT_NAME=%s", script));
+	strv_push(&env, &n, xstrdup("DPKG_MAINTSCRIPT_PACKAGE_REFCOUNT=1"));
+	strv_push(&env, &n,
+	          xasprintf("DPKG_RUNNING_VERSION=%s", dpkg && dpkg->version ? dpkg->version : ""));
+	strv_push(&env, &n, xstrdup("DPKG_ADMINDIR=/var/lib/dpkg"));
+	strv_push(&env, &n, xstrdup("DPKG_ROOT="));
+	return env;
+}
+
+/* Covers the mount's own policy-rc.d with ours, inside the namespace only. */
+static int bind_policy(const char *root)
+{
+	_cleanup_free_ char *src = path_join(root, "run/mosaic-policy-rc.d");
+	_cleanup_free_ char *dst = path_join(root, POLICY_RC_D);
+	if (write_file_atomic(src, policy_rc_d, strlen(policy_rc_d), 0755) < 0 ||
+	    mount(src, dst, NULL, MS_BIND, NULL) < 0) {
+		fprintf(stderr, "mosaic: configure: covering %s: %s\n", dst, strerror(errno));
+		return EXIT_FAIL;
+	}
+	return EXIT_OK;
+}
+
+/* In the namespace: preinsts, configure, triggers, audit. */
+static int configure_debian(const char *root, void *data)
+{
+	struct plan *plan = data;
+	if (plan->bind_policy && bind_policy(root) != EXIT_OK)
+		return EXIT_FAIL;
+	for (size_t i = 0; i < plan->n_order; i++) {
+		const struct pkg *p = plan->order[i];
+		/* preinst ran for a package only when dpkg unpacked it; here nothing did. Debian
+		 * policy (6.2) has maintainer scripts idempotent, so a run that carries on after a
+		 * failure may run one again, as dpkg itself does when it unpacks again. */
+		if (strcmp(pkg_state(p), "unpacked"))
+			continue;
+		_cleanup_free_ char *script = info_path(p, "preinst");
+		_cleanup_free_ char *host = path_join(root, script + 1);
+		if (access(host, F_OK) < 0)
+			continue;
+		char *argv[] = {script, "install", NULL};
+		_cleanup_strv_ char **env = script_env(plan, p, "preinst");
+		_cleanup_free_ char *name = xasprintf("preinst %s", p->name);
+		if (run_step(root, plan, name, argv, env, false) != EXIT_OK)
+			return EXIT_FAIL;
+	}
+	/* Triggers are deferred so that each runs once at the end, not once per activation. */
+	char *configure[] = {
+	    "dpkg", "--configure", "-a", "--no-triggers", "--force-confdef", "--force-confold",
+	    NULL};
+	char *triggers[] = {"dpkg", "--triggers-only", "-a", NULL};
+	char *audit[] = {"dpkg", "--audit", NULL};
+	if (run_step(root, plan, "dpkg --configure", configure, plan->env, false) != EXIT_OK ||
+	    run_step(root, plan, "dpkg --triggers-only", triggers, plan->env, false) != EXIT_OK ||
+	    run_step(root, plan, "dpkg --audit", audit, plan->env, true) != EXIT_OK)
+		return EXIT_FAIL;
+	return EXIT_OK;
+}
+
+/* ---- policy-rc.d in the upper ---------------------------------------------------------------- */
+
+struct policy_file {
+	char *path, *dir;
+	struct stat dir_st;
+	bool written;
+};
+
+static bool is_our_policy(const char *path)
+{
+	_cleanup_free_ char *text = NULL;
+	size_t len;
+	return read_file(path, 4096, &text, &len) == 0 && strcmp(text, policy_rc_d) == 0;
+}
+
+/* Where the mount has no policy-rc.d, ours is written through it for the run and removed
+ * afterwards: a name that only the upper holds leaves no whiteout when it goes, and the
+ * directory gets its times back, so the upper ends as it was. One left by a killed run (our
+ * text) is taken over. Where the system has its own, it is covered by a bind mount inside the
+ * namespace instead, and never touched. */
+static int policy_prepare(const char *root, struct policy_file *pf, bool *bind)
+{
+	pf->path = path_join(root, POLICY_RC_D);
+	pf->dir = path_join(root, "usr/sbin");
+	*bind = false;
+	struct stat st;
+	if (lstat(pf->path, &st) == 0 && !is_our_policy(pf->path)) {
+		*bind = true;
+		return EXIT_OK;
+	}
+	if (stat(pf->dir, &pf->dir_st) < 0) {
+		fprintf(stderr, "mosaic: configure: %s: %s\n", pf->dir, strerror(errno));
+		return EXIT_FAIL;
+	}
+	pf->written = true;
+	int r = write_file_atomic(pf->path, policy_rc_d, strlen(policy_rc_d), 0755);
+	if (r < 0) {
+		fprintf(stderr, "mosaic: configure: writing %s: %s\n", pf->path, strerror(-r));
+		return EXIT_FAIL;
+	}
+	return EXIT_OK;
+}
+
+static int policy_remove(struct policy_file *pf)
+{
+	int rc = EXIT_OK;
+	if (pf->written) {
+		if (unlink(pf->path) < 0 && errno != ENOENT) {
+			fprintf(stderr, "mosaic: configure: removing %s: %s\n", pf->path,
+			        strerror(errno));
+			rc = EXIT_FAIL;
+		}
+		const struct timespec times[2] = {pf->dir_st.st_atim, pf->dir_st.st_mtim};
+		if (utimensat(AT_FDCWD, pf->dir, times, 0) < 0) {
+			fprintf(stderr, "mosaic: configure: %s: %s\n", pf->dir, strerror(errno));
+			rc = EXIT_FAIL;
+		}
+	}
+	free(pf->path);
+	free(pf->dir);
+	return rc;
+}
+
+/* ---- the command ----------------------------------------------------------------------------- */
+
+static const char *status_string(json_object *s, const char *key)
+{
+	json_object *v;
+	return json_object_object_get_ex(s, key, &v) && v ? json_object_get_string(v) : NULL;
+}
+
+/* The real mountpoint of a running writable mosaic mount; caller frees. */
+static int writable_mount(const char *mountpoint, char **root)
+{
+	struct mosaic_error err = {0};
+	json_object *st;
+	if (fusefs_status(mountpoint, &st, &err) < 0)
+		return cli_fail(&err);
+	json_object *v;
+	bool running = json_object_object_get_ex(st, "running", &v) && json_object_get_boolean(v);
+	const char *mode = status_string(st, "mode"), *real = status_string(st, "mountpoint");
+	int rc = EXIT_OK;
+	if (!running) {
+		fprintf(
+		    stderr,
+		    "mosaic: the daemon serving %s is not running; 'mosaic umount %s' and mount "
+		    "it again\n",
+		    mountpoint, mountpoint);
+		rc = EXIT_FAIL;
+	} else if (!mode || (strcmp(mode, "overlay") && strcmp(mode, "fuse"))) {
+		fprintf(stderr,
+		        "mosaic: %s is mounted read-only: configure writes into an upper layer "
+		        "(mount it with --upper DIR)\n",
+		        mountpoint);
+		rc = EXIT_USAGE;
+	} else {
+		*root = xstrdup(real ? real : mountpoint);
+	}
+	json_object_put(st);
+	return rc;
+}
+
+static int configure(const char *mountpoint, unsigned timeout)
+{
+	_cleanup_free_ char *root = NULL;
+	int rc = writable_mount(mountpoint, &root);
+	if (rc != EXIT_OK)
+		return rc;
+	_cleanup_free_ char *status = path_join(root, "var/lib/dpkg/status");
+	if (access(status, F_OK) < 0) {
+		fprintf(stderr,
+		        "mosaic: %s has no dpkg database (var/lib/dpkg/status): configure knows "
+		        "Debian compositions only so far\n",
+		        mountpoint);
+		return EXIT_USAGE;
+	}
+	struct mosaic_error err = {0};
+	struct plan plan = {.timeout = timeout};
+	if (read_status(status, &plan.pkgs, &plan.n, &err) < 0)
+		return cli_fail(&err);
+	plan.order = xcalloc(plan.n + 1, sizeof(*plan.order));
+	for (size_t i = 0; i < plan.n; i++)
+		if (!pkg_installed(&plan.pkgs[i]))
+			place(plan.pkgs, plan.n, &plan.pkgs[i], plan.order, &plan.n_order);
+	if (plan.n_order == 0) {
+		/* Nothing runs, so nothing in the upper changes: a second run is a no-op. */
+		fprintf(stderr,
+		        "mosaic: configure: all %zu packages are configured; nothing to do\n",
+		        plan.n);
+		free(plan.order);
+		pkgs_free(plan.pkgs, plan.n);
+		return EXIT_OK;
+	}
+	fprintf(stderr, "mosaic: configure: %zu of %zu packages to configure in %s\n", plan.n_order,
+	        plan.n, root);
+	plan.env = base_env(root);
+	struct policy_file pf = {0};
+	rc = policy_prepare(root, &pf, &plan.bind_policy);
+	if (rc == EXIT_OK) {
+		int r = chroot_session(root, configure_debian, &plan, &err);
+		rc = r < 0 ? cli_fail(&err) : r;
+	}
+	int prc = policy_remove(&pf);
+	if (rc == EXIT_OK)
+		rc = prc;
+	if (rc == EXIT_OK)
+		fprintf(stderr, "mosaic: configure: %zu packages configured\n", plan.n_order);
+	strv_freev(plan.env);
+	free(plan.order);
+	pkgs_free(plan.pkgs, plan.n);
+	return rc;
+}
+
+int cmd_configure(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"step-timeout", required_argument, NULL, OPT_STEP_TIMEOUT},
+	    {"help", no_argument, NULL, 'h'},
+	    {}};
+	unsigned timeout = 600;
+	int c;
+	char *end;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case OPT_STEP_TIMEOUT: {
+			errno = 0;
+			unsigned long v = strtoul(optarg, &end, 10);
+			if (!*optarg || *end || errno || v > 7 * 24 * 3600 || optarg[0] == '-')
+				return cli_usage(usage_configure, "bad --step-timeout '%s'",
+				                 optarg);
+			timeout = (unsigned)v;
+			break;
+		}
+		case 'h':
+			fputs(usage_configure, stdout);
+			return EXIT_OK;
+		default:
+			return cli_usage(usage_configure, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind + 1 != argc)
+		return cli_usage(usage_configure, "give exactly one MOUNTPOINT");
+	return configure(argv[optind], timeout);
+}
