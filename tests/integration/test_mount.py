@@ -91,6 +91,16 @@ def _abort_fuse(dev):
         Path(f"/sys/fs/fuse/connections/{minor}/abort").write_text("1")
 
 
+_BASETEMP = None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _basetemp(tmp_path_factory):
+    """Where this run's mounts live (pytest's base temporary directory), for no_leftovers."""
+    global _BASETEMP
+    _BASETEMP = tmp_path_factory.getbasetemp().resolve()
+
+
 @contextlib.contextmanager
 def no_leftovers():
     """Whatever mounts and mosaic processes appear inside the block are gone after it: unmounted
@@ -101,7 +111,9 @@ def no_leftovers():
     try:
         yield
     finally:
-        new = [m for m in mountinfo() if m["id"] not in before]
+        # Only this run's mounts: another test run on the machine may mount beside it.
+        new = [m for m in mountinfo() if m["id"] not in before and
+               m["point"].startswith(str(_BASETEMP) + "/")]
         for m in sorted(new, key=lambda m: m["id"], reverse=True):
             subprocess.run(["umount", "-l", m["point"]], capture_output=True)
         pids = mosaic_pids() - before_pids
