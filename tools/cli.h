@@ -48,6 +48,11 @@ char *cli_lock_path(const char *manifest, json_object *model);
 int cli_manifest_fragments(const char *manifest, const char *lock_path, char ***digests,
                            size_t *n);
 
+/* Configure (cmd-configure.c): configures the packages of the running writable mosaic mount at
+ * mountpoint in a chroot, then applies the manifest model's config: and run: steps (manifest
+ * may be NULL: packages only). Idempotent and resumable. Returns an exit code. */
+int configure_mount(const char *mountpoint, json_object *manifest, unsigned timeout);
+
 int cmd_fragment(int argc, char **argv);
 int cmd_compose(int argc, char **argv);
 int cmd_mount(int argc, char **argv);

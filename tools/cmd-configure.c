@@ -509,8 +509,9 @@ static int writable_mount(const char *mountpoint, char **root)
 	return rc;
 }
 
-static int configure(const char *mountpoint, unsigned timeout)
+int configure_mount(const char *mountpoint, json_object *manifest, unsigned timeout)
 {
+	(void)manifest; /* config: and run: come next */
 	_cleanup_free_ char *root = NULL;
 	int rc = writable_mount(mountpoint, &root);
 	if (rc != EXIT_OK)
@@ -589,5 +590,5 @@ int cmd_configure(int argc, char **argv)
 	}
 	if (optind + 1 != argc)
 		return cli_usage(usage_configure, "give exactly one MOUNTPOINT");
-	return configure(argv[optind], timeout);
+	return configure_mount(argv[optind], NULL, timeout);
 }
