@@ -106,6 +106,9 @@ void sha256_buffer(const void *data, size_t len, char hex[SHA256_HEX_LEN + 1]);
 int sha256_fd(int fd, char hex[SHA256_HEX_LEN + 1]);
 bool is_sha256_hex(const char *s);
 
+/* Seconds on the monotonic clock, for measuring durations. */
+double now_s(void);
+
 /* ---- paths -------------------------------------------------------------------------------- */
 
 /* Normalises an archive path in place: drops leading "/" and "./", collapses "//" and "/./",
@@ -125,6 +128,8 @@ int read_file(const char *path, size_t max, char **out, size_t *len);
 int write_all(int fd, const void *data, size_t len);
 /* Writes data to path atomically: temp file beside it, fsync, rename, fsync the directory. */
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
+/* rm -rf that stays on path's filesystem (a mount below it is not entered); 0 or -errno. */
+int rm_tree(const char *path);
 /* fsyncs the directory that holds path. */
 int fsync_parent(const char *path);
 

@@ -145,7 +145,9 @@ struct store;
 struct keyring;
 
 /* One Debian package as the database needs it (everything borrowed): its control paragraph
- * (the descriptor's deb.control) and the text of its conffiles and triggers control files. */
+ * (the descriptor's deb.control) and the text of its conffiles and triggers control files. A
+ * conffiles line may end in a tab and the MD5 of the file the package ships, which the status
+ * then records instead of "newconffile". */
 struct compose_dpkg_package {
 	const char *control;
 	size_t control_len;
@@ -155,14 +157,15 @@ struct compose_dpkg_package {
 
 /* The status (status true) or available text for pkgs, as `dpkg --unpack` of them in this order
  * leaves it: dpkg's field order and canonical forms, "Status: install ok unpacked", conffiles
- * as "newconffile", a later package replacing an earlier one of the same name (and arch, for
+ * with their MD5 where known (else "newconffile"), a later package replacing an earlier one of the same name (and arch, for
  * Multi-Arch: same), paragraphs sorted as dpkg sorts them (name, then unqualified before
  * name:arch). native_arch decides which architectures are foreign. Caller frees *out. */
 int compose_dpkg_text(const struct compose_dpkg_package *pkgs, size_t n, const char *native_arch,
                       bool status, char **out, struct mosaic_error *err);
 /* Writes the whole database into the empty directory root: var/lib/dpkg/{status, available,
- * arch, diversions, statoverride, cmethopt, info/format, updates/, triggers/{Unincorp, File,
- * <name>}}, root:root-owned modes 0644/0755, every time set to mtime. */
+ * diversions, cmethopt, info/format, updates/, triggers/{Unincorp, File, <name>}}, and arch
+ * only with foreign architectures (no statoverride: dpkg makes it when first used), as dpkg
+ * leaves them; root:root-owned modes 0644/0755, every time set to mtime. */
 int compose_dpkg_tree(const struct compose_dpkg_package *pkgs, size_t n, const char *native_arch,
                       int64_t mtime, const char *root, struct mosaic_error *err);
 /* What the database of these ordered package fragments is cached under (hex). */
@@ -176,3 +179,52 @@ void compose_dpkg_key(const char *const *digests, size_t n, const char *native_a
 int compose_dpkg_fragment(struct store *s, struct keyring *k, const char *const *digests, size_t n,
                           const char *native_arch, const char *sign_key,
                           char digest[SHA256_HEX_LEN + 1], bool *made, struct mosaic_error *err);
+
+/* ---- the rpm database of a composition (rpm-db.c, docs/formats.md) ----------------------- */
+
+/* Where the database fragment leaves its plan for mosaic configure: the packages in rpm's
+ * order, and where the rpm database is. */
+#define COMPOSE_RPM_PLAN "var/lib/mosaic/rpm-database.json"
+
+/* One RPM package as the database needs it (everything borrowed): the header blob its fragment
+ * carries (fragments/src-rpm.c) and that file's path in the composition ("/var/lib/…"). */
+struct compose_rpm_package {
+	const void *header;
+	size_t header_len;
+	const char *header_path;
+	const char *what; /* names the package in errors; may be NULL */
+};
+/* Writes into the empty directory root the rpm database (rpmdb.sqlite in dbpath, relative,
+ * e.g. "root/.rpmdb") that `rpm -i --justdb --nodeps --noscripts` of pkgs records, made by
+ * librpm with every install time set to mtime, and COMPOSE_RPM_PLAN; a later package of the
+ * same name-version-release.arch replaces an earlier one. Root-owned, every time mtime. */
+int compose_rpm_tree(const struct compose_rpm_package *pkgs, size_t n, const char *dbpath,
+                     int64_t mtime, const char *root, struct mosaic_error *err);
+/* What the database of these ordered candidate fragments is cached under (hex). */
+void compose_rpm_key(const char *const *digests, size_t n, const char *dbpath,
+                     char hex[SHA256_HEX_LEN + 1]);
+/* The signed config fragment "rpm-database" of the RPM package fragments among digests (the
+ * others are skipped): found in the cache ($MOSAIC_CACHE_DIR/rpm-database/<key>) or made (its
+ * time is the newest RPM fragment's "created"). digest is "" when none is an RPM package.
+ * Descriptors are verified against k, or only parsed when k is NULL. */
+int compose_rpm_fragment(struct store *s, struct keyring *k, const char *const *digests, size_t n,
+                         const char *dbpath, const char *arch, const char *sign_key,
+                         char digest[SHA256_HEX_LEN + 1], bool *made, struct mosaic_error *err);
+
+/* One scriptlet to run, as rpm runs it on install: argv, then (when there is a body) a file
+ * holding body and the argument arg. */
+struct compose_rpm_script {
+	char *package;     /* name-version-release.arch */
+	const char *stage; /* "pretrans", "pre", "post" or "posttrans" (static) */
+	char **argv;       /* the interpreter and its options, NULL-terminated */
+	char *body;        /* NULL: the interpreter runs alone (%post -p /sbin/ldconfig) */
+	char **env;        /* RPM_INSTALL_PREFIX* as rpm sets them, NULL-terminated */
+	unsigned arg;      /* $1: instances of the name installed with it (1 but for kernels) */
+	bool lua;          /* rpm's embedded <lua>, which only rpm itself can run */
+};
+/* The scriptlets of the composition at root (COMPOSE_RPM_PLAN and the headers it names) in the
+ * order rpm runs them for one transaction installing every package: each %pretrans, then per
+ * package %pre and %post, then each %posttrans. Caller frees with compose_rpm_scripts_free. */
+int compose_rpm_scripts(const char *root, struct compose_rpm_script **out, size_t *n,
+                        struct mosaic_error *err);
+void compose_rpm_scripts_free(struct compose_rpm_script *v, size_t n);

@@ -221,8 +221,10 @@ static void add_deleted(struct differ *d, uint32_t ino, const char *path)
 static int walk(struct differ *d, const char *upath, const char *vpath, uint32_t lower,
                 bool opaque);
 
-/* One upper entry at upath, shown at vpath, over index inode lo (0: none). */
-static int entry(struct differ *d, const char *upath, const char *vpath, uint32_t lo)
+/* One upper entry at upath, shown at vpath, over index inode lo (0: none); in_opaque: its
+ * directory is opaque or lies in one. */
+static int entry(struct differ *d, const char *upath, const char *vpath, uint32_t lo,
+                 bool in_opaque)
 {
 	struct stat st;
 	if (lstat(upath, &st) < 0)
@@ -258,8 +260,9 @@ static int entry(struct differ *d, const char *upath, const char *vpath, uint32_
 	if (!S_ISDIR(st.st_mode))
 		return 0;
 	uint32_t below = in && S_ISDIR(in->mode) ? lo : 0;
-	/* a new directory over a directory hides what was below: overlayfs marks it opaque */
-	return walk(d, upath, vpath, below, below && is_opaque(upath));
+	/* a new directory over a directory hides what was below: overlayfs marks it opaque; and
+	 * below an opaque directory it looks at no lower layer at any depth, marked or not */
+	return walk(d, upath, vpath, below, below && (in_opaque || is_opaque(upath)));
 }
 
 static int walk(struct differ *d, const char *upath, const char *vpath, uint32_t lower, bool opaque)
@@ -276,7 +279,7 @@ static int walk(struct differ *d, const char *upath, const char *vpath, uint32_t
 		_cleanup_free_ char *vp = xasprintf("%s/%s", vpath, de->d_name);
 		uint32_t lo =
 		    lower ? compose_index_lookup(d->idx, lower, de->d_name, strlen(de->d_name)) : 0;
-		if ((r = entry(d, up, vp, lo)) < 0)
+		if ((r = entry(d, up, vp, lo, opaque)) < 0)
 			return r;
 	}
 	if (errno)
@@ -350,6 +353,7 @@ int compose_diff_path(const struct compose_index *idx, char *const *images, cons
 	 * directory, it decides; once it lacks one, the index shows through unless an upper
 	 * directory above was opaque, and a whiteout or an upper non-directory hides all below. */
 	enum { PRESENT, THROUGH, HIDDEN } state = upper ? PRESENT : THROUGH;
+	bool opaque = false; /* an upper directory on the way was opaque: no lower below it */
 	uint32_t lo = COMPOSE_ROOT_INO;
 	_cleanup_free_ char *up = upper ? xstrdup(upper) : NULL;
 	struct stat st;
@@ -364,7 +368,7 @@ int compose_diff_path(const struct compose_index *idx, char *const *images, cons
 			if (!S_ISDIR(st.st_mode))
 				state = HIDDEN;
 			else {
-				bool opaque = is_opaque(up);
+				opaque = opaque || is_opaque(up);
 				char *next = path_join(up, p);
 				free(up);
 				up = next;

@@ -1,15 +1,18 @@
-/* The dpkg database of a composition: status, available, arch, info/format and the trigger
- * interest files that `dpkg --unpack` of the same packages would leave, made into a fragment. */
+/* The dpkg database of a composition: status, available, info/format and the trigger interest
+ * files that `dpkg --unpack` of the same packages would leave, made into a fragment. */
 #include "compose/compose.h"
 #include "fragments/fragment.h"
 
 #include <fcntl.h>
 #include <ftw.h>
+#include <gcrypt.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
 
-#define DPKG_DB_VERSION 1
+/* 2: conffile hashes recorded, no arch file for a native-only set, no statoverride. */
+#define DPKG_DB_VERSION 2
+#define MD5_HEX_LEN     32
 
 /* ---- control paragraphs -------------------------------------------------------------------- */
 
@@ -253,6 +256,21 @@ static void write_deps(FILE *f, const char *v)
 	}
 }
 
+/* A line of the conffiles text may end in a tab and the MD5 of the file the package ships
+ * (compose_dpkg_fragment adds it): split it off into hash. */
+static void conffile_hash(char *line, char *e, char **end, const char **hash)
+{
+	*hash = NULL;
+	*end = e;
+	char *tab = memrchr(line, '\t', e - line);
+	if (!tab || e - tab - 1 != MD5_HEX_LEN ||
+	    strspn(tab + 1, "0123456789abcdef") != MD5_HEX_LEN)
+		return;
+	*hash = tab + 1;
+	*tab = 0;
+	*end = tab;
+}
+
 static void write_conffiles(FILE *f, const char *conffiles)
 {
 	bool any = false;
@@ -262,6 +280,8 @@ static void write_conffiles(FILE *f, const char *conffiles)
 		_cleanup_free_ char *line = xstrndup(s, n);
 		s += n + (nl ? 1 : 0);
 		char *l = line, *e = line + n;
+		const char *hash;
+		conffile_hash(line, e, &e, &hash);
 		while (is_space(*l))
 			l++;
 		while (e > l && is_space(e[-1]))
@@ -285,8 +305,12 @@ static void write_conffiles(FILE *f, const char *conffiles)
 		if (!any)
 			fputs("Conffiles:\n", f);
 		any = true;
-		/* What dpkg --unpack records for a conffile it has not configured yet. */
-		fprintf(f, " %s newconffile%s%s\n", l, flag ? " " : "", flag ? flag : "");
+		/* dpkg --unpack records "newconffile" and leaves the file as PATH.dpkg-new, which
+		 * dpkg --configure moves into place, recording its hash. Here the file is in place
+		 * already, so configure would keep "newconffile" for good (no .dpkg-new: nothing to
+		 * do): record the hash that configure would have. */
+		fprintf(f, " %s %s%s%s\n", l, hash ? hash : "newconffile", flag ? " " : "",
+		        flag ? flag : "");
 	}
 }
 
@@ -564,7 +588,8 @@ static int write_tree(int root, const struct dpkg_set *s, const char *native, in
 
 	_cleanup_free_ char *status = set_text(s, true), *available = set_text(s, false);
 	/* The native architecture, then the foreign ones the packages use, as dpkg's arch file
-	 * lists them after dpkg --add-architecture. */
+	 * lists them after dpkg --add-architecture. Only dpkg --add-architecture writes that
+	 * file: with native packages alone there is none (dpkg then knows the native one). */
 	size_t na = 0;
 	const char **archs = xcalloc(s->n + 1, sizeof(*archs));
 	for (size_t i = 0; i < s->n; i++) {
@@ -592,9 +617,9 @@ static int write_tree(int root, const struct dpkg_set *s, const char *native, in
 	} files[] = {
 	    {"var/lib/dpkg/status", status},
 	    {"var/lib/dpkg/available", available},
-	    {"var/lib/dpkg/arch", arch_text},
+	    {"var/lib/dpkg/arch", na ? arch_text : NULL},
+	    /* dpkg-divert's; dpkg-statoverride makes statoverride when first used */
 	    {"var/lib/dpkg/diversions", ""},
-	    {"var/lib/dpkg/statoverride", ""},
 	    /* dselect's access method, as debootstrap and mmdebstrap set it */
 	    {"var/lib/dpkg/cmethopt", "apt apt\n"},
 	    /* the multiarch layout of info/ ("pkg:arch.list" for Multi-Arch: same) */
@@ -602,7 +627,9 @@ static int write_tree(int root, const struct dpkg_set *s, const char *native, in
 	    {"var/lib/dpkg/triggers/Unincorp", ""},
 	};
 	for (size_t i = 0; i < ARRAY_SIZE(files) && r == 0; i++)
-		r = put_file(root, files[i].path, files[i].data, strlen(files[i].data), mtime);
+		if (files[i].data)
+			r = put_file(root, files[i].path, files[i].data, strlen(files[i].data),
+			             mtime);
 	free(arch_text);
 
 	struct interest **iv = NULL;
@@ -661,19 +688,19 @@ void compose_dpkg_key(const char *const *digests, size_t n, const char *native_a
 	sha256_final(h, hex);
 }
 
-/* The conffiles and triggers control files a .deb fragment carries in var/lib/dpkg/info/. */
-struct info_find {
-	const char *want[2];
-	uint64_t inode[2];
-	uint64_t size[2];
-	bool found[2];
+/* Regular files of an image by path (no leading slash), found in one walk. */
+struct image_find {
+	char **want;
+	size_t n;
+	uint64_t *inode, *size;
+	bool *found;
 };
 
-static int info_visit(void *ctx, const struct fragment_entry *e)
+static int find_visit(void *ctx, const struct fragment_entry *e)
 {
-	struct info_find *f = ctx;
-	for (int i = 0; i < 2; i++)
-		if (S_ISREG(e->mode) && strcmp(e->path, f->want[i]) == 0) {
+	struct image_find *f = ctx;
+	for (size_t i = 0; i < f->n; i++)
+		if (S_ISREG(e->mode) && f->want[i] && strcmp(e->path, f->want[i]) == 0) {
 			f->inode[i] = e->inode_id;
 			f->size[i] = e->size;
 			f->found[i] = true;
@@ -681,45 +708,146 @@ static int info_visit(void *ctx, const struct fragment_entry *e)
 	return 0;
 }
 
+static void image_find_init(struct image_find *f, char **want, size_t n)
+{
+	*f = (struct image_find){
+	    .want = want,
+	    .n = n,
+	    .inode = xcalloc(n + 1, sizeof(*f->inode)),
+	    .size = xcalloc(n + 1, sizeof(*f->size)),
+	    .found = xcalloc(n + 1, sizeof(*f->found)),
+	};
+}
+
+static void image_find_clear(struct image_find *f)
+{
+	free(f->inode);
+	free(f->size);
+	free(f->found);
+}
+
+/* Feeds the file's content to h (an MD5 context) when h is given, else returns it in *out. */
+static int read_image_file(struct fragment_image *im, const char *image, const char *path,
+                           uint64_t inode, uint64_t size, gcry_md_hd_t h, char **out,
+                           struct mosaic_error *err)
+{
+	if (!h && size > (1 << 24))
+		return mosaic_errorf(err, -EFBIG, "%s: %s is too large", image, path);
+	char *buf = xmalloc(h ? 65536 : size + 1);
+	uint64_t got = 0;
+	while (got < size) {
+		size_t want = h ? (size - got < 65536 ? size - got : 65536) : size - got;
+		ssize_t k = fragment_image_read(im, inode, got, h ? buf : buf + got, want);
+		if (k <= 0) {
+			free(buf);
+			return mosaic_errorf(err, k < 0 ? (int)k : -EIO, "%s: reading %s", image,
+			                     path);
+		}
+		if (h)
+			gcry_md_write(h, buf, k);
+		got += k;
+	}
+	if (h) {
+		free(buf);
+		return 0;
+	}
+	buf[got] = 0;
+	*out = buf;
+	return 0;
+}
+
+/* The path of a conffiles line ("[flags] /path"), or NULL. */
+static char *conffile_path(const char *line, size_t n)
+{
+	const char *slash = memchr(line, '/', n);
+	if (!slash)
+		return NULL;
+	size_t len = n - (slash - line);
+	while (len && is_space(slash[len - 1]))
+		len--;
+	return len > 1 ? xstrndup(slash + 1, len - 1) : NULL;
+}
+
+/* The conffiles text with each conffile's MD5 (of what the package ships) after a tab, where
+ * the fragment holds the file (write_conffiles records it then). */
+static int hash_conffiles(const char *image, struct fragment_image *im, const char *conffiles,
+                          char **out, struct mosaic_error *err)
+{
+	size_t n = 0;
+	for (const char *c = conffiles; *c; c++)
+		n += *c == '\n';
+	n++;
+	char **paths = xcalloc(n, sizeof(*paths));
+	size_t k = 0;
+	for (const char *s = conffiles; *s;) {
+		size_t len = strcspn(s, "\n");
+		paths[k++] = conffile_path(s, len);
+		s += len + (s[len] ? 1 : 0);
+	}
+	struct image_find f;
+	image_find_init(&f, paths, k);
+	int r = fragment_walk(image, find_visit, &f, err);
+	char *text = NULL;
+	size_t text_len = 0;
+	FILE *o = open_memstream(&text, &text_len);
+	if (!o)
+		abort();
+	size_t i = 0;
+	for (const char *s = conffiles; *s && r == 0; i++) {
+		size_t len = strcspn(s, "\n");
+		fwrite(s, 1, len, o);
+		if (f.found[i]) {
+			gcry_md_hd_t h;
+			if (gcry_md_open(&h, GCRY_MD_MD5, 0) != 0)
+				abort(); /* only fails without memory */
+			r = read_image_file(im, image, paths[i], f.inode[i], f.size[i], h, NULL,
+			                    err);
+			const unsigned char *d = gcry_md_read(h, GCRY_MD_MD5);
+			fputc('\t', o);
+			for (int b = 0; b < 16; b++)
+				fprintf(o, "%02x", d[b]);
+			gcry_md_close(h);
+		}
+		fputc('\n', o);
+		s += len + (s[len] ? 1 : 0);
+	}
+	fclose(o);
+	image_find_clear(&f);
+	for (size_t j = 0; j < k; j++)
+		free(paths[j]);
+	free(paths);
+	if (r < 0) {
+		free(text);
+		return r;
+	}
+	*out = text;
+	return 0;
+}
+
+/* The conffiles and triggers control files a .deb fragment carries in var/lib/dpkg/info/, the
+ * conffiles with their hashes (hash_conffiles). */
 static int read_info_files(const char *image, const char *info_name, char **conffiles,
                            char **triggers, struct mosaic_error *err)
 {
 	_cleanup_free_ char *c = xasprintf("var/lib/dpkg/info/%s.conffiles", info_name);
 	_cleanup_free_ char *t = xasprintf("var/lib/dpkg/info/%s.triggers", info_name);
-	struct info_find f = {.want = {c, t}};
-	int r = fragment_walk(image, info_visit, &f, err);
-	if (r < 0 || (!f.found[0] && !f.found[1]))
-		return r;
-	struct fragment_image *im;
-	if ((r = fragment_image_open(image, &im, err)) < 0)
-		return r;
-	char **out[2] = {conffiles, triggers};
-	for (int i = 0; i < 2 && r == 0; i++) {
-		if (!f.found[i])
-			continue;
-		if (f.size[i] > (1 << 24)) {
-			r = mosaic_errorf(err, -EFBIG, "%s: %s is too large", image, f.want[i]);
-			break;
-		}
-		char *buf = xmalloc(f.size[i] + 1);
-		size_t got = 0;
-		while (got < f.size[i]) {
-			ssize_t k =
-			    fragment_image_read(im, f.inode[i], got, buf + got, f.size[i] - got);
-			if (k <= 0) {
-				r = mosaic_errorf(err, k < 0 ? (int)k : -EIO, "%s: reading %s",
-				                  image, f.want[i]);
-				break;
-			}
-			got += k;
-		}
-		buf[got] = 0;
-		if (r < 0)
-			free(buf);
-		else
-			*out[i] = buf;
-	}
-	fragment_image_close(im);
+	char *want[] = {c, t};
+	struct image_find f;
+	image_find_init(&f, want, 2);
+	int r = fragment_walk(image, find_visit, &f, err);
+	struct fragment_image *im = NULL;
+	if (r == 0 && (f.found[0] || f.found[1]))
+		r = fragment_image_open(image, &im, err);
+	_cleanup_free_ char *plain = NULL;
+	if (r == 0 && f.found[0])
+		r = read_image_file(im, image, c, f.inode[0], f.size[0], NULL, &plain, err);
+	if (r == 0 && f.found[1])
+		r = read_image_file(im, image, t, f.inode[1], f.size[1], NULL, triggers, err);
+	if (r == 0 && plain)
+		r = hash_conffiles(image, im, plain, conffiles, err);
+	if (im)
+		fragment_image_close(im);
+	image_find_clear(&f);
 	return r;
 }
 
@@ -779,6 +907,11 @@ int compose_dpkg_fragment(struct store *s, struct keyring *k, const char *const 
 			return 0;
 		}
 	}
+
+	/* common/hash.c initializes libgcrypt (once, on first use), which the MD5s of the
+	 * conffiles need before gcry_md_open. */
+	char none[SHA256_HEX_LEN + 1];
+	sha256_buffer("", 0, none);
 
 	struct compose_dpkg_package *pkgs = xcalloc(n ? n : 1, sizeof(*pkgs));
 	struct fragment_descriptor *descs = xcalloc(n ? n : 1, sizeof(*descs));

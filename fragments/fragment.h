@@ -158,6 +158,8 @@ char *store_default_path(void);
 const char *store_root(const struct store *s);
 /* Path of a store object: suffix is ".sqfs", ".json" or ".json.sig". Caller frees. */
 char *store_object_path(const struct store *s, const char *digest, const char *suffix);
+/* Whether digest (hex) names a fragment the store holds with its signed descriptor. */
+bool store_has(const struct store *s, const char *digest);
 /* Turns a full digest, a unique digest prefix, a ref name or an image path into a digest. */
 int store_resolve(const struct store *s, const char *ref, char digest[SHA256_HEX_LEN + 1],
                   struct mosaic_error *err);

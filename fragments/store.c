@@ -474,3 +474,11 @@ int store_gc(struct store *s, bool dry_run, struct store_gc_stats *st, struct mo
 	strv_free(keep, n_keep);
 	return 0;
 }
+
+bool store_has(const struct store *s, const char *digest)
+{
+	if (!is_sha256_hex(digest))
+		return false;
+	_cleanup_free_ char *p = store_object_path(s, digest, ".json.sig");
+	return access(p, R_OK) == 0;
+}

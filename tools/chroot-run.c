@@ -62,17 +62,19 @@ struct line_buf {
 	size_t len;
 };
 
-static void emit_line(const char *name, const char *line, size_t len, struct tail *t)
+static void emit_line(const struct chroot_step *s, const char *line, size_t len, struct tail *t)
 {
-	printf("[%s] %.*s\n", name, (int)len, line);
+	if (!s->quiet)
+		printf("[%s] %.*s\n", s->name, (int)len, line);
 	tail_push(t, line, len);
 }
 
-static void feed(struct line_buf *lb, const char *name, const char *data, size_t n, struct tail *t)
+static void feed(struct line_buf *lb, const struct chroot_step *s, const char *data, size_t n,
+                 struct tail *t)
 {
 	for (size_t i = 0; i < n; i++) {
 		if (data[i] == '\n' || lb->len == sizeof(lb->buf)) {
-			emit_line(name, lb->buf, lb->len, t);
+			emit_line(s, lb->buf, lb->len, t);
 			lb->len = 0;
 			if (data[i] == '\n')
 				continue;
@@ -91,6 +93,14 @@ static _Noreturn void exec_step(const char *root, const struct chroot_step *s, i
 	if (chroot(root) < 0 || chdir("/") < 0) {
 		dprintf(2, "chroot %s: %s\n", root, strerror(errno));
 		_exit(127);
+	}
+	/* Opened inside the root, so the path means what the step would take it to mean. */
+	if (s->input) {
+		int in = open(s->input, O_RDONLY | O_CLOEXEC);
+		if (in < 0 || dup2(in, 0) < 0) {
+			dprintf(2, "%s: %s\n", s->input, strerror(errno));
+			_exit(127);
+		}
 	}
 	umask(022);
 	/* execvp looks argv[0] up in this process's PATH: make envp this process's environment. */
@@ -136,7 +146,7 @@ int chroot_run_step(const char *root, const struct chroot_step *s, struct chroot
 			char buf[8192];
 			ssize_t n = read(fds[0], buf, sizeof(buf));
 			if (n > 0)
-				feed(lb, s->name, buf, (size_t)n, &t);
+				feed(lb, s, buf, (size_t)n, &t);
 			else if (n == 0 || errno != EINTR)
 				eof = true;
 		}
@@ -165,7 +175,7 @@ int chroot_run_step(const char *root, const struct chroot_step *s, struct chroot
 			break;
 	}
 	if (lb->len)
-		emit_line(s->name, lb->buf, lb->len, &t);
+		emit_line(s, lb->buf, lb->len, &t);
 	fflush(stdout);
 	free(lb);
 	close(fds[0]);

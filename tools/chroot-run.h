@@ -10,6 +10,8 @@ struct chroot_step {
 	char *const *argv; /* NULL-terminated */
 	char *const *envp; /* NULL-terminated: the whole environment */
 	unsigned timeout;  /* seconds; 0: none */
+	const char *input; /* path inside the root opened as its stdin; NULL: /dev/null */
+	bool quiet;        /* keep its output in the tail only, not on stdout */
 };
 
 struct chroot_result {
@@ -20,10 +22,10 @@ struct chroot_result {
 /* Enough to find what one package's script printed in a long dpkg run. */
 #define CHROOT_TAIL_LINES 2000
 
-/* Inside a session: runs s chrooted into root in its own process group with stdin /dev/null,
- * streams its output (stdout and stderr, line by line, "[name] " first) to stdout, and kills the
- * whole group after s->timeout. Leftover processes of the group are killed when it ends.
- * Returns 0 with res filled, or -errno when it could not be started. */
+/* Inside a session: runs s chrooted into root in its own process group with stdin s->input (or
+ * /dev/null), streams its output (stdout and stderr, line by line, "[name] " first) to stdout
+ * unless quiet, and kills the whole group after s->timeout. Leftover processes of the group are
+ * killed when it ends. Returns 0 with res filled, or -errno when it could not be started. */
 int chroot_run_step(const char *root, const struct chroot_step *s, struct chroot_result *res);
 
 /* Runs fn(root, data) in a child process in new mount and PID namespaces (mounts private, so

@@ -3,6 +3,7 @@
 
 #include "common/common.h"
 #include "fragments/fragment.h"
+#include "fusefs/fusefs.h"
 
 #include <getopt.h>
 
@@ -36,6 +37,22 @@ struct cli_inputs {
 int cli_resolve_inputs(char **args, size_t n, const char *store, const char *keyring,
                        struct cli_inputs *out);
 void cli_inputs_free(struct cli_inputs *ci);
+/* The composition index of ci (cmd-mount.c): built once per fragment list and cached; caller
+ * frees *index_path. Returns an exit code. */
+int cli_inputs_index(const struct cli_inputs *ci, char **index_path);
+
+/* A running mosaic mount as diff, origin and export read it (cmd-mount.c): its index, its
+ * fragment images in index order, its upper (NULL for a read-only mount). */
+struct compose_index;
+struct cli_mounted {
+	json_object *state;
+	struct compose_index *idx;
+	char **images;
+	size_t n_images;
+	const char *upper; /* borrowed from state */
+};
+int cli_mounted_open(const char *mountpoint, struct cli_mounted *m);
+void cli_mounted_clear(struct cli_mounted *m);
 
 /* Manifests (cmd-manifest.c): a --fact KEY=VALUE (-EINVAL if malformed; a key given twice
  * becomes a list), and loading with the host's dpkg arch as the default fact; validation errors
@@ -47,6 +64,17 @@ int cli_manifest_load(const char *path, json_object *facts, json_object **model)
 char *cli_lock_path(const char *manifest, json_object *model);
 int cli_manifest_fragments(const char *manifest, const char *lock_path, char ***digests,
                            size_t *n);
+
+/* Mounts (cmd-mount.c) the composition of args (one MANIFEST that was built, with lock or the
+ * lock beside it; one INDEX; or FRAGMENTs) with the options in o (mountpoint, upper, ...;
+ * a work dir beside the upper by default). Prints what it mounted unless picked is given, which
+ * then receives the writable mode picked. Returns an exit code. */
+int cli_mount(char **args, size_t n_args, const char *store, const char *keyring_path,
+              const char *lock, struct fusefs_options *o, enum fusefs_writable *picked);
+/* Commit (cmd-commit.c): freezes the upper of the running writable mount at mountpoint into a
+ * fragment made with o in the store at output (created if missing); info receives it. */
+int cli_commit(const char *mountpoint, const char *output, struct fragment_create_options *o,
+               struct fragment_info *info);
 
 /* Configure (cmd-configure.c): configures the packages of the running writable mosaic mount at
  * mountpoint in a chroot, then applies the manifest model's config: and run: steps (manifest
@@ -66,3 +94,4 @@ int cmd_diff(int argc, char **argv);
 int cmd_origin(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_configure(int argc, char **argv);
+int cmd_export(int argc, char **argv);

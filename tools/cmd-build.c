@@ -4,6 +4,7 @@
 #include "compose/compose.h"
 #include "manifests/manifest.h"
 #include "providers/providers.h"
+#include "tools/build-configure.h"
 #include "tools/cli.h"
 
 #include <fcntl.h>
@@ -38,8 +39,12 @@ static const char usage_build[] =
     "resolve, then download the packages (parallel, resumable, checksummed, signatures\n"
     "checked), make a signed fragment of each in the store (and, for Debian, one holding\n"
     "the dpkg database of them all; with the manifest's merged_usr, one holding /bin, /sbin\n"
-    "and /lib as symlinks into /usr) and record them in the lock.\n"
-    "Incremental: what is cached is not downloaded again, a fragment is not made twice.\n"
+    "and /lib as symlinks into /usr) and record them in the lock. Then configure: mount them\n"
+    "with a scratch upper, run 'mosaic configure' with the manifest (package scripts, config:,\n"
+    "run:), and commit the upper as a signed config fragment, recorded in the lock, that\n"
+    "'mosaic mount MANIFEST' puts on top.\n"
+    "Incremental: what is cached is not downloaded again, a fragment is not made twice, and\n"
+    "the same fragments with the same config: and run: reuse their config fragment.\n"
     "\n"
     "  --lock FILE --locked --offline --recommends --fact --role   as for resolve\n"
     "  -s, --store STORE    the store fragments go to (created if missing)\n"
@@ -47,6 +52,10 @@ static const char usage_build[] =
     "                       \"sign_key\")\n"
     "  -j, --jobs N         fragments made at once (default: the number of CPUs)\n"
     "      --downloads N    parallel downloads (default 6)\n"
+    "      --keyring FILE   trusted keys, to mount the fragments for configure\n"
+    "      --no-configure   stop before configure: the manifest then mounts unconfigured\n"
+    "      --configure      configure (the default)\n"
+    "      --step-timeout S kill a configure step after S seconds (default 600; 0: none)\n"
     "  -h, --help           show this help\n";
 
 enum {
@@ -58,11 +67,19 @@ enum {
 	OPT_ROLE,
 	OPT_SIGN,
 	OPT_DOWNLOADS,
+	OPT_KEYRING,
+	OPT_CONFIGURE,
+	OPT_NO_CONFIGURE,
+	OPT_STEP_TIMEOUT,
 };
 
+/* Whether build configures unless told otherwise. */
+#define BUILD_CONFIGURES true
+
 struct build_opts {
-	const char *manifest, *lock_path, *store, *sign_key;
-	bool locked, offline, recommends, build, lock_given;
+	const char *manifest, *lock_path, *store, *sign_key, *keyring;
+	bool locked, offline, recommends, build, lock_given, configure;
+	unsigned step_timeout;
 	json_object *facts;
 	unsigned jobs, downloads;
 };
@@ -241,13 +258,6 @@ static json_object *repos_json(const struct repos *rs)
 		json_object_array_add(a, o);
 	}
 	return a;
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 /* Loads metadata and resolves (or checks the lock): the common part of resolve and build. */
@@ -446,14 +456,6 @@ static void source_fingerprint(const char *path, char out[SHA256_HEX_LEN + 1])
 	sha256_final(tree_hash, out);
 }
 
-static bool store_has(struct store *s, const char *digest)
-{
-	if (!is_sha256_hex(digest))
-		return false;
-	_cleanup_free_ char *p = store_object_path(s, digest, ".json.sig");
-	return access(p, R_OK) == 0;
-}
-
 static int64_t build_epoch(void)
 {
 	const char *e = getenv("SOURCE_DATE_EPOCH");
@@ -602,6 +604,77 @@ static int database_fragment(struct store *s, struct lock *lock, const char *sig
 	return 0;
 }
 
+/* Where the rpm database goes in the composition: Debian's rpm keeps it in the user's home
+ * (rpm-common's %_dbpath is ~/.rpmdb), so for root, who configures, in /root/.rpmdb; the rpm of
+ * RPM distributions in /var/lib/rpm. */
+static const char *rpm_dbpath(const struct lock *l)
+{
+	json_object *first = l->repositories && json_object_array_length(l->repositories) ?
+	                         json_object_array_get_idx(l->repositories, 0) :
+	                         NULL;
+	const char *type = first ? jstr(first, "type") : NULL;
+	return type && strcmp(type, "rpm") == 0 ? "var/lib/rpm" : "root/.rpmdb";
+}
+
+/* The fragments that may be RPM packages, in mount order (borrowed from the lock): an RPM lock's
+ * packages, then the manifest's extra fragments, which is how a Debian manifest brings RPM
+ * packages (one manifest resolves from one kind of repository). */
+static const char **rpm_candidates(const struct lock *l, size_t *n)
+{
+	bool rpm_lock = strcmp(rpm_dbpath(l), "var/lib/rpm") == 0;
+	size_t ne = l->fragments ? json_object_array_length(l->fragments) : 0;
+	const char **v = xcalloc(l->n_packages + ne + 1, sizeof(*v));
+	size_t m = 0;
+	for (size_t i = 0; rpm_lock && i < l->n_packages; i++)
+		v[m++] = l->packages[i].fragment;
+	for (size_t i = 0; i < ne; i++) {
+		json_object *e = json_object_array_get_idx(l->fragments, i);
+		const char *role = jstr(e, "role"), *d = jstr(e, "digest");
+		if (role && d && strcmp(role, "extra") == 0)
+			v[m++] = d;
+	}
+	*n = m;
+	return v;
+}
+
+static void rpm_database_key(const struct lock *l, char key[SHA256_HEX_LEN + 1])
+{
+	size_t n;
+	_cleanup_free_ const char **v = rpm_candidates(l, &n);
+	compose_rpm_key(v, n, rpm_dbpath(l), key);
+}
+
+/* RPM packages among the fragments: their rpm database as one more fragment, recorded in the
+ * lock with role "rpm-database" and, as its source, the key of the candidates it was made from.
+ * Nothing when no fragment is an RPM package. */
+static int rpm_database_fragment(struct store *s, struct lock *lock, const char *sign_key)
+{
+	struct mosaic_error err = {0};
+	size_t n;
+	_cleanup_free_ const char **digests = rpm_candidates(lock, &n);
+	char key[SHA256_HEX_LEN + 1], digest[SHA256_HEX_LEN + 1];
+	bool made = false;
+	double t0 = now_s();
+	if (n == 0)
+		return 0;
+	compose_rpm_key(digests, n, rpm_dbpath(lock), key);
+	if (compose_rpm_fragment(s, NULL, digests, n, rpm_dbpath(lock), lock->arch, sign_key,
+	                         digest, &made, &err) < 0) {
+		mosaic_error_prefix(&err, "the rpm database");
+		return cli_fail(&err);
+	}
+	if (!*digest)
+		return 0;
+	fprintf(stderr, "rpm database: %.12s %s in %.2f s\n", digest,
+	        made ? "made" : "already in the store", now_s() - t0);
+	json_object *e = json_object_new_object();
+	json_object_object_add(e, "role", json_object_new_string("rpm-database"));
+	json_object_object_add(e, "source", json_object_new_string(key));
+	json_object_object_add(e, "digest", json_object_new_string(digest));
+	json_object_array_add(lock->fragments, e);
+	return 0;
+}
+
 /* ---- merged /usr -------------------------------------------------------------------------- */
 
 /* What debootstrap's setup_merged_usr links into usr/ on this (Debian) architecture. */
@@ -739,6 +812,46 @@ static int merged_usr_fragment(struct store *s, struct lock *lock, const char *s
 	return 0;
 }
 
+static int lock_mount_order(const struct lock *l, const char *lock_path, const char *manifest,
+                            bool merged_usr, bool with_config, char ***digests, size_t *n);
+
+/* The configured system as one more fragment on top: made by mounting what the lock holds so
+ * far with a scratch upper, configuring and committing, or found again when nothing it depends
+ * on changed. Only a composition with a package database has something to configure. */
+static int config_step(const struct build_opts *bo, json_object *model, struct store *s,
+                       struct lock *lock, const char *sign_key)
+{
+	bool has_database = false;
+	for (size_t i = 0; lock->fragments && i < json_object_array_length(lock->fragments); i++) {
+		const char *role = jstr(json_object_array_get_idx(lock->fragments, i), "role");
+		has_database |= role && strstr(role, "database") != NULL;
+	}
+	if (!has_database)
+		return EXIT_OK;
+	char **digests;
+	size_t n;
+	int r = lock_mount_order(lock, bo->lock_path, bo->manifest, jbool(model, "merged_usr", false),
+	                         false, &digests, &n);
+	if (r)
+		return r;
+	const struct build_config c = {
+	    .manifest = bo->manifest,
+	    .lock_path = bo->lock_path,
+	    .store = store_root(s),
+	    .keyring = bo->keyring,
+	    .sign_key = sign_key,
+	    .model = model,
+	    .timeout = bo->step_timeout,
+	    .source_date_epoch = build_epoch(),
+	};
+	json_object *entry = NULL;
+	r = build_config_fragment(&c, s, digests, n, &entry);
+	strv_free(digests, n);
+	if (r == EXIT_OK)
+		json_object_array_add(lock->fragments, entry);
+	return r;
+}
+
 static int do_build(const struct build_opts *bo, json_object *model, struct provider_ctx *ctx,
                     struct repos *rs, struct lock *lock)
 {
@@ -846,6 +959,10 @@ static int do_build(const struct build_opts *bo, json_object *model, struct prov
 		r = merged_usr_fragment(s, lock, sign_key);
 	if (r == 0 && rs->type == REPO_DEB && n > 0)
 		r = database_fragment(s, lock, sign_key);
+	if (r == 0)
+		r = rpm_database_fragment(s, lock, sign_key);
+	if (r == 0 && bo->configure)
+		r = config_step(bo, model, s, lock, sign_key);
 	if (r == 0 && lock_write(bo->lock_path, lock, &err) < 0)
 		r = cli_fail(&err);
 	if (r == 0 && write_root(s, lock) < 0)
@@ -887,9 +1004,16 @@ static int run(int argc, char **argv, bool build)
 	                                     {"sign", required_argument, NULL, OPT_SIGN},
 	                                     {"jobs", required_argument, NULL, 'j'},
 	                                     {"downloads", required_argument, NULL, OPT_DOWNLOADS},
+	                                     {"keyring", required_argument, NULL, OPT_KEYRING},
+	                                     {"configure", no_argument, NULL, OPT_CONFIGURE},
+	                                     {"no-configure", no_argument, NULL, OPT_NO_CONFIGURE},
+	                                     {"step-timeout", required_argument, NULL, OPT_STEP_TIMEOUT},
 	                                     {"help", no_argument, NULL, 'h'},
 	                                     {}};
-	struct build_opts bo = {.build = build, .facts = json_object_new_object()};
+	struct build_opts bo = {.build = build,
+	                        .facts = json_object_new_object(),
+	                        .configure = BUILD_CONFIGURES,
+	                        .step_timeout = 600};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	bo.jobs = ncpu > 0 ? (unsigned)ncpu : 1;
 	int c, r = 0;
@@ -923,6 +1047,22 @@ static int run(int argc, char **argv, bool build)
 		case OPT_SIGN:
 			bo.sign_key = optarg;
 			break;
+		case OPT_KEYRING:
+			bo.keyring = optarg;
+			break;
+		case OPT_CONFIGURE:
+		case OPT_NO_CONFIGURE:
+			bo.configure = c == OPT_CONFIGURE;
+			break;
+		case OPT_STEP_TIMEOUT: {
+			char *end;
+			errno = 0;
+			unsigned long v = strtoul(optarg, &end, 10);
+			if (!*optarg || *end || errno || v > 7 * 24 * 3600 || optarg[0] == '-')
+				r = cli_usage(usage, "bad --step-timeout '%s'", optarg);
+			bo.step_timeout = (unsigned)v;
+			break;
+		}
 		case 'j':
 		case OPT_DOWNLOADS: {
 			char *end;
@@ -997,15 +1137,99 @@ int cmd_build(int argc, char **argv)
 	return run(argc, argv, true);
 }
 
-/* Where a lock fragment of this role goes among the passes of cli_manifest_fragments (2 is the
- * packages'); unknown roles go with the extras. */
+/* Where a lock fragment of this role goes among the passes of lock_mount_order (2 is the
+ * packages'); unknown roles go with the extras; the config fragment, the frozen upper, on top. */
 static int role_pass(const char *role)
 {
-	static const char *const order[] = {"merged-usr", "base", "", "database"};
+	static const char *const order[] = {"merged-usr", "base", "", "database", "", "config"};
+	if (strcmp(role, "rpm-database") == 0)
+		return 3; /* with the dpkg one */
 	for (int i = 0; i < (int)ARRAY_SIZE(order); i++)
-		if (strcmp(role, order[i]) == 0)
+		if (*order[i] && strcmp(role, order[i]) == 0)
 			return i;
 	return 4;
+}
+
+static int lock_mount_order(const struct lock *l, const char *lock_path, const char *manifest,
+                     bool merged_usr, bool with_config, char ***digests, size_t *n)
+{
+	size_t ne = l->fragments ? json_object_array_length(l->fragments) : 0;
+	char **out = xcalloc(l->n_packages + ne + 1, sizeof(*out));
+	size_t m = 0;
+	int r = 0;
+	/* The merged-/usr links lowest, then the base fragment, the packages in installation order,
+	 * the dpkg database of them, the extras, then the configuration made on all of those. */
+	char key[SHA256_HEX_LEN + 1];
+	_cleanup_free_ const char **frags = package_digests(l);
+	compose_dpkg_key(frags, l->n_packages, l->arch ? l->arch : "", key);
+	char rpm_key[SHA256_HEX_LEN + 1];
+	rpm_database_key(l, rpm_key);
+	bool has_merged_usr = false;
+	for (size_t i = 0; i < ne; i++) {
+		const char *role = jstr(json_object_array_get_idx(l->fragments, i), "role");
+		has_merged_usr |= role && strcmp(role, "merged-usr") == 0;
+	}
+	/* Packages unpacked without the links would not be a merged-/usr system. */
+	if (merged_usr && !has_merged_usr) {
+		fprintf(stderr,
+		        "mosaic: %s was built without merged /usr, which the manifest asks for; run "
+		        "'mosaic build %s'\n",
+		        lock_path, manifest);
+		r = EXIT_FAIL;
+	}
+	for (int pass = 0; pass < 6 && r == 0; pass++) {
+		for (size_t i = 0; pass == 2 && i < l->n_packages; i++) {
+			if (!is_sha256_hex(l->packages[i].fragment)) {
+				fprintf(stderr, "mosaic: %s has no fragment for %s; run 'mosaic build "
+				                "%s'\n",
+				        lock_path, l->packages[i].name, manifest);
+				r = EXIT_FAIL;
+				break;
+			}
+			out[m++] = xstrdup(l->packages[i].fragment);
+		}
+		for (size_t i = 0; pass != 2 && i < ne && r == 0; i++) {
+			json_object *e = json_object_array_get_idx(l->fragments, i);
+			const char *role = jstr(e, "role"), *d = jstr(e, "digest");
+			if (!role || !d || role_pass(role) != pass)
+				continue;
+			/* A database made for other packages (the lock was resolved again since)
+			 * would describe what is not there. */
+			bool rpm = strcmp(role, "rpm-database") == 0;
+			if (pass == 3 && (!jstr(e, "source") ||
+			                  strcmp(jstr(e, "source"), rpm ? rpm_key : key) != 0)) {
+				fprintf(stderr, "mosaic: %s: the %s database is not the one of its "
+				                "packages; run 'mosaic build %s'\n",
+				        lock_path, rpm ? "rpm" : "dpkg", manifest);
+				r = EXIT_FAIL;
+				break;
+			}
+			if (pass == 5) {
+				char base[SHA256_HEX_LEN + 1];
+				build_base_key(out, m, base);
+				if (!with_config)
+					continue;
+				/* A configuration made on other fragments would change what they do
+				 * not hold any more: the system below mounts unconfigured instead. */
+				if (!jstr(e, "base") || strcmp(jstr(e, "base"), base) != 0) {
+					fprintf(stderr,
+					        "mosaic: %s: the configuration was made for other "
+					        "fragments; mounting them unconfigured ('mosaic build "
+					        "%s' configures them again)\n",
+					        lock_path, manifest);
+					continue;
+				}
+			}
+			out[m++] = xstrdup(d);
+		}
+	}
+	if (r) {
+		strv_free(out, m);
+		return r;
+	}
+	*digests = out;
+	*n = m;
+	return 0;
 }
 
 int cli_manifest_fragments(const char *manifest, const char *lock_path, char ***digests,
@@ -1025,61 +1249,8 @@ int cli_manifest_fragments(const char *manifest, const char *lock_path, char ***
 		mosaic_error_prefix(&err, "run 'mosaic build %s' first", manifest);
 		return cli_fail(&err);
 	}
-	size_t ne = l.fragments ? json_object_array_length(l.fragments) : 0;
-	char **out = xcalloc(l.n_packages + ne + 1, sizeof(*out));
-	size_t m = 0;
-	/* The merged-/usr links lowest, then the base fragment, the packages in installation order,
-	 * the dpkg database of them, then the extras. */
-	char key[SHA256_HEX_LEN + 1];
-	_cleanup_free_ const char **frags = package_digests(&l);
-	compose_dpkg_key(frags, l.n_packages, l.arch ? l.arch : "", key);
-	bool has_merged_usr = false;
-	for (size_t i = 0; i < ne; i++) {
-		const char *role = jstr(json_object_array_get_idx(l.fragments, i), "role");
-		has_merged_usr |= role && strcmp(role, "merged-usr") == 0;
-	}
-	/* Packages unpacked without the links would not be a merged-/usr system. */
-	if (merged_usr && !has_merged_usr) {
-		fprintf(stderr,
-		        "mosaic: %s was built without merged /usr, which the manifest asks for; run "
-		        "'mosaic build %s'\n",
-		        lock_path ? lock_path : def, manifest);
-		r = EXIT_FAIL;
-	}
-	for (int pass = 0; pass < 5 && r == 0; pass++) {
-		for (size_t i = 0; pass == 2 && i < l.n_packages; i++) {
-			if (!is_sha256_hex(l.packages[i].fragment)) {
-				fprintf(stderr, "mosaic: %s has no fragment for %s; run 'mosaic build "
-				                "%s'\n",
-				        lock_path ? lock_path : def, l.packages[i].name, manifest);
-				r = EXIT_FAIL;
-				break;
-			}
-			out[m++] = xstrdup(l.packages[i].fragment);
-		}
-		for (size_t i = 0; pass != 2 && i < ne && r == 0; i++) {
-			json_object *e = json_object_array_get_idx(l.fragments, i);
-			const char *role = jstr(e, "role"), *d = jstr(e, "digest");
-			if (!role || !d || role_pass(role) != pass)
-				continue;
-			/* A database made for other packages (the lock was resolved again since)
-			 * would describe what is not there. */
-			if (pass == 3 && (!jstr(e, "source") || strcmp(jstr(e, "source"), key) != 0)) {
-				fprintf(stderr, "mosaic: %s: the dpkg database is not the one of its "
-				                "packages; run 'mosaic build %s'\n",
-				        lock_path ? lock_path : def, manifest);
-				r = EXIT_FAIL;
-				break;
-			}
-			out[m++] = xstrdup(d);
-		}
-	}
+	r = lock_mount_order(&l, lock_path ? lock_path : def, manifest, merged_usr, true, digests,
+	                     n);
 	lock_clear(&l);
-	if (r) {
-		strv_free(out, m);
-		return r;
-	}
-	*digests = out;
-	*n = m;
-	return 0;
+	return r;
 }

@@ -77,8 +77,8 @@ static void print_result(const struct fragment_info *info, const char *mountpoin
 	json_object_put(o);
 }
 
-static int commit(const char *mountpoint, const char *output, struct fragment_create_options *o,
-                  bool json)
+int cli_commit(const char *mountpoint, const char *output, struct fragment_create_options *o,
+               struct fragment_info *info)
 {
 	struct mosaic_error err = {0};
 	json_object *st;
@@ -108,21 +108,32 @@ static int commit(const char *mountpoint, const char *output, struct fragment_cr
 	struct store *s = NULL;
 	if (rc == EXIT_OK)
 		rc = cli_open_store(output, true, &s);
-	if (rc != EXIT_OK) {
-		json_object_put(st);
-		return rc;
-	}
-
-	struct fragment_info info = {0};
-	if (fragment_create(s, upper, o, &info, &err) < 0) {
+	if (rc == EXIT_OK && fragment_create(s, upper, o, info, &err) < 0)
 		rc = cli_fail(&err);
-	} else {
-		print_result(&info, real ? real : mountpoint, upper, mode, json);
-		fragment_info_clear(&info);
-	}
 	store_free(s);
 	json_object_put(st);
 	return rc;
+}
+
+static int commit(const char *mountpoint, const char *output, struct fragment_create_options *o,
+                  bool json)
+{
+	struct fragment_info info = {0};
+	int rc = cli_commit(mountpoint, output, o, &info);
+	if (rc != EXIT_OK)
+		return rc;
+	json_object *st;
+	struct mosaic_error err = {0};
+	if (fusefs_status(mountpoint, &st, &err) < 0) {
+		fragment_info_clear(&info);
+		return cli_fail(&err);
+	}
+	const char *real = status_string(st, "mountpoint");
+	print_result(&info, real ? real : mountpoint, status_string(st, "upper"),
+	             status_string(st, "mode"), json);
+	fragment_info_clear(&info);
+	json_object_put(st);
+	return EXIT_OK;
 }
 
 int cmd_commit(int argc, char **argv)

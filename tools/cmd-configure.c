@@ -4,29 +4,43 @@
 #include "fusefs/fusefs.h"
 #include "tools/chroot-run.h"
 #include "tools/cli.h"
+#include "tools/config-apply.h"
+#include "tools/configure-rpm.h"
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 
 static const char usage_configure[] =
-    "Usage: mosaic configure MOUNTPOINT [--step-timeout S]\n"
+    "Usage: mosaic configure MANIFEST [MOUNTPOINT] [OPTIONS]\n"
+    "       mosaic configure MOUNTPOINT [--manifest MANIFEST] [OPTIONS]\n"
     "\n"
-    "Configures the packages of a writable mosaic mount (mosaic mount ... --upper DIR) in a\n"
-    "chroot, in private mount and PID namespaces that carry /proc, /sys, /dev, /run and /tmp\n"
-    "and vanish afterwards. Debian: each unpacked package's preinst ('install') in dependency\n"
-    "order, then dpkg --configure -a with triggers deferred, the triggers once, and dpkg --audit.\n"
-    "Services are never started (usr/sbin/policy-rc.d says 101 for the run). Every change lands\n"
-    "in the upper; a second run on a configured mount changes nothing, and a run after a\n"
-    "failure carries on where that one stopped.\n"
+    "Configures a writable mosaic mount in a chroot, in private mount and PID namespaces that\n"
+    "carry /proc, /sys, /dev, /run and /tmp and vanish afterwards; every change lands in the\n"
+    "upper. Debian packages first: each unpacked package's preinst ('install') in dependency\n"
+    "order, then dpkg --configure -a with triggers deferred, the triggers once, and dpkg --audit,\n"
+    "with services kept from starting (usr/sbin/policy-rc.d says 101 for the run). Then, with a\n"
+    "MANIFEST, its config: (users and groups, hostname, timezone, locale, files, services,\n"
+    "kernel_cmdline) and its run: steps. A second run changes nothing; a run after a failure\n"
+    "carries on where that one stopped (docs/configure.md).\n"
     "\n"
-    "      --step-timeout S   kill a step (its whole process group) after S seconds and report\n"
-    "                         it (default 600; 0: no limit)\n"
-    "  -h, --help             show this help\n";
-
-enum { OPT_STEP_TIMEOUT = 256 };
+    "A MANIFEST that 'mosaic build' built is mounted first unless MOUNTPOINT is a mosaic mount\n"
+    "already (default MOUNTPOINT: roots/NAME/mnt beside its lock, upper roots/NAME/upper), and\n"
+    "stays mounted afterwards.\n"
+    "\n"
+    "      --manifest MANIFEST  the manifest whose config: and run: apply to MOUNTPOINT\n"
+    "  -s, --store STORE        mounting: the store fragments come from\n"
+    "      --keyring FILE       mounting: trusted public keys\n"
+    "      --lock FILE          mounting: the MANIFEST's lock (default: NAME.lock beside it)\n"
+    "      --upper DIR          mounting: the upper layer (default: roots/NAME/upper)\n"
+    "      --fact KEY=VALUE     a fact the manifest's layers are matched against (repeatable)\n"
+    "      --role ROLE          the same as --fact role=ROLE\n"
+    "      --step-timeout S     kill a step (its whole process group) after S seconds and\n"
+    "                           report it (default 600; 0: no limit)\n"
+    "  -h, --help               show this help\n";
 
 #define POLICY_RC_D "usr/sbin/policy-rc.d"
 /* The first line tells a policy-rc.d a killed run left behind from the system's own. */
@@ -206,7 +220,8 @@ struct plan {
 	char **env; /* NULL-terminated */
 	unsigned timeout;
 	bool bind_policy; /* the mount has its own policy-rc.d: cover it in the namespace only */
-	const char *failed_step;
+	bool policy;      /* services must be kept from starting: dpkg or run: steps have work */
+	struct config_plan *config;
 };
 
 static void strv_push(char ***v, size_t *n, char *s)
@@ -355,6 +370,11 @@ static char **script_env(const struct plan *plan, const struct pkg *p, const cha
 	          xasprintf("DPKG_RUNNING_VERSION=%s", dpkg && dpkg->version ? dpkg->version : ""));
 	strv_push(&env, &n, xstrdup("DPKG_ADMINDIR=/var/lib/dpkg"));
 	strv_push(&env, &n, xstrdup("DPKG_ROOT="));
+	/* dpkg runs a preinst from var/lib/dpkg/tmp.ci/, where debconf's frontend reads the
+	 * package's name from the control file; run from info/, it finds none and records the
+	 * package's questions as owned by "unknown". */
+	if (strcmp(script, "preinst") == 0)
+		strv_push(&env, &n, xasprintf("DEBCONF_PACKAGE=%s", p->name));
 	return env;
 }
 
@@ -375,8 +395,6 @@ static int bind_policy(const char *root)
 static int configure_debian(const char *root, void *data)
 {
 	struct plan *plan = data;
-	if (plan->bind_policy && bind_policy(root) != EXIT_OK)
-		return EXIT_FAIL;
 	for (size_t i = 0; i < plan->n_order; i++) {
 		const struct pkg *p = plan->order[i];
 		/* preinst ran for a package only when dpkg unpacked it; here nothing did. Debian
@@ -509,86 +527,269 @@ static int writable_mount(const char *mountpoint, char **root)
 	return rc;
 }
 
+/* The whole run in the namespace: the packages, then config: and run: chrooted. */
+static int configure_session(const char *root, void *data)
+{
+	struct plan *plan = data;
+	if (plan->bind_policy && bind_policy(root) != EXIT_OK)
+		return EXIT_FAIL;
+	if (plan->n_order && configure_debian(root, plan) != EXIT_OK)
+		return EXIT_FAIL;
+	if (configure_rpm_wanted(root) && configure_rpm(root, plan->env, plan->timeout) != EXIT_OK)
+		return EXIT_FAIL;
+	if (config_plan_empty(plan->config))
+		return EXIT_OK;
+	/* From here every path is the composition's own, so its absolute symlinks resolve inside
+	 * it, as they will when it boots. This process is the session's and ends with it. */
+	if (chroot(root) < 0 || chdir("/") < 0) {
+		fprintf(stderr, "mosaic: configure: chroot %s: %s\n", root, strerror(errno));
+		return EXIT_FAIL;
+	}
+	if (config_apply(plan->config, plan->env, plan->timeout) != EXIT_OK)
+		return EXIT_FAIL;
+	return config_run_steps(plan->config, plan->env, plan->timeout);
+}
+
+static void plan_clear(struct plan *plan)
+{
+	strv_freev(plan->env);
+	free(plan->order);
+	pkgs_free(plan->pkgs, plan->n);
+	config_plan_free(plan->config);
+}
+
 int configure_mount(const char *mountpoint, json_object *manifest, unsigned timeout)
 {
-	(void)manifest; /* config: and run: come next */
 	_cleanup_free_ char *root = NULL;
 	int rc = writable_mount(mountpoint, &root);
 	if (rc != EXIT_OK)
 		return rc;
-	_cleanup_free_ char *status = path_join(root, "var/lib/dpkg/status");
-	if (access(status, F_OK) < 0) {
-		fprintf(stderr,
-		        "mosaic: %s has no dpkg database (var/lib/dpkg/status): configure knows "
-		        "Debian compositions only so far\n",
-		        mountpoint);
-		return EXIT_USAGE;
-	}
 	struct mosaic_error err = {0};
 	struct plan plan = {.timeout = timeout};
-	if (read_status(status, &plan.pkgs, &plan.n, &err) < 0)
+	if (config_plan_new(manifest, &plan.config, &err) < 0)
 		return cli_fail(&err);
+	_cleanup_free_ char *status = path_join(root, "var/lib/dpkg/status");
+	bool dpkg = access(status, F_OK) == 0, rpm = configure_rpm_wanted(root);
+	if (!dpkg && !rpm) {
+		fprintf(
+		    stderr,
+		    "mosaic: %s has neither a dpkg database (var/lib/dpkg/status) nor an rpm "
+		    "database made by mosaic: configure knows Debian and RPM compositions only\n",
+		    mountpoint);
+		plan_clear(&plan);
+		return EXIT_USAGE;
+	}
+	if (dpkg && read_status(status, &plan.pkgs, &plan.n, &err) < 0) {
+		plan_clear(&plan);
+		return cli_fail(&err);
+	}
 	plan.order = xcalloc(plan.n + 1, sizeof(*plan.order));
 	for (size_t i = 0; i < plan.n; i++)
 		if (!pkg_installed(&plan.pkgs[i]))
 			place(plan.pkgs, plan.n, &plan.pkgs[i], plan.order, &plan.n_order);
-	if (plan.n_order == 0) {
+	bool more = rpm || !config_plan_empty(plan.config);
+	if (dpkg && plan.n_order == 0)
+		fprintf(stderr, "mosaic: configure: all %zu packages are configured%s\n", plan.n,
+		        more ? "" : "; nothing to do");
+	if (plan.n_order == 0 && !more) {
 		/* Nothing runs, so nothing in the upper changes: a second run is a no-op. */
-		fprintf(stderr,
-		        "mosaic: configure: all %zu packages are configured; nothing to do\n",
-		        plan.n);
-		free(plan.order);
-		pkgs_free(plan.pkgs, plan.n);
+		plan_clear(&plan);
 		return EXIT_OK;
 	}
-	fprintf(stderr, "mosaic: configure: %zu of %zu packages to configure in %s\n", plan.n_order,
-	        plan.n, root);
+	if (plan.n_order)
+		fprintf(stderr, "mosaic: configure: %zu of %zu packages to configure in %s\n",
+		        plan.n_order, plan.n, root);
 	plan.env = base_env(root);
+	/* config: starts nothing (systemctl works offline in a chroot); only package scripts and
+	 * run: steps might, and only then is policy-rc.d put in place, so that a run with nothing
+	 * left to do does not touch the upper. */
+	plan.policy = dpkg && (plan.n_order > 0 || config_run_pending(root, plan.config));
 	struct policy_file pf = {0};
-	rc = policy_prepare(root, &pf, &plan.bind_policy);
+	if (plan.policy)
+		rc = policy_prepare(root, &pf, &plan.bind_policy);
 	if (rc == EXIT_OK) {
-		int r = chroot_session(root, configure_debian, &plan, &err);
+		int r = chroot_session(root, configure_session, &plan, &err);
 		rc = r < 0 ? cli_fail(&err) : r;
 	}
 	int prc = policy_remove(&pf);
 	if (rc == EXIT_OK)
 		rc = prc;
-	if (rc == EXIT_OK)
+	if (rc == EXIT_OK && plan.n_order)
 		fprintf(stderr, "mosaic: configure: %zu packages configured\n", plan.n_order);
-	strv_freev(plan.env);
-	free(plan.order);
-	pkgs_free(plan.pkgs, plan.n);
+	plan_clear(&plan);
 	return rc;
 }
+
+/* Mounts manifest's composition at mnt with upper, as 'mosaic mount MANIFEST MNT --upper DIR'. */
+static int mount_manifest(const char *manifest, const char *mnt, const char *upper,
+                          const char *store, const char *keyring, const char *lock)
+{
+	_cleanup_free_ char *up = xstrdup(upper);
+	int r = mkdir_p(mnt, 0755);
+	if (r == 0)
+		r = mkdir_p(dirname(up), 0755);
+	if (r < 0) {
+		fprintf(stderr, "mosaic: configure: making %s: %s\n", mnt, strerror(-r));
+		return EXIT_FAIL;
+	}
+	struct fusefs_options fo = {
+	    .mountpoint = mnt, .upper = upper, .writable = FUSEFS_WRITABLE_AUTO};
+	char *args[] = {(char *)manifest};
+	return cli_mount(args, 1, store, keyring, lock, &fo, NULL);
+}
+
+static bool is_manifest(const char *path)
+{
+	size_t l = strlen(path);
+	return (l > 5 && strcmp(path + l - 5, ".yaml") == 0) ||
+	       (l > 4 && strcmp(path + l - 4, ".yml") == 0);
+}
+
+static bool mosaic_mounted(const char *mountpoint)
+{
+	json_object *st;
+	if (fusefs_status(mountpoint, &st, NULL) < 0)
+		return false;
+	json_object_put(st);
+	return true;
+}
+
+struct configure_opts {
+	const char *manifest, *mountpoint, *store, *keyring, *lock, *upper;
+	json_object *facts;
+	unsigned timeout;
+};
+
+static int configure_manifest(struct configure_opts *o)
+{
+	json_object *model = NULL;
+	int rc = cli_manifest_load(o->manifest, o->facts, &model);
+	if (rc)
+		return rc;
+	_cleanup_free_ char *lock = o->lock ? xstrdup(o->lock) : cli_lock_path(o->manifest, model);
+	_cleanup_free_ char *lock_dir = xstrdup(lock);
+	_cleanup_free_ char *abs_dir = realpath(dirname(lock_dir), NULL);
+	/* Beside the lock, under the manifest's name: a mount of its own per manifest. */
+	_cleanup_free_ char *base =
+	    xasprintf("%s/roots/%s", abs_dir ? abs_dir : lock_dir,
+	              json_object_get_string(json_object_object_get(model, "name")));
+	_cleanup_free_ char *mnt = o->mountpoint ? xstrdup(o->mountpoint) : path_join(base, "mnt");
+	_cleanup_free_ char *upper = o->upper ? xstrdup(o->upper) : path_join(base, "upper");
+	bool mounted_here = false;
+	if (!mosaic_mounted(mnt)) {
+		rc = mount_manifest(o->manifest, mnt, upper, o->store, o->keyring, o->lock);
+		mounted_here = rc == EXIT_OK;
+	} else if (o->upper) {
+		rc = cli_usage(usage_configure,
+		               "%s is mounted already: --upper is for a mount that "
+		               "configure makes",
+		               mnt);
+	}
+	if (rc == EXIT_OK)
+		rc = configure_mount(mnt, model, o->timeout);
+	if (mounted_here)
+		fprintf(stderr,
+		        "mosaic: configure: %s stays mounted (upper %s); 'mosaic umount %s' when "
+		        "done\n",
+		        mnt, upper, mnt);
+	json_object_put(model);
+	return rc;
+}
+
+enum {
+	OPT_STEP_TIMEOUT = 256,
+	OPT_MANIFEST,
+	OPT_KEYRING,
+	OPT_LOCK,
+	OPT_UPPER,
+	OPT_FACT,
+	OPT_ROLE,
+};
 
 int cmd_configure(int argc, char **argv)
 {
 	static const struct option opts[] = {
 	    {"step-timeout", required_argument, NULL, OPT_STEP_TIMEOUT},
+	    {"manifest", required_argument, NULL, OPT_MANIFEST},
+	    {"store", required_argument, NULL, 's'},
+	    {"keyring", required_argument, NULL, OPT_KEYRING},
+	    {"lock", required_argument, NULL, OPT_LOCK},
+	    {"upper", required_argument, NULL, OPT_UPPER},
+	    {"fact", required_argument, NULL, OPT_FACT},
+	    {"role", required_argument, NULL, OPT_ROLE},
 	    {"help", no_argument, NULL, 'h'},
 	    {}};
-	unsigned timeout = 600;
-	int c;
+	struct configure_opts o = {.timeout = 600, .facts = json_object_new_object()};
+	int c, r = -1;
 	char *end;
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+	while (r < 0 && (c = getopt_long(argc, argv, "s:h", opts, NULL)) != -1) {
 		switch (c) {
 		case OPT_STEP_TIMEOUT: {
 			errno = 0;
 			unsigned long v = strtoul(optarg, &end, 10);
 			if (!*optarg || *end || errno || v > 7 * 24 * 3600 || optarg[0] == '-')
-				return cli_usage(usage_configure, "bad --step-timeout '%s'",
-				                 optarg);
-			timeout = (unsigned)v;
+				r = cli_usage(usage_configure, "bad --step-timeout '%s'", optarg);
+			o.timeout = (unsigned)v;
+			break;
+		}
+		case OPT_MANIFEST:
+			o.manifest = optarg;
+			break;
+		case 's':
+			o.store = optarg;
+			break;
+		case OPT_KEYRING:
+			o.keyring = optarg;
+			break;
+		case OPT_LOCK:
+			o.lock = optarg;
+			break;
+		case OPT_UPPER:
+			o.upper = optarg;
+			break;
+		case OPT_FACT:
+			if (cli_fact_add(o.facts, optarg) < 0)
+				r = cli_usage(usage_configure, "--fact takes KEY=VALUE, not '%s'",
+				              optarg);
+			break;
+		case OPT_ROLE: {
+			_cleanup_free_ char *kv = xasprintf("role=%s", optarg);
+			cli_fact_add(o.facts, kv);
 			break;
 		}
 		case 'h':
 			fputs(usage_configure, stdout);
-			return EXIT_OK;
+			r = EXIT_OK;
+			break;
 		default:
-			return cli_usage(usage_configure, "unknown option '%s'", argv[optind - 1]);
+			r = cli_usage(usage_configure, "unknown option '%s'", argv[optind - 1]);
 		}
 	}
-	if (optind + 1 != argc)
-		return cli_usage(usage_configure, "give exactly one MOUNTPOINT");
-	return configure_mount(argv[optind], NULL, timeout);
+	int n = argc - optind;
+	char **ops = argv + optind;
+	if (r < 0 && (n < 1 || n > 2))
+		r = cli_usage(usage_configure, "give MANIFEST [MOUNTPOINT], or MOUNTPOINT");
+	if (r < 0 && is_manifest(ops[0])) {
+		if (o.manifest)
+			r = cli_usage(usage_configure,
+			              "give the manifest once: as the first operand "
+			              "or with --manifest");
+		o.manifest = ops[0];
+		o.mountpoint = n == 2 ? ops[1] : NULL;
+	} else if (r < 0) {
+		if (n == 2)
+			r = cli_usage(usage_configure,
+			              "'%s' is not a manifest (NAME.yaml): give "
+			              "MANIFEST [MOUNTPOINT], or MOUNTPOINT",
+			              ops[0]);
+		o.mountpoint = ops[0];
+	}
+	if (r < 0 && !o.manifest && (o.store || o.keyring || o.lock || o.upper))
+		r = cli_usage(usage_configure, "--store, --keyring, --lock and --upper are for "
+		                               "mounting a MANIFEST");
+	if (r < 0)
+		r = o.manifest ? configure_manifest(&o)
+		               : configure_mount(o.mountpoint, NULL, o.timeout);
+	json_object_put(o.facts);
+	return r;
 }

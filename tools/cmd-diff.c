@@ -71,52 +71,6 @@ static json_object *what_json(unsigned what)
 	return a;
 }
 
-/* A mount as diff and origin need it: its index, its fragment images in index order, its
- * upper (NULL for a read-only mount). */
-struct mounted {
-	json_object *state;
-	struct compose_index *idx;
-	char **images;
-	size_t n_images;
-	const char *upper; /* borrowed from state */
-};
-
-static void mounted_clear(struct mounted *m)
-{
-	compose_index_close(m->idx);
-	strv_free(m->images, m->n_images);
-	json_object_put(m->state);
-}
-
-static int mounted_open(const char *mountpoint, struct mounted *m)
-{
-	struct mosaic_error err = {0};
-	if (fusefs_status(mountpoint, &m->state, &err) < 0)
-		return cli_fail(&err);
-	json_object *v, *frags;
-	if (!json_object_object_get_ex(m->state, "index", &v) || !v ||
-	    !json_object_object_get_ex(m->state, "fragments", &frags) ||
-	    !json_object_is_type(frags, json_type_array)) {
-		fprintf(stderr, "mosaic: the state of %s names no index or fragments; remount it\n",
-		        mountpoint);
-		return EXIT_FAIL;
-	}
-	if (compose_index_open(json_object_get_string(v), &m->idx, &err) < 0)
-		return cli_fail(&err);
-	m->n_images = json_object_array_length(frags);
-	if (m->n_images != compose_index_fragments(m->idx)) {
-		fprintf(stderr, "mosaic: %s: the index has %u fragments, the state names %zu\n",
-		        mountpoint, compose_index_fragments(m->idx), m->n_images);
-		return EXIT_FAIL;
-	}
-	m->images = xcalloc(m->n_images ? m->n_images : 1, sizeof(*m->images));
-	for (size_t i = 0; i < m->n_images; i++)
-		m->images[i] = xstrdup(json_object_get_string(json_object_array_get_idx(frags, i)));
-	if (json_object_object_get_ex(m->state, "upper", &v) && v)
-		m->upper = json_object_get_string(v);
-	return 0;
-}
-
 int cmd_diff(int argc, char **argv)
 {
 	bool json = false, all = false;
@@ -124,8 +78,8 @@ int cmd_diff(int argc, char **argv)
 	int r = cli_flags(argc, argv, usage_diff, flags, 1, "exactly one MOUNTPOINT");
 	if (r >= 0)
 		return r;
-	_cleanup_(mounted_clear) struct mounted m = {0};
-	r = mounted_open(argv[optind], &m);
+	_cleanup_(cli_mounted_clear) struct cli_mounted m = {0};
+	r = cli_mounted_open(argv[optind], &m);
 	if (r)
 		return r;
 	struct compose_diff_entry *v = NULL;
@@ -208,8 +162,8 @@ int cmd_origin(int argc, char **argv)
 	int r = cli_flags(argc, argv, usage_origin, flags, 2, "a MOUNTPOINT and a PATH");
 	if (r >= 0)
 		return r;
-	_cleanup_(mounted_clear) struct mounted m = {0};
-	r = mounted_open(argv[optind], &m);
+	_cleanup_(cli_mounted_clear) struct cli_mounted m = {0};
+	r = cli_mounted_open(argv[optind], &m);
 	if (r)
 		return r;
 	struct mosaic_error err = {0};

@@ -62,6 +62,119 @@ static bool is_index(const char *path)
 	return yes;
 }
 
+int cli_inputs_index(const struct cli_inputs *ci, char **index_path)
+{
+	struct mosaic_error err = {0};
+	char *cached = compose_index_cache_path(ci->in, ci->n);
+	if (access(cached, R_OK) < 0) {
+		_cleanup_free_ char *dir = xstrndup(cached, strrchr(cached, '/') - cached);
+		mkdir_p(dir, 0755);
+		if (compose_index_build(ci->in, ci->n, false, cached, NULL, &err) < 0) {
+			free(cached);
+			return cli_fail(&err);
+		}
+	}
+	*index_path = cached;
+	return 0;
+}
+
+int cli_mount(char **args, size_t n_args, const char *store, const char *keyring_path,
+              const char *lock, struct fusefs_options *o_in, enum fusefs_writable *picked_out)
+{
+	struct fusefs_options o = *o_in;
+	char **digests = NULL;
+	size_t n_digests = 0;
+	if (n_args == 1 && is_manifest(args[0])) {
+		int r = cli_manifest_fragments(args[0], lock, &digests, &n_digests);
+		if (r)
+			return r;
+		args = digests;
+		n_args = n_digests;
+	}
+
+	_cleanup_free_ char *work = NULL, *cached_index = NULL;
+	if (o.upper && !o.work) {
+		_cleanup_free_ char *a = xstrdup(o.upper), *b = xstrdup(o.upper);
+		work = xasprintf("%s/.%s.work", dirname(a), basename(b));
+		o.work = work;
+	}
+	struct keyring *k = NULL;
+	struct cli_inputs ci = {0};
+	char **images = NULL;
+	size_t n_images = 0;
+	int r = cli_open_keyring(keyring_path, &k);
+	if (r)
+		goto out;
+	o.keyring = k;
+
+	struct mosaic_error err = {0};
+	if (n_args == 1 && is_index(args[0])) {
+		struct compose_index *idx;
+		struct store *s;
+		if (compose_index_open(args[0], &idx, &err) < 0) {
+			r = cli_fail(&err);
+			goto out;
+		}
+		if ((r = cli_open_store(store, false, &s))) {
+			compose_index_close(idx);
+			goto out;
+		}
+		n_images = compose_index_fragments(idx);
+		images = xcalloc(n_images ? n_images : 1, sizeof(*images));
+		for (size_t i = 0; i < n_images; i++) {
+			char dg[65];
+			compose_index_fragment_digest(idx, i, dg);
+			images[i] = store_object_path(s, dg, ".sqfs");
+		}
+		store_free(s);
+		compose_index_close(idx);
+		o.index_path = args[0];
+	} else {
+		if ((r = cli_resolve_inputs(args, n_args, store, keyring_path, &ci)))
+			goto out;
+		if ((r = cli_inputs_index(&ci, &cached_index)))
+			goto out;
+		o.index_path = cached_index;
+		n_images = ci.n;
+		images = xcalloc(n_images ? n_images : 1, sizeof(*images));
+		for (size_t i = 0; i < n_images; i++)
+			images[i] = xstrdup(ci.in[i].image_path);
+	}
+	o.images = images;
+	o.n_images = n_images;
+	enum fusefs_writable picked;
+	if (fusefs_mount(&o, &picked, &err) < 0) {
+		r = cli_fail(&err);
+		goto out;
+	}
+	if (picked_out)
+		*picked_out = picked;
+	else if (!o.foreground) {
+		if (picked == FUSEFS_READ_ONLY)
+			printf("mounted %s read-only (%zu fragments)\n", o.mountpoint, n_images);
+		else
+			printf("mounted %s writable with %s (upper %s, %zu fragments)\n",
+			       o.mountpoint,
+			       picked == FUSEFS_WRITABLE_OVERLAY ? "kernel overlayfs over the view"
+			                                         : "the daemon's own copy-up",
+			       o.upper, n_images);
+		json_object *st, *fb;
+		struct mosaic_error ignored = {0};
+		if (picked == FUSEFS_WRITABLE_FUSE && fusefs_status(o.mountpoint, &st, &ignored) == 0) {
+			if (json_object_object_get_ex(st, "fallback", &fb) && fb)
+				printf("(kernel overlayfs was refused: %s)\n", json_object_get_string(fb));
+			json_object_put(st);
+		}
+	}
+	r = EXIT_OK;
+out:
+	strv_free(images, n_images);
+	strv_free(digests, n_digests);
+	cli_inputs_free(&ci);
+	keyring_free(k);
+	return r;
+}
+
 int cmd_mount(int argc, char **argv)
 {
 	static const struct option opts[] = {{"store", required_argument, NULL, 's'},
@@ -128,103 +241,43 @@ int cmd_mount(int argc, char **argv)
 	char **args = argv + optind;
 	size_t n_args = argc - optind - 1;
 
-	char **digests = NULL;
-	size_t n_digests = 0;
-	if (n_args == 1 && is_manifest(args[0])) {
-		int r = cli_manifest_fragments(args[0], lock, &digests, &n_digests);
-		if (r)
-			return r;
-		args = digests;
-		n_args = n_digests;
-	}
+	return cli_mount(args, n_args, store, keyring_path, lock, &o, NULL);
+}
 
-	_cleanup_free_ char *work = NULL, *cached_index = NULL;
-	if (o.upper && !o.work) {
-		_cleanup_free_ char *a = xstrdup(o.upper), *b = xstrdup(o.upper);
-		work = xasprintf("%s/.%s.work", dirname(a), basename(b));
-		o.work = work;
-	}
-	struct keyring *k = NULL;
-	struct cli_inputs ci = {0};
-	char **images = NULL;
-	size_t n_images = 0;
-	int r = cli_open_keyring(keyring_path, &k);
-	if (r)
-		goto out;
-	o.keyring = k;
+void cli_mounted_clear(struct cli_mounted *m)
+{
+	compose_index_close(m->idx);
+	strv_free(m->images, m->n_images);
+	json_object_put(m->state);
+}
 
+int cli_mounted_open(const char *mountpoint, struct cli_mounted *m)
+{
 	struct mosaic_error err = {0};
-	if (n_args == 1 && is_index(args[0])) {
-		struct compose_index *idx;
-		struct store *s;
-		if (compose_index_open(args[0], &idx, &err) < 0) {
-			r = cli_fail(&err);
-			goto out;
-		}
-		if ((r = cli_open_store(store, false, &s))) {
-			compose_index_close(idx);
-			goto out;
-		}
-		n_images = compose_index_fragments(idx);
-		images = xcalloc(n_images ? n_images : 1, sizeof(*images));
-		for (size_t i = 0; i < n_images; i++) {
-			char dg[65];
-			compose_index_fragment_digest(idx, i, dg);
-			images[i] = store_object_path(s, dg, ".sqfs");
-		}
-		store_free(s);
-		compose_index_close(idx);
-		o.index_path = args[0];
-	} else {
-		if ((r = cli_resolve_inputs(args, n_args, store, keyring_path, &ci)))
-			goto out;
-		cached_index = compose_index_cache_path(ci.in, ci.n);
-		if (access(cached_index, R_OK) < 0) {
-			_cleanup_free_ char *dir =
-			    xstrndup(cached_index, strrchr(cached_index, '/') - cached_index);
-			mkdir_p(dir, 0755);
-			if (compose_index_build(ci.in, ci.n, false, cached_index, NULL, &err) < 0) {
-				r = cli_fail(&err);
-				goto out;
-			}
-		}
-		o.index_path = cached_index;
-		n_images = ci.n;
-		images = xcalloc(n_images ? n_images : 1, sizeof(*images));
-		for (size_t i = 0; i < n_images; i++)
-			images[i] = xstrdup(ci.in[i].image_path);
+	if (fusefs_status(mountpoint, &m->state, &err) < 0)
+		return cli_fail(&err);
+	json_object *v, *frags;
+	if (!json_object_object_get_ex(m->state, "index", &v) || !v ||
+	    !json_object_object_get_ex(m->state, "fragments", &frags) ||
+	    !json_object_is_type(frags, json_type_array)) {
+		fprintf(stderr, "mosaic: the state of %s names no index or fragments; remount it\n",
+		        mountpoint);
+		return EXIT_FAIL;
 	}
-	o.images = images;
-	o.n_images = n_images;
-	enum fusefs_writable picked;
-	if (fusefs_mount(&o, &picked, &err) < 0) {
-		r = cli_fail(&err);
-		goto out;
+	if (compose_index_open(json_object_get_string(v), &m->idx, &err) < 0)
+		return cli_fail(&err);
+	m->n_images = json_object_array_length(frags);
+	if (m->n_images != compose_index_fragments(m->idx)) {
+		fprintf(stderr, "mosaic: %s: the index has %u fragments, the state names %zu\n",
+		        mountpoint, compose_index_fragments(m->idx), m->n_images);
+		return EXIT_FAIL;
 	}
-	if (!o.foreground) {
-		if (picked == FUSEFS_READ_ONLY)
-			printf("mounted %s read-only (%zu fragments)\n", o.mountpoint, n_images);
-		else
-			printf("mounted %s writable with %s (upper %s, %zu fragments)\n",
-			       o.mountpoint,
-			       picked == FUSEFS_WRITABLE_OVERLAY ? "kernel overlayfs over the view"
-			                                         : "the daemon's own copy-up",
-			       o.upper, n_images);
-		json_object *st, *fb;
-		struct mosaic_error ignored = {0};
-		if (picked == FUSEFS_WRITABLE_FUSE && fusefs_status(o.mountpoint, &st, &ignored) == 0) {
-			if (json_object_object_get_ex(st, "fallback", &fb) && fb)
-				printf("(kernel overlayfs was refused: %s)\n", json_object_get_string(fb));
-			json_object_put(st);
-		}
-	}
-	r = EXIT_OK;
-out:
-	strv_free(images, n_images);
-	strv_free(digests, n_digests);
-	cli_inputs_free(&ci);
-	keyring_free(k);
-	return r;
+	m->images = xcalloc(m->n_images ? m->n_images : 1, sizeof(*m->images));
+	for (size_t i = 0; i < m->n_images; i++)
+		m->images[i] = xstrdup(json_object_get_string(json_object_array_get_idx(frags, i)));
+	if (json_object_object_get_ex(m->state, "upper", &v) && v)
+		m->upper = json_object_get_string(v);
+	return 0;
 }
 
 int cmd_umount(int argc, char **argv)

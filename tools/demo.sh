@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The main job on the default example: build manifests/examples/debian-minimal.yaml from the
 # Debian archive the host's apt sources name (resolve with libsolv, download and verify every
-# package, one signed fragment each), mount the result, run a command inside it with chroot,
-# and unmount. Run as root on Debian bookworm.
+# package, one signed fragment each, then configure the packages in a chroot on the live mount
+# and freeze that into a signed config fragment), mount the configured system, run commands
+# inside it with chroot, and unmount. Run as root on Debian bookworm.
 # State lives in $MOSAIC_DEMO_DIR (default /var/lib/mosaic-demo): a demo signing key, the
 # keyring that trusts it, the lock, the store and mosaic's download cache. A second run
-# downloads nothing and makes no fragment.
+# downloads nothing, makes no fragment and runs no package script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,10 +31,12 @@ gpg --export "$key" >"$work/keyring.gpg"
 
 echo "== the manifest ($manifest, merged with its include)"
 "$mosaic" manifest show "$manifest"
-echo "== building it from the host's apt sources"
-"$mosaic" build "$manifest" --lock "$work/debian-minimal.lock" -s "$work/store" --sign "$key"
+echo "== building and configuring it from the host's apt sources"
+"$mosaic" build "$manifest" --lock "$work/debian-minimal.lock" -s "$work/store" --sign "$key" \
+	--keyring "$work/keyring.gpg" >"$work/build.log"
+tail -n 8 "$work/build.log"
 
-echo "== mounting it (read-only, nothing unpacked)"
+echo "== mounting it (read-only, nothing unpacked, configured)"
 mnt=$work/mnt
 mkdir -p "$mnt"
 "$mosaic" mount "$manifest" "$mnt" --lock "$work/debian-minimal.lock" -s "$work/store" \
@@ -41,8 +44,8 @@ mkdir -p "$mnt"
 trap '"$mosaic" umount "$mnt" 2>/dev/null || true; gpgconf --kill all >/dev/null 2>&1 || true' EXIT
 echo "fragments: $(ls "$work"/store/sha256/*/*.sqfs | wc -l) in the store, fragment opens after mounting: $("$mosaic" status "$mnt" --json | sed -n 's/.*"fragment_opens": *\([0-9]*\).*/\1/p')"
 echo "== inside, with chroot"
-chroot "$mnt" /bin/bash -c '. /etc/os-release; echo "$PRETTY_NAME: $(ls /usr/bin | wc -l) programs in /usr/bin, $(ls /var/lib/dpkg/info/*.list | wc -l) packages unpacked"; /usr/bin/apt-get --version | head -1'
-echo "fragment opens after running bash and apt-get from it: $("$mosaic" status "$mnt" --json | sed -n 's/.*"fragment_opens": *\([0-9]*\).*/\1/p')"
+chroot "$mnt" /bin/bash -c '. /etc/os-release; echo "$PRETTY_NAME: $(ls /usr/bin | wc -l) programs in /usr/bin, $(dpkg-query -W -f "\${db:Status-Abbrev}\n" | grep -c "^ii") of $(dpkg-query -W | wc -l) packages installed (dpkg: ii)"; /usr/bin/apt-get --version | head -1'
+echo "fragment opens after running bash, dpkg-query and apt-get from it: $("$mosaic" status "$mnt" --json | sed -n 's/.*"fragment_opens": *\([0-9]*\).*/\1/p')"
 "$mosaic" umount "$mnt"
 trap 'gpgconf --kill all >/dev/null 2>&1 || true' EXIT
 echo "== unmounted"

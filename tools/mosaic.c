@@ -24,6 +24,8 @@ static const char usage[] =
   "  commit DIR -o STORE              freeze a mount's upper into a signed config fragment\n"
     "  diff DIR                         list what the upper adds, modifies and deletes\n"
     "  origin DIR PATH                  which fragment and package PATH comes from\n"
+    "  export (MANIFEST|INDEX|DIR) --format tar -o OUT\n"
+    "                                   write the view as an image, with an SPDX SBOM\n"
     "\n"
     "Options:\n"
     "  -h, --help      show this help (every command has its own --help)\n"
@@ -148,6 +150,8 @@ int main(int argc, char **argv)
 		return cmd_commit(argc - 1, argv + 1);
 	if (strcmp(cmd, "configure") == 0)
 		return cmd_configure(argc - 1, argv + 1);
+	if (strcmp(cmd, "export") == 0)
+		return cmd_export(argc - 1, argv + 1);
 	if (strcmp(cmd, "compose") == 0)
 		return cmd_compose(argc - 1, argv + 1);
 	if (strcmp(cmd, "mount") == 0)

@@ -12,7 +12,7 @@ packages=(
 	# build
 	meson ninja-build pkg-config gcc clang libclang-rt-14-dev clang-format
 	libfuse3-dev libsquashfuse-dev libsquashfs-dev libarchive-dev libjson-c-dev
-	libgpgme-dev libyaml-dev libsolv-dev libsolvext-dev librpm-dev libcurl4-openssl-dev
+	libgpgme-dev libyaml-dev libsolv-dev libsolvext-dev librpm-dev libsqlite3-dev libcurl4-openssl-dev
 	libzstd-dev libfdisk-dev libext2fs-dev
 	# run
 	fuse3 gnupg
@@ -21,7 +21,7 @@ packages=(
 	util-linux kmod e2fsprogs runc xz-utils zstd bzip2 gzip
 	createrepo-c apt-utils
 	# benchmark
-	hyperfine fuse-overlayfs debootstrap
+	hyperfine fuse-overlayfs debootstrap mmdebstrap
 )
 
 export DEBIAN_FRONTEND=noninteractive

@@ -216,6 +216,89 @@ def minbase_debs():
     return debs
 
 
+# ---- debootstrap of exactly a lock's packages ----------------------------------------------------
+
+def _stanzas(text):
+    for block in re.split(r"\n\n+", text):
+        if block.strip():
+            yield block.strip("\n") + "\n"
+
+
+def _field(stanza, name):
+    m = re.search(rf"^{name}:[ \t]*(.*)$", stanza, re.M | re.I)
+    return m.group(1).strip() if m else None
+
+
+def archive_stanzas(metadata_dir, sha256s):
+    """{sha256: the archive's own Packages stanza} for the .debs of those checksums, from the
+    Packages indexes mosaic cached (metadata_dir/sha256/*.xz, *.gz or plain): the Priority,
+    Essential and Filename debootstrap decides with are the archive's, not the .deb's."""
+    import gzip
+    import lzma
+    want, found = set(sha256s), {}
+    for path in sorted(Path(metadata_dir).glob("sha256/*")):
+        opener = {".xz": lzma.open, ".gz": gzip.open}.get(path.suffix, open)
+        try:
+            with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except (OSError, EOFError, lzma.LZMAError):
+            continue
+        if "\nSHA256: " not in text:
+            continue
+        for st in _stanzas(text):
+            h = _field(st, "SHA256")
+            if h in want and h not in found:
+                found[h] = st
+    return found
+
+
+def local_archive(root, lock, mosaic_cache, key, suite):
+    """A Debian archive under root that holds exactly the lock's packages (the same .debs,
+    from mosaic's package cache, at the archive's own pool paths) with the archive's Packages
+    stanzas and a Release signed by key (a repos.Key), so that debootstrap installs the same
+    bytes that mosaic composed. The host's sources keep -security on another URI, and
+    debootstrap takes one mirror: from the host's mirror it would install older versions of
+    every package that has a security update. Returns root."""
+    import repos
+    root = Path(root)
+    pkgs = lock["packages"]
+    stanzas = archive_stanzas(Path(mosaic_cache) / "metadata", [p["sha256"] for p in pkgs])
+    missing = [p["name"] for p in pkgs if p["sha256"] not in stanzas]
+    if missing:
+        raise Unavailable(f"no Packages stanza cached for {' '.join(missing[:10])}")
+    comp = "main"
+    for p in pkgs:
+        deb = Path(mosaic_cache) / "packages" / "sha256" / f"{p['sha256']}.deb"
+        dst = root / _field(stanzas[p["sha256"]], "Filename")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            try:
+                os.link(deb, dst)
+            except OSError:
+                shutil.copyfile(deb, dst)
+    dists = root / "dists" / suite
+    index = dists / comp / f"binary-{lock['arch']}"
+    index.mkdir(parents=True, exist_ok=True)
+    # Each stanza ends with a blank line: debootstrap's pkgdetails drops a last one without.
+    (index / "Packages").write_text("".join(stanzas[p["sha256"]] + "\n" for p in pkgs))
+    fields = {"Origin": "Debian", "Label": "Debian", "Suite": suite, "Codename": suite,
+              "Date": repos.RELEASE_DATE, "Architectures": lock["arch"], "Components": comp}
+    opts = [x for k, v in fields.items() for x in ("-o", f"APT::FTPArchive::Release::{k}={v}")]
+    release = subprocess.run(["apt-ftparchive", *opts, "release", "."], cwd=dists,
+                             capture_output=True, check=True).stdout
+    (dists / "Release").write_bytes(release)
+    key.clearsign(dists / "Release", dists / "InRelease")
+    key.detach_sign(dists / "Release", dists / "Release.gpg")
+    return root
+
+
+def debootstrap(target, suite, mirror, keyring, arch, extra=()):
+    """debootstrap --variant=minbase SUITE TARGET MIRROR; returns the CompletedProcess."""
+    return subprocess.run(["debootstrap", "--variant=minbase", f"--arch={arch}",
+                           f"--keyring={keyring}", *extra, suite, str(target), str(mirror)],
+                          capture_output=True, text=True)
+
+
 if __name__ == "__main__":
     for deb in minbase_debs():
         print(deb)

@@ -326,6 +326,13 @@ class RpmPkg:
     # path -> contents; None ships /usr/share/<name>/marker holding "<name> <version>\n".
     files: Optional[dict] = None
     epoch: Optional[int] = None
+    # For mosaic configure's RPM half (test_configure_rpm.py); all empty by default.
+    # Scriptlets: "pretrans", "pre", "post", "posttrans" -> body, or (interpreter, body).
+    scripts: dict = field(default_factory=dict)
+    # path -> symlink target, shipped beside files.
+    links: dict = field(default_factory=dict)
+    # path -> what %files puts before it: "%config(noreplace)", "%attr(0750,root,root)", ...
+    file_attrs: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.files is None:
@@ -350,10 +357,14 @@ class RpmPkg:
         dirs = sorted({str(Path(p).parent) for p in self.files
                        if Path(p).parent.name == self.name})
         lines += ["", "%description", "Built by tests/integration/repos.py for the resolver "
-                  "tests.", "", "%install", f"cp -a '{source_dir}/.' %{{buildroot}}/", "",
-                  "%files", "%defattr(-,root,root,-)"]
+                  "tests.", "", "%install", f"cp -a '{source_dir}/.' %{{buildroot}}/", ""]
+        for stage, script in self.scripts.items():
+            prog, body = script if isinstance(script, tuple) else (None, script)
+            lines += [f"%{stage}" + (f" -p {prog}" if prog else ""), body.rstrip("\n"), ""]
+        lines += ["%files", "%defattr(-,root,root,-)"]
         lines += [f"%dir {d}" for d in dirs]
-        lines += [f'"{p}"' for p in sorted(self.files)]
+        lines += [(f"{self.file_attrs[p]} " if p in self.file_attrs else "") + f'"{p}"'
+                  for p in sorted({**self.files, **self.links})]
         return "\n".join(lines) + "\n"
 
 
@@ -363,6 +374,9 @@ def build_rpm(pkg, out_dir, work_dir):
     src = work / "src"
     src.mkdir(parents=True)
     _tree(src, pkg.files)
+    for path, target in pkg.links.items():
+        (src / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, src / path.lstrip("/"))
     _clamp_times(src)
     spec = work / f"{pkg.name}.spec"
     spec.write_text(pkg.spec(src))
@@ -491,6 +505,37 @@ SCENARIO_RPM = [
     RpmPkg("rbroken", "1.0", requires=["nothing-provides-this"]),
     RpmPkg("rrec", "1.0", recommends=["rrec-extra"]),
     RpmPkg("rrec-extra", "1.0"),
+]
+
+
+# Scriptlets for mosaic configure (tests/integration/test_configure_rpm.py): each leaves a line
+# in /var/lib/rscript/log; rscript-app's %post (bash, via -p) fails unless rscript-base's %post
+# ran before it; rscript-fail's %post fails until /etc/rscript-fail.ok exists. Their files
+# cover what rpm -V checks: content, modes (%attr), a symlink, a %config file, a directory.
+_RLOG = "/var/lib/rscript/log"
+SCENARIO_RPM_SCRIPTS = [
+    RpmPkg("rscript-base", "1.0",
+           files={"/usr/share/rscript-base/marker": "rscript-base 1.0\n",
+                  "/usr/bin/rscript-base": "#!/bin/sh\necho rscript-base\n",
+                  "/usr/libexec/rscript-base/helper": "#!/bin/sh\nexit 0\n",
+                  "/etc/rscript-base.conf": "setting = 1\n"},
+           links={"/usr/share/rscript-base/link": "marker"},
+           file_attrs={"/usr/libexec/rscript-base/helper": "%attr(0750,root,root)",
+                       "/etc/rscript-base.conf": "%config(noreplace)"},
+           scripts={"pre": f"mkdir -p /var/lib/rscript\necho \"base pre $1\" >> {_RLOG}\n",
+                    "post": f"echo \"base post $1\" >> {_RLOG}\n"}),
+    RpmPkg("rscript-app", "1.0", requires=["rscript-base"],
+           scripts={"pre": f"echo \"app pre $1\" >> {_RLOG}\n",
+                    "post": ("/bin/bash",
+                             f"[[ -n $BASH_VERSION ]] || exit 5\n"
+                             f"grep -qx 'base post 1' {_RLOG} || "
+                             "{ echo \"rscript-app: base's %post has not run\" >&2; exit 6; }\n"
+                             f"echo \"app post $1 bash\" >> {_RLOG}\n"
+                             "echo 'rscript-app: configured'\n")}),
+    RpmPkg("rscript-fail", "1.0",
+           scripts={"post": "if [ ! -e /etc/rscript-fail.ok ]; then\n"
+                            "  echo 'rscript-fail: broken' >&2; exit 4\nfi\n"
+                            f"echo \"fail post $1\" >> {_RLOG}\n"}),
 ]
 
 

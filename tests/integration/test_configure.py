@@ -10,6 +10,8 @@ script-fail, script-slow). Slow: the first run downloads the required set."""
 
 import json
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -22,11 +24,6 @@ from test_build import deb_repo
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_mount_leftovers")]
 
 SUITE = "bookworm"
-# TODO(merged-/usr): until compositions are merged-/usr (manifest key merged_usr), bookworm's
-# usr-is-merged preinst refuses the system unless this file says so (its own escape hatch for
-# buildds). Drop it, and build with merged_usr, once that lands.
-SKIP_USRMERGE = ("etc/unsupported-skip-usrmerge-conversion",
-                 "this system will not be supported in the future\n")
 NAMESPACE_MOUNTS = ("proc", "sys", "dev", "dev/pts", "run", "tmp")
 
 
@@ -36,7 +33,7 @@ def manifest(path, repos, packages):
                       "    components: [main]"])
     pk = "".join(f"\n  - {p}" for p in packages)
     path.write_text(f"name: {path.stem}\narch: amd64\nrepositories:\n{host}\n{deb_repo(repos)}\n"
-                    f"base:\n  set: required\nrecommends: false\npackages:{pk}\n"
+                    f"base:\n  set: required\nrecommends: false\nmerged_usr: true\npackages:{pk}\n"
                     # The test repository's own required set has no md5sums (dpkg --audit).
                     "exclude: [mini-base, mini-libc, mini-tools]\n")
     return path
@@ -55,7 +52,9 @@ def site(repo_site, signer, tmp_path_factory):
     built = {}
     for name, extra in (("ok", []), ("fail", ["script-fail"]), ("slow", ["script-slow"])):
         m = manifest(work / f"{name}.yaml", repo_site, common + extra)
-        p = run([MOSAIC, "build", m, "-s", store, "--sign", signer.fingerprint], env=env,
+        # Unconfigured: these tests configure the mount themselves.
+        p = run([MOSAIC, "build", m, "-s", store, "--sign", signer.fingerprint,
+                 "--no-configure"], env=env,
                 check=False)
         if p.returncode != 0 and ("Could not resolve host" in p.stderr or
                                   "connect" in p.stderr.lower()):
@@ -68,11 +67,6 @@ def site(repo_site, signer, tmp_path_factory):
 def mount_args(site, name, upper):
     return [site["manifests"][name], "-s", site["store"], "--keyring", site["signer"].keyring,
             "--upper", upper]
-
-
-def prepare(mnt):
-    path, text = SKIP_USRMERGE
-    (mnt / path).write_text(text)
 
 
 def configure(mnt, env, *extra):
@@ -101,7 +95,6 @@ def test_configure_makes_every_package_installed(site, tmp_path, mode):
     with mosaic_mounted(mount_args(site, "ok", upper) + [f"--writable={mode}"],
                         tmp_path / "mnt", env) as m:
         mnt = m.mnt
-        prepare(mnt)
         assert set(dpkg_rows(mnt).values()) == {"iU"}, "all unpacked before"
         t0 = time.monotonic()
         p = configure(mnt, env)
@@ -148,7 +141,6 @@ def test_failing_postinst_is_named_and_a_rerun_carries_on(site, tmp_path):
     env, upper = site["env"], tmp_path / "upper"
     with mosaic_mounted(mount_args(site, "fail", upper), tmp_path / "mnt", env) as m:
         mnt = m.mnt
-        prepare(mnt)
         p = configure(mnt, env)
         assert p.returncode == 1, p.stderr
         assert "step 'dpkg --configure' failed with exit status 1" in p.stderr
@@ -194,7 +186,6 @@ def test_step_timeout_kills_and_reports(site, tmp_path):
     env, upper = site["env"], tmp_path / "upper"
     with mosaic_mounted(mount_args(site, "slow", upper), tmp_path / "mnt", env) as m:
         mnt = m.mnt
-        prepare(mnt)
         t0 = time.monotonic()
         p = configure(mnt, env, "--step-timeout", "20")
         took = time.monotonic() - t0
@@ -204,13 +195,7 @@ def test_step_timeout_kills_and_reports(site, tmp_path):
         assert "script-slow: sleeping" in p.stderr
         assert took < 120
         # No process of the run is left: nothing has the mount open.
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                try:
-                    root = os.readlink(d / "root")
-                except OSError:
-                    continue
-                assert not root.startswith(str(mnt)), f"process {d.name} is still in the chroot"
+        assert not processes_under(mnt)
         assert host_mounts_under(mnt) == []
         assert not os.path.lexists(upper / "usr/sbin/policy-rc.d")
 
@@ -232,7 +217,6 @@ def test_own_policy_rc_d_is_covered_not_touched(site, tmp_path):
     env, upper = site["env"], tmp_path / "upper"
     with mosaic_mounted(mount_args(site, "ok", upper), tmp_path / "mnt", env) as m:
         mnt = m.mnt
-        prepare(mnt)
         own = mnt / "usr/sbin/policy-rc.d"
         own.write_text("#!/bin/sh\nexit 0\n")
         own.chmod(0o755)
@@ -243,3 +227,105 @@ def test_own_policy_rc_d_is_covered_not_touched(site, tmp_path):
         assert own.read_text() == "#!/bin/sh\nexit 0\n"
         assert os.lstat(upper / "usr/sbin/policy-rc.d").st_mtime_ns == st.st_mtime_ns
         assert host_mounts_under(mnt) == []
+
+
+def lock_of(manifest):
+    return json.loads(manifest.with_suffix(".lock").read_text())
+
+
+def test_build_configures_and_a_second_build_reuses_it(site, tmp_path):
+    """mosaic build = ... + configure + commit: the config fragment is recorded in the lock, the
+    manifest then mounts configured at once, and a second build runs no script. A changed run:
+    step makes a new configuration; the old one is found again when the step is changed back."""
+    env, store, signer = site["env"], site["store"], site["signer"]
+    m = tmp_path / "cfg.yaml"
+    m.write_text(site["manifests"]["ok"].read_text().replace("name: ok", "name: cfg") +
+                 "run:\n  - echo built >> /var/lib/build-runs\n")
+    build = [MOSAIC, "build", m, "-s", store, "--sign", signer.fingerprint,
+             "--keyring", signer.keyring, "--configure"]
+    p = run(build, env=env, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "[dpkg --configure] Setting up script-pkg (1.0)" in p.stdout, p.stdout[-2000:]
+    config = [f for f in lock_of(m)["fragments"] if f["role"] == "config"]
+    assert len(config) == 1 and len(config[0]["digest"]) == 64, lock_of(m)
+    assert host_mounts_under(tmp_path) == []
+
+    # Mounted read-only, the manifest is a configured system: no upper needed.
+    with mosaic_mounted([m, "-s", store, "--keyring", signer.keyring], tmp_path / "mnt",
+                        env) as mt:
+        rows = dpkg_rows(mt.mnt)
+        assert rows and set(rows.values()) == {"ii"}
+        assert (mt.mnt / "var/lib/script-pkg/postinst.log").exists()
+        assert (mt.mnt / "var/lib/build-runs").read_text() == "built\n"
+        assert not os.path.lexists(mt.mnt / "usr/sbin/policy-rc.d")
+
+    # Nothing changed: the configuration is found, no script runs.
+    before = m.with_suffix(".lock").read_text()
+    t0 = time.monotonic()
+    p = run(build, env=env)
+    took = time.monotonic() - t0
+    assert "no script runs" in p.stderr and "Setting up" not in p.stdout, p.stderr
+    assert m.with_suffix(".lock").read_text() == before
+    print(f"second build: {took:.2f} s")
+
+    # Another run: step, another configuration on the same fragments.
+    m.write_text(m.read_text().replace("echo built", "echo rebuilt"))
+    p = run(build, env=env)
+    new = [f for f in lock_of(m)["fragments"] if f["role"] == "config"]
+    assert new[0]["digest"] != config[0]["digest"] and new[0]["base"] == config[0]["base"]
+    with mosaic_mounted([m, "-s", store, "--keyring", signer.keyring], tmp_path / "mnt",
+                        env) as mt:
+        assert (mt.mnt / "var/lib/build-runs").read_text() == "rebuilt\n"
+    # And back: the first one again, from the cache.
+    m.write_text(m.read_text().replace("echo rebuilt", "echo built"))
+    p = run(build, env=env)
+    assert "no script runs" in p.stderr
+    assert m.with_suffix(".lock").read_text() == before
+
+
+def test_interrupted_configure_leaves_a_consistent_upper_and_carries_on(site, tmp_path):
+    """Ctrl-C (SIGINT) and SIGKILL in the middle of a postinst: the namespace, its mounts and its
+    processes go with mosaic, and the next run carries on to a configured system."""
+    env, upper = site["env"], tmp_path / "upper"
+    with mosaic_mounted(mount_args(site, "slow", upper), tmp_path / "mnt", env) as m:
+        mnt = m.mnt
+        for sig in (signal.SIGINT, signal.SIGKILL):
+            p = subprocess.Popen([MOSAIC, "configure", mnt], env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            seen = ""
+            for line in p.stdout:  # until script-slow's postinst is running
+                seen += line
+                if "script-slow: sleeping" in line:
+                    break
+            assert "script-slow: sleeping" in seen, seen[-2000:]
+            p.send_signal(sig)
+            p.communicate(timeout=60)
+            assert p.returncode != 0
+            assert host_mounts_under(mnt) == []
+            # The kernel ends the PID namespace's processes once its init is gone.
+            deadline = time.monotonic() + 10
+            while processes_under(mnt) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not processes_under(mnt), f"processes left in the chroot after {sig!r}"
+            rows = dpkg_rows(mnt)
+            assert rows["script-slow"] in ("iF", "iU"), rows["script-slow"]
+        # The package is fixed (as a user would), and the next run carries on.
+        (mnt / "var/lib/dpkg/info/script-slow.postinst").write_text("#!/bin/sh\nexit 0\n")
+        p = configure(mnt, env)
+        assert p.returncode == 0, p.stderr
+        assert set(dpkg_rows(mnt).values()) == {"ii"}
+        assert run(["chroot", mnt, "dpkg", "--audit"]).stdout == ""
+        assert not os.path.lexists(mnt / "usr/sbin/policy-rc.d")
+        assert host_mounts_under(mnt) == []
+
+
+def processes_under(mnt):
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.readlink(d / "root").startswith(str(mnt)):
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+    return pids

@@ -103,7 +103,7 @@ def test_other_architectures(repos, tmp_path, env, signer):
                        extra="merged_usr: true\n")
     store = tmp_path / "store"
     build(m, env, store, signer)
-    assert [f["role"] for f in lock_of(tmp_path)["fragments"]] == ["merged-usr"]
+    assert [f["role"] for f in lock_of(tmp_path)["fragments"]] == ["merged-usr", "rpm-database"]
     with mosaic_mounted(mount_args(m, store, signer), tmp_path / "mnt", env) as mt:
         links = sorted(p.name for p in mt.mnt.iterdir() if p.is_symlink())
         assert links == ["bin", "lib", "lib64", "sbin"]

@@ -97,6 +97,19 @@ static void test_conffiles(void)
 	       "conffiles as dpkg --unpack records them, before Description");
 	_cleanup_free_ char *a = text(&p, 1, false);
 	ok(a && !strstr(a, "Conffiles"), "no Conffiles in available");
+
+	/* With the hash of the file the package ships after a tab (compose_dpkg_fragment adds
+	 * it), that hash instead of newconffile: dpkg --configure finds no .dpkg-new to move
+	 * into place and keeps what the status says. A line without one stays newconffile. */
+	p.conffiles = "/etc/foo.conf\t0123456789abcdef0123456789abcdef\n"
+	              "remove-on-upgrade /etc/old.conf \tfedcba9876543210fedcba9876543210\n"
+	              "/etc/bare.conf\n/etc/odd.conf\tnot-a-hash\n";
+	_cleanup_free_ char *h = text(&p, 1, true);
+	ok(h && strstr(h, "Conffiles:\n /etc/foo.conf 0123456789abcdef0123456789abcdef\n"
+	                  " /etc/old.conf fedcba9876543210fedcba9876543210 remove-on-upgrade\n"
+	                  " /etc/bare.conf newconffile\n"
+	                  " /etc/odd.conf\tnot-a-hash newconffile\nDescription:"),
+	   "conffile hashes recorded where known, flags after them");
 }
 
 #define P(name, arch, ma)                                                                          \
@@ -197,6 +210,8 @@ static void test_tree(void)
 		return;
 	_cleanup_free_ char *arch = slurp(root, "var/lib/dpkg/arch");
 	is_str(arch, "amd64\narmhf\ni386\n", "arch: native first, then the foreign ones");
+	_cleanup_free_ char *so = slurp(root, "var/lib/dpkg/statoverride");
+	ok(so == NULL, "no statoverride: dpkg-statoverride makes it when first used");
 	_cleanup_free_ char *format = slurp(root, "var/lib/dpkg/info/format");
 	is_str(format, "1\n", "info/format says the multiarch layout");
 	_cleanup_free_ char *file = slurp(root, "var/lib/dpkg/triggers/File");
@@ -213,7 +228,7 @@ static void test_tree(void)
 	_cleanup_free_ char *status = slurp(root, "var/lib/dpkg/status");
 	_cleanup_free_ char *want = text(p, ARRAY_SIZE(p), true);
 	is_str(status, want, "status is compose_dpkg_text's");
-	const char *empty[] = {"var/lib/dpkg/diversions", "var/lib/dpkg/statoverride"};
+	const char *empty[] = {"var/lib/dpkg/diversions"};
 	for (size_t i = 0; i < ARRAY_SIZE(empty); i++) {
 		_cleanup_free_ char *e = slurp(root, empty[i]);
 		is_str(e, "", "%s is empty", empty[i]);
@@ -229,6 +244,25 @@ static void test_tree(void)
 	nftw(root, rm_visit, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+static void test_native_only_has_no_arch_file(void)
+{
+	/* dpkg writes var/lib/dpkg/arch only for dpkg --add-architecture: a debootstrap of
+	 * native and "all" packages has none. */
+	char tmpl[] = "/tmp/test-compose-dpkg.XXXXXX";
+	char *root = mkdtemp(tmpl);
+	struct compose_dpkg_package p[] = {pkg(P("a", "amd64", "")), pkg(P("b", "all", "")),
+	                                   pkg(P("c", "amd64", "Multi-Arch: same\n"))};
+	struct mosaic_error err = {0};
+	int r = compose_dpkg_tree(p, ARRAY_SIZE(p), "amd64", 1700000000, root, &err);
+	if (is_int(r, 0, "compose_dpkg_tree: %s", err.msg)) {
+		_cleanup_free_ char *arch = slurp(root, "var/lib/dpkg/arch");
+		ok(arch == NULL, "no arch file for native packages alone");
+		_cleanup_free_ char *status = slurp(root, "var/lib/dpkg/status");
+		ok(status && strstr(status, "Package: c\n"), "the status is there");
+	}
+	nftw(root, rm_visit, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 int main(void)
 {
 	test_field_order();
@@ -237,5 +271,6 @@ int main(void)
 	test_sorting();
 	test_errors();
 	test_tree();
+	test_native_only_has_no_arch_file();
 	return done();
 }

@@ -747,13 +747,6 @@ static int load_deb(const char *uri, const char *keyring, const char *cache, boo
 	return r;
 }
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static void test_deb_repo(void)
 {
 	/* dists/stable/main/binary-amd64/Packages(.xz) and an InRelease by apt-ftparchive + gpg. */

@@ -1,0 +1,140 @@
+/* One export: the image, its SBOM and its manifest, each written under a temp name beside its
+ * final one and renamed into place only once all three are complete. */
+#include "export/export.h"
+
+#include <fcntl.h>
+#include <libgen.h>
+#include <string.h>
+#include <sys/stat.h>
+
+struct temp {
+	char *path;  /* the temp name, until renamed */
+	char *final; /* where it goes */
+};
+
+static void temp_clear(struct temp *t)
+{
+	if (t->path)
+		unlink(t->path);
+	free(t->path);
+	free(t->final);
+	*t = (struct temp){0};
+}
+
+/* A fresh FINAL.tmp-XXXXXX beside final, with the mode a plain create would give. */
+static int temp_open(struct temp *t, const char *final, struct mosaic_error *err)
+{
+	t->final = xstrdup(final);
+	t->path = xasprintf("%s.tmp-XXXXXX", final);
+	int fd = mkostemp(t->path, O_CLOEXEC);
+	if (fd < 0) {
+		int e = -errno;
+		free(t->path);
+		t->path = NULL;
+		return mosaic_errorf(err, e, "creating a temp file beside %s: %s", final,
+		                     strerror(-e));
+	}
+	mode_t mask = umask(0);
+	umask(mask);
+	if (fchmod(fd, 0666 & ~mask) < 0) {
+		int e = -errno;
+		close(fd);
+		return mosaic_errorf(err, e, "%s: %s", t->path, strerror(-e));
+	}
+	return fd;
+}
+
+static int temp_finish(struct temp *t, int fd, struct mosaic_error *err)
+{
+	int e = fsync(fd) < 0 ? -errno : 0;
+	if (close(fd) < 0 && e == 0)
+		e = -errno;
+	if (e < 0)
+		return mosaic_errorf(err, e, "writing %s: %s", t->path, strerror(-e));
+	return 0;
+}
+
+static int temp_write_json(struct temp *t, const char *final, json_object *o,
+                           struct mosaic_error *err)
+{
+	int fd = temp_open(t, final, err);
+	if (fd < 0)
+		return fd;
+	const char *s = json_object_to_json_string_ext(
+	    o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE);
+	int e = write_all(fd, s, strlen(s));
+	if (e == 0)
+		e = write_all(fd, "\n", 1);
+	if (e < 0) {
+		close(fd);
+		return mosaic_errorf(err, e, "writing %s: %s", t->path, strerror(-e));
+	}
+	return temp_finish(t, fd, err);
+}
+
+static int temp_commit(struct temp *t, struct mosaic_error *err)
+{
+	if (rename(t->path, t->final) < 0)
+		return mosaic_errorf(err, -errno, "renaming %s to %s: %m", t->path, t->final);
+	free(t->path);
+	t->path = NULL;
+	return 0;
+}
+
+int export_run(struct export_reader *r, const struct export_options *o,
+               struct export_tar_result *res_out, struct mosaic_error *err)
+{
+	if (strcmp(o->format, "tar") != 0)
+		return mosaic_errorf(err, -EINVAL, "export format '%s' is not there yet: use tar",
+		                     o->format);
+	struct temp image = {0}, sbom = {0}, manifest = {0};
+	struct export_tar_result res;
+	_cleanup_free_ char *sbom_path = xasprintf("%s.spdx.json", o->output);
+	_cleanup_free_ char *manifest_path = xasprintf("%s.manifest.json", o->output);
+	_cleanup_free_ char *copy = xstrdup(o->output);
+	json_object *doc = NULL, *man = NULL;
+	int e, fd = temp_open(&image, o->output, err);
+	if (fd < 0) {
+		e = fd;
+		goto out;
+	}
+	e = export_tar(r, fd, o->source_date_epoch, &res, err);
+	if (e < 0) {
+		close(fd);
+		mosaic_error_prefix(err, "%s", o->output);
+		goto out;
+	}
+	if ((e = temp_finish(&image, fd, err)) < 0)
+		goto out;
+	struct export_sbom_input in = {
+	    .image_name = basename(copy),
+	    .format = o->format,
+	    .sha256 = res.sha256,
+	    .size = res.size,
+	    .created = o->source_date_epoch >= 0       ? o->source_date_epoch
+	               : res.newest_mtime == INT64_MIN ? 0
+	                                               : res.newest_mtime,
+	    .idx = export_reader_index(r),
+	    .images = export_reader_images(r),
+	    .lock = o->lock,
+	};
+	doc = export_sbom(&in);
+	man = export_image_manifest(&in);
+	if ((e = temp_write_json(&sbom, sbom_path, doc, err)) < 0 ||
+	    (e = temp_write_json(&manifest, manifest_path, man, err)) < 0)
+		goto out;
+	/* The image last: an image under OUT always has its SBOM and manifest beside it. */
+	if ((e = temp_commit(&sbom, err)) < 0 || (e = temp_commit(&manifest, err)) < 0 ||
+	    (e = temp_commit(&image, err)) < 0)
+		goto out;
+	fsync_parent(o->output);
+	if (res_out)
+		*res_out = res;
+out:
+	json_object_put(doc);
+	json_object_put(man);
+	temp_clear(&image);
+	temp_clear(&sbom);
+	temp_clear(&manifest);
+	return e;
+}

@@ -1,0 +1,287 @@
+/* export/reader.c and export/tar.c without a mount: the walk's order and attributes over an index
+ * of two small unsigned fragments made from temp dirs, hard-link identity, content, paths, an
+ * upper in overlayfs's format (whiteout, opaque directory, type change; when root, who alone can
+ * make whiteouts and trusted.* markers), and a tar written twice to the same bytes. */
+#include "compose/compose.h"
+#include "export/export.h"
+#include "fragments/fragment.h"
+#include "tap.h"
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+
+static char *tmpdir;
+static struct store *store;
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st, (void)flag, (void)ftw;
+	return remove(path);
+}
+
+static void put(const char *root, const char *path, const char *content, mode_t mode)
+{
+	_cleanup_free_ char *p = path_join(root, path);
+	_cleanup_free_ char *dir = xstrndup(p, strrchr(p, '/') - p);
+	mkdir_p(dir, 0755);
+	write_file_atomic(p, content, strlen(content), mode);
+	chmod(p, mode);
+}
+
+static char *make(const char *name, void (*fill)(const char *root))
+{
+	_cleanup_free_ char *root = xasprintf("%s/src-%s", tmpdir, name);
+	mkdir(root, 0755);
+	fill(root);
+	struct fragment_create_options o = {
+	    .name = name, .version = "1", .kind = FRAGMENT_BASE, .source_date_epoch = 1000};
+	struct fragment_info info = {0};
+	struct mosaic_error err = {0};
+	if (fragment_create(store, root, &o, &info, &err) < 0)
+		diag("fragment_create %s: %s", name, err.msg);
+	char *image = store_object_path(store, info.digest, ".sqfs");
+	fragment_info_clear(&info);
+	return image;
+}
+
+static void fill_base(const char *root)
+{
+	put(root, "etc/passwd", "root:x:0:0::/root:/bin/sh\nbin:x:2:2::/:/bin/false\n", 0644);
+	put(root, "etc/group", "root:x:0:\nbin:x:2:\n", 0644);
+	put(root, "etc/b", "bee\n", 0600);
+	put(root, "etc/a", "a\n", 0644);
+	put(root, "etc/gone", "gone\n", 0644);
+	put(root, "zdir/sub/file", "deep\n", 0644);
+	put(root, "zdir/keep", "keep\n", 0644);
+	put(root, "hl/one", "linked\n", 0640);
+	_cleanup_free_ char *one = path_join(root, "hl/one"), *two = path_join(root, "hl/two");
+	(void)!link(one, two);
+	_cleanup_free_ char *l = path_join(root, "etc/link");
+	(void)!symlink("a", l);
+	_cleanup_free_ char *a = path_join(root, "etc/a");
+	lsetxattr(a, "user.zz", "2", 1, 0);
+	lsetxattr(a, "user.aa", "1", 1, 0);
+	if (getuid() == 0) {
+		_cleanup_free_ char *dev = path_join(root, "dev-null");
+		mknod(dev, S_IFCHR | 0666, makedev(1, 3));
+		chown(a, 2, 2);
+	}
+}
+
+static void fill_top(const char *root)
+{
+	put(root, "etc/b", "bee v2\n", 0644);
+	put(root, "etc/c", "c\n", 0644);
+}
+
+struct seen {
+	char paths[64][64];
+	mode_t modes[64];
+	uint64_t link_ids[64];
+	size_t n;
+	char xattr_order[64];
+	uid_t uid_a;
+};
+
+static int record(void *ctx, const struct export_entry *e)
+{
+	struct seen *s = ctx;
+	if (s->n < 64) {
+		snprintf(s->paths[s->n], sizeof(s->paths[0]), "%s", e->path);
+		s->modes[s->n] = e->mode;
+		s->link_ids[s->n] = e->link_id;
+		s->n++;
+	}
+	if (strcmp(e->path, "etc/a") == 0) {
+		s->xattr_order[0] = 0;
+		for (size_t i = 0; i < e->n_xattrs; i++)
+			strncat(s->xattr_order, e->xattrs[i].name, 20);
+		s->uid_a = e->uid;
+	}
+	return 0;
+}
+
+static const char *joined(const struct seen *s)
+{
+	static char buf[2048];
+	buf[0] = 0;
+	for (size_t i = 0; i < s->n; i++) {
+		strcat(buf, s->paths[i]);
+		strcat(buf, " ");
+	}
+	return buf;
+}
+
+static ssize_t find(const struct seen *s, const char *path)
+{
+	for (size_t i = 0; i < s->n; i++)
+		if (strcmp(s->paths[i], path) == 0)
+			return i;
+	return -1;
+}
+
+static int count_sink(void *ctx, const void *buf, size_t len)
+{
+	(void)buf;
+	*(size_t *)ctx += len;
+	return 0;
+}
+
+static char *tar_hash(struct export_reader *r)
+{
+	int fd = memfd_create("tar", MFD_CLOEXEC);
+	struct export_tar_result res;
+	struct mosaic_error err = {0};
+	int e = export_tar(r, fd, 5000, &res, &err);
+	close(fd);
+	if (e < 0) {
+		diag("export_tar: %s", err.msg);
+		return xstrdup("");
+	}
+	return xstrdup(res.sha256);
+}
+
+static void test_index_only(struct compose_index *idx, char *const *images)
+{
+	struct export_reader *r;
+	struct mosaic_error err = {0};
+	const struct export_reader_options o = {.idx = idx, .images = images};
+	if (!ok(export_reader_open(&o, &r, &err) == 0, "reader opens: %s", err.msg))
+		return;
+	struct seen s = {0};
+	ok(export_walk(r, record, &s, &err) == 0, "walk: %s", err.msg);
+	const bool root = getuid() == 0;
+	is_str(joined(&s),
+	       root ? " dev-null etc etc/a etc/b etc/c etc/gone etc/group etc/link etc/passwd hl "
+	              "hl/one hl/two zdir zdir/keep zdir/sub zdir/sub/file "
+	            : " etc etc/a etc/b etc/c etc/gone etc/group etc/link etc/passwd hl hl/one "
+	              "hl/two zdir zdir/keep zdir/sub zdir/sub/file ",
+	       "depth-first, parents first, names sorted");
+	ssize_t one = find(&s, "hl/one"), two = find(&s, "hl/two"), a = find(&s, "etc/a");
+	ok(one >= 0 && two >= 0 && s.link_ids[one] && s.link_ids[one] == s.link_ids[two],
+	   "hard links share a link id");
+	ok(a >= 0 && s.link_ids[a] == 0, "a single link has none");
+	is_str(s.xattr_order, "user.aauser.zz", "xattrs sorted by name");
+	if (root)
+		is_int(s.uid_a, 2, "owner from the fragment");
+
+	char *text = NULL;
+	size_t len = 0;
+	ok(export_read_path(r, "etc/b", 100, &text, &len, &err) == 0 &&
+	       strcmp(text, "bee v2\n") == 0,
+	   "the later fragment's content wins");
+	free(text);
+	is_int(export_read_path(r, "etc/nothing", 100, &text, &len, &err), -ENOENT,
+	       "a missing path is -ENOENT");
+	is_int(export_read_path(r, "etc/b", 3, &text, &len, &err), -EFBIG, "max is kept");
+
+	_cleanup_free_ char *h1 = tar_hash(r);
+	_cleanup_free_ char *h2 = tar_hash(r);
+	ok(*h1 && strcmp(h1, h2) == 0, "the same view gives the same tar");
+	export_reader_free(r);
+}
+
+static void mkwhiteout(const char *upper, const char *path)
+{
+	_cleanup_free_ char *p = path_join(upper, path);
+	mknod(p, S_IFCHR | 0, makedev(0, 0));
+}
+
+static void test_upper(struct compose_index *idx, char *const *images)
+{
+	_cleanup_free_ char *upper = path_join(tmpdir, "upper");
+	mkdir(upper, 0755);
+	_cleanup_free_ char *etc = path_join(upper, "etc");
+	mkdir(etc, 0755);
+	mkwhiteout(upper, "etc/gone");
+	mkwhiteout(upper, "etc/never-was"); /* over nothing: changes nothing */
+	put(upper, "etc/new", "new\n", 0644);
+	put(upper, "etc/a", "a, changed\n", 0644);
+	_cleanup_free_ char *zdir = path_join(upper, "zdir");
+	mkdir(zdir, 0755);
+	lsetxattr(zdir, "trusted.overlay.opaque", "y", 1, 0);
+	put(upper, "zdir/fresh", "fresh\n", 0644);
+	put(upper, "hl", "a file over a directory\n", 0644);
+
+	struct export_reader *r;
+	struct mosaic_error err = {0};
+	const struct export_reader_options o = {.idx = idx, .images = images, .upper = upper};
+	if (!ok(export_reader_open(&o, &r, &err) == 0, "reader with an upper opens: %s", err.msg))
+		return;
+	struct seen s = {0};
+	ok(export_walk(r, record, &s, &err) == 0, "walk with the upper: %s", err.msg);
+	is_str(joined(&s),
+	       " dev-null etc etc/a etc/b etc/c etc/group etc/link etc/new etc/passwd hl zdir "
+	       "zdir/fresh ",
+	       "whiteouts, the opaque directory and the file over a directory applied");
+	ssize_t hl = find(&s, "hl");
+	ok(hl >= 0 && S_ISREG(s.modes[hl]), "hl is the upper's file");
+	char *text = NULL;
+	ok(export_read_path(r, "etc/a", 100, &text, NULL, &err) == 0 &&
+	       strcmp(text, "a, changed\n") == 0,
+	   "content from the upper");
+	free(text);
+	is_int(export_read_path(r, "etc/gone", 100, &text, NULL, &err), -ENOENT,
+	       "a whited-out path is gone");
+	size_t bytes = 0;
+	struct export_entry e = {.path = "zdir/fresh", .mode = S_IFREG | 0644, .size = 6};
+	_cleanup_free_ char *up = path_join(upper, "zdir/fresh");
+	e.upper_path = up;
+	ok(export_read_content(r, &e, count_sink, &bytes, &err) == 0 && bytes == 6,
+	   "export_read_content reads the upper's file");
+	e.size = 7;
+	ok(export_read_content(r, &e, count_sink, &bytes, &err) < 0,
+	   "a size that does not match is an error");
+	export_reader_free(r);
+}
+
+int main(void)
+{
+	const char *t = getenv("TMPDIR");
+	tmpdir = xasprintf("%s/mosaic-test-export-XXXXXX", t && *t ? t : "/tmp");
+	if (!mkdtemp(tmpdir)) {
+		perror("mkdtemp");
+		return 99;
+	}
+	struct mosaic_error err = {0};
+	_cleanup_free_ char *sp = path_join(tmpdir, "store");
+	_cleanup_free_ char *cache = path_join(tmpdir, "cache");
+	setenv("MOSAIC_CACHE_DIR", cache, 1);
+	if (store_open(sp, true, &store, &err) < 0) {
+		diag("store_open: %s", err.msg);
+		return 99;
+	}
+	char *images[2] = {make("base", fill_base), make("top", fill_top)};
+	struct compose_input in[2];
+	for (int i = 0; i < 2; i++) {
+		const char *slash = strrchr(images[i], '/');
+		in[i] = (struct compose_input){.image_path = images[i],
+		                               .digest = xstrndup(slash + 1, SHA256_HEX_LEN),
+		                               .name = i ? "top" : "base"};
+	}
+	_cleanup_free_ char *ip = path_join(tmpdir, "test.idx");
+	struct compose_index *idx = NULL;
+	if (compose_index_build(in, 2, false, ip, NULL, &err) < 0 ||
+	    compose_index_open(ip, &idx, &err) < 0) {
+		diag("index: %s", err.msg);
+		return 99;
+	}
+	test_index_only(idx, images);
+	if (getuid() == 0)
+		test_upper(idx, images);
+	else
+		diag("not root: the upper (whiteouts, trusted.overlay.opaque) is not tested");
+	compose_index_close(idx);
+	for (int i = 0; i < 2; i++) {
+		free((char *)in[i].digest);
+		free(images[i]);
+	}
+	store_free(store);
+	nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	free(tmpdir);
+	return done();
+}

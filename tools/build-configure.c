@@ -1,0 +1,215 @@
+/* The last steps of mosaic build: the composition mounted with a scratch upper, configured in a
+ * chroot (tools/cmd-configure.c), and the upper frozen into a signed config fragment. The
+ * fragment is a function of the fragments under it and of the manifest's config: and run:, so
+ * it is made once per such key and found again by it: a second build runs no script. */
+#include "tools/build-configure.h"
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* Bumped when configure would make another upper from the same inputs. */
+#define CONFIGURE_VERSION 1
+
+/* A copy of v without the keys that only say where a run: step is written (a comment added
+ * above it moves its line, not what it does). */
+static json_object *without_positions(json_object *v)
+{
+	json_object *copy = NULL;
+	if (!v || json_object_deep_copy(v, &copy, NULL) < 0)
+		return NULL;
+	for (size_t i = 0; json_object_is_type(copy, json_type_array) &&
+	                   i < json_object_array_length(copy);
+	     i++) {
+		json_object *step = json_object_array_get_idx(copy, i);
+		json_object_object_del(step, "file");
+		json_object_object_del(step, "line");
+	}
+	return copy;
+}
+
+void build_base_key(char *const *digests, size_t n, char hex[SHA256_HEX_LEN + 1])
+{
+	struct sha256 *h = sha256_new();
+	for (size_t i = 0; i < n; i++) {
+		sha256_update(h, digests[i], strlen(digests[i]));
+		sha256_update(h, "\n", 1);
+	}
+	sha256_final(h, hex);
+}
+
+static void hash_json(struct sha256 *h, const char *what, json_object *v)
+{
+	const char *s = v ? json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN) : "null";
+	sha256_update(h, what, strlen(what) + 1);
+	sha256_update(h, s, strlen(s) + 1);
+}
+
+int build_config_key(json_object *model, char *const *digests, size_t n,
+                     char hex[SHA256_HEX_LEN + 1], struct mosaic_error *err)
+{
+	struct sha256 *h = sha256_new();
+	_cleanup_free_ char *salt = xasprintf("mosaic configure v%d\n", CONFIGURE_VERSION);
+	sha256_update(h, salt, strlen(salt));
+	for (size_t i = 0; i < n; i++) {
+		sha256_update(h, digests[i], strlen(digests[i]));
+		sha256_update(h, "\n", 1);
+	}
+	json_object *config = NULL, *run = NULL, *files = NULL;
+	json_object_object_get_ex(model, "config", &config);
+	json_object_object_get_ex(model, "run", &run);
+	hash_json(h, "config", config);
+	json_object *steps = without_positions(run);
+	hash_json(h, "run", steps);
+	json_object_put(steps);
+	/* A file given by source: is part of the configuration by its content. */
+	if (config)
+		json_object_object_get_ex(config, "files", &files);
+	for (size_t i = 0; files && i < json_object_array_length(files); i++) {
+		json_object *src;
+		if (!json_object_object_get_ex(json_object_array_get_idx(files, i), "source", &src))
+			continue;
+		const char *path = json_object_get_string(src);
+		_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+		char content[SHA256_HEX_LEN + 1];
+		if (fd < 0 || sha256_fd(fd, content) < 0) {
+			int e = errno;
+			char discard[SHA256_HEX_LEN + 1];
+			sha256_final(h, discard);
+			return mosaic_errorf(err, -e, "config.files: %s: %s", path, strerror(e));
+		}
+		sha256_update(h, content, SHA256_HEX_LEN + 1);
+	}
+	sha256_final(h, hex);
+	return 0;
+}
+
+/* The fragment a key was made into, if the store still has it. */
+static bool find_made(struct store *s, const char *cache_path, const char *lock_path,
+                      const char *key, char digest[SHA256_HEX_LEN + 1])
+{
+	_cleanup_free_ char *known = NULL;
+	if (read_file(cache_path, 128, &known, NULL) == 0 && is_sha256_hex(known) &&
+	    store_has(s, known)) {
+		memcpy(digest, known, SHA256_HEX_LEN + 1);
+		return true;
+	}
+	/* The lock of an earlier build (on another machine, or with another cache). */
+	struct lock l = {0};
+	bool found = false;
+	if (lock_read(lock_path, &l, NULL) == 0 && l.fragments) {
+		for (size_t i = 0; i < json_object_array_length(l.fragments) && !found; i++) {
+			json_object *e = json_object_array_get_idx(l.fragments, i), *v;
+			const char *src = json_object_object_get_ex(e, "source", &v) ?
+			                      json_object_get_string(v) :
+			                      NULL;
+			const char *d = json_object_object_get_ex(e, "digest", &v) ?
+			                    json_object_get_string(v) :
+			                    NULL;
+			if (src && d && strcmp(src, key) == 0 && is_sha256_hex(d) && store_has(s, d)) {
+				memcpy(digest, d, SHA256_HEX_LEN + 1);
+				found = true;
+			}
+		}
+	}
+	lock_clear(&l);
+	return found;
+}
+
+/* Mounts digests with the upper in work/upper at work/mnt, configures, commits, unmounts. The
+ * upper stays when configure fails, so the next build carries on from it; it goes once its
+ * fragment is in the store. */
+static int configure_and_commit(const struct build_config *c, char *const *digests, size_t n,
+                                const char *work, char digest[SHA256_HEX_LEN + 1])
+{
+	_cleanup_free_ char *mnt = path_join(work, "mnt");
+	_cleanup_free_ char *upper = path_join(work, "upper");
+	if (mkdir_p(mnt, 0755) < 0 || mkdir_p(upper, 0755) < 0) {
+		fprintf(stderr, "mosaic: build: %s: %s\n", work, strerror(errno));
+		return EXIT_FAIL;
+	}
+	struct fusefs_options o = {
+	    .mountpoint = mnt,
+	    .upper = upper,
+	    .writable = FUSEFS_WRITABLE_AUTO,
+	};
+	enum fusefs_writable picked;
+	int r = cli_mount((char **)digests, n, c->store, c->keyring, NULL, &o, &picked);
+	if (r != EXIT_OK)
+		return r;
+	fprintf(stderr, "configure: %s (upper %s)\n", mnt, upper);
+	r = configure_mount(mnt, c->model, c->timeout);
+	struct fragment_info info = {0};
+	if (r == EXIT_OK) {
+		long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+		struct fragment_create_options fo = {
+		    .name = "config",
+		    .kind = FRAGMENT_CONFIG,
+		    .sign_key = c->sign_key,
+		    .source_date_epoch = c->source_date_epoch,
+		    .overlay_upper = true,
+		    .workers = ncpu > 0 ? (unsigned)ncpu : 1,
+		};
+		r = cli_commit(mnt, c->store, &fo, &info);
+	}
+	struct mosaic_error err = {0};
+	if (fusefs_umount(mnt, false, &err) < 0) {
+		int u = cli_fail(&err);
+		if (r == EXIT_OK)
+			r = u;
+	}
+	if (r == EXIT_OK) {
+		memcpy(digest, info.digest, SHA256_HEX_LEN + 1);
+		fprintf(stderr, "config fragment: %.12s, %" PRIu64 " files\n", info.digest,
+		        (uint64_t)info.files);
+	} else {
+		fprintf(stderr,
+		        "mosaic: build: configure stopped; its upper stays in %s and the next "
+		        "'mosaic build %s' carries on from it\n",
+		        upper, c->manifest);
+	}
+	fragment_info_clear(&info);
+	return r;
+}
+
+int build_config_fragment(const struct build_config *c, struct store *s, char *const *digests,
+                          size_t n, json_object **entry)
+{
+	struct mosaic_error err = {0};
+	char key[SHA256_HEX_LEN + 1], base[SHA256_HEX_LEN + 1], digest[SHA256_HEX_LEN + 1];
+	if (build_config_key(c->model, digests, n, key, &err) < 0)
+		return cli_fail(&err);
+	build_base_key(digests, n, base);
+	_cleanup_free_ char *cache = mosaic_cache_dir();
+	_cleanup_free_ char *dir = path_join(cache, "configure");
+	_cleanup_free_ char *cache_path = path_join(dir, key);
+	_cleanup_free_ char *work = xasprintf("%s/%s.work", dir, key);
+	double t0 = now_s();
+	int r = EXIT_OK;
+	if (find_made(s, cache_path, c->lock_path, key, digest)) {
+		fprintf(stderr, "configuration: %.12s already in the store; no script runs\n",
+		        digest);
+	} else {
+		r = configure_and_commit(c, digests, n, work, digest);
+		if (r == EXIT_OK) {
+			if (write_file_atomic(cache_path, digest, SHA256_HEX_LEN, 0644) < 0)
+				fprintf(stderr, "mosaic: warning: could not cache %s\n", cache_path);
+			int e = rm_tree(work);
+			if (e < 0)
+				fprintf(stderr, "mosaic: warning: removing %s: %s\n", work,
+				        strerror(-e));
+			fprintf(stderr, "configuration: %.12s made in %.2f s\n", digest,
+			        now_s() - t0);
+		}
+	}
+	if (r != EXIT_OK)
+		return r;
+	json_object *e = json_object_new_object();
+	json_object_object_add(e, "role", json_object_new_string("config"));
+	json_object_object_add(e, "source", json_object_new_string(key));
+	json_object_object_add(e, "base", json_object_new_string(base));
+	json_object_object_add(e, "digest", json_object_new_string(digest));
+	*entry = e;
+	return EXIT_OK;
+}

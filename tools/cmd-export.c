@@ -1,0 +1,279 @@
+/* mosaic export: the composed view of a built manifest, an index, a running mount or a fragment
+ * list frozen into an image with its SBOM, read straight from the index, fragments and upper. */
+#include "compose/compose.h"
+#include "export/export.h"
+#include "fusefs/fusefs.h"
+#include "providers/providers.h"
+#include "tools/cli.h"
+
+#include <string.h>
+#include <sys/stat.h>
+
+static const char usage_export[] =
+    "Usage: mosaic export (MANIFEST | INDEX | MOUNTPOINT | FRAGMENT...) --format tar -o OUT\n"
+    "                     [OPTIONS]\n"
+    "\n"
+    "Writes the composed view as an image at OUT, with OUT.spdx.json (SPDX 2.3: the image,\n"
+    "every locked package and every fragment) and OUT.manifest.json beside it. The view is\n"
+    "read from the index, the fragments and the upper directly: nothing is mounted, and no\n"
+    "root is needed when the store is readable. For a MOUNTPOINT the running mount's index,\n"
+    "fragments and upper are read (stop writers first). Owners, modes, devices, xattrs and\n"
+    "capabilities come from the composition. Written to a temp name and renamed: a failure\n"
+    "leaves nothing under OUT.\n"
+    "\n"
+    "  -f, --format FORMAT        tar: a POSIX pax root tarball (podman import, ...)\n"
+    "  -o, --output OUT           the image to write\n"
+    "      --source-date-epoch T  clamp every mtime to T and date the SBOM T (default:\n"
+    "                             $SOURCE_DATE_EPOCH; else no clamping and the SBOM takes\n"
+    "                             the newest mtime): the same view and T give the same bytes\n"
+    "  -s, --store STORE          the store fragments come from\n"
+    "      --keyring FILE         trusted public keys (every fragment is verified)\n"
+    "      --lock FILE            the lock whose packages the SBOM lists (default for a\n"
+    "                             MANIFEST: NAME.lock beside it; else fragments only)\n"
+    "      --upper DIR            an overlayfs-format upper over an INDEX or FRAGMENTs\n"
+    "  -h, --help                 show this help\n";
+
+enum { OPT_SDE = 256, OPT_KEYRING, OPT_LOCK, OPT_UPPER };
+
+static bool is_manifest(const char *path)
+{
+	size_t l = strlen(path);
+	return (l > 5 && strcmp(path + l - 5, ".yaml") == 0) ||
+	       (l > 4 && strcmp(path + l - 4, ".yml") == 0);
+}
+
+static bool is_fragment(const char *path)
+{
+	size_t l = strlen(path);
+	return l > 5 && strcmp(path + l - 5, ".sqfs") == 0;
+}
+
+/* What export reads: the index, the image of each of its fragments, the upper, the lock. */
+struct source {
+	struct compose_index *idx;
+	char **images;
+	size_t n_images;
+	json_object *state; /* a mount's; owns upper then */
+	const char *upper;
+	struct lock lock;
+	bool have_lock;
+	bool verified; /* the images were verified on the way (else the reader verifies) */
+};
+
+static void source_clear(struct source *s)
+{
+	compose_index_close(s->idx);
+	strv_free(s->images, s->n_images);
+	json_object_put(s->state);
+	if (s->have_lock)
+		lock_clear(&s->lock);
+}
+
+/* The running mount's index, images and upper from its state (as 'mosaic diff' reads them). */
+static int from_mount(const char *mountpoint, struct source *s)
+{
+	struct cli_mounted m = {0};
+	int r = cli_mounted_open(mountpoint, &m);
+	/* The source owns what the mount's state gave, on failure too (source_clear frees it). */
+	s->state = m.state;
+	s->idx = m.idx;
+	s->images = m.images;
+	s->n_images = m.images ? m.n_images : 0;
+	s->upper = m.upper;
+	return r;
+}
+
+/* A prebuilt index: its fragments are found in the store by digest. */
+static int from_index(const char *path, const char *store, struct source *s)
+{
+	struct mosaic_error err = {0};
+	if (compose_index_open(path, &s->idx, &err) < 0)
+		return cli_fail(&err);
+	struct store *st;
+	int r = cli_open_store(store, false, &st);
+	if (r)
+		return r;
+	s->n_images = compose_index_fragments(s->idx);
+	s->images = xcalloc(s->n_images ? s->n_images : 1, sizeof(*s->images));
+	for (size_t i = 0; i < s->n_images; i++) {
+		char dg[SHA256_HEX_LEN + 1];
+		compose_index_fragment_digest(s->idx, i, dg);
+		s->images[i] = store_object_path(st, dg, ".sqfs");
+	}
+	store_free(st);
+	return 0;
+}
+
+/* Fragments (refs, digests or images; verified here): their index, built once and cached as
+ * 'mosaic mount' caches it. */
+static int from_fragments(char **args, size_t n, const char *store, const char *keyring,
+                          struct source *s)
+{
+	struct cli_inputs ci = {0};
+	int r = cli_resolve_inputs(args, n, store, keyring, &ci);
+	if (r)
+		return r;
+	struct mosaic_error err = {0};
+	_cleanup_free_ char *cached = NULL;
+	r = cli_inputs_index(&ci, &cached);
+	if (!r && compose_index_open(cached, &s->idx, &err) < 0)
+		r = cli_fail(&err);
+	if (!r) {
+		s->n_images = ci.n;
+		s->images = xcalloc(ci.n ? ci.n : 1, sizeof(*s->images));
+		for (size_t i = 0; i < ci.n; i++)
+			s->images[i] = xstrdup(ci.in[i].image_path);
+		s->verified = true;
+	}
+	cli_inputs_free(&ci);
+	return r;
+}
+
+static int from_manifest(const char *manifest, const char *lock, const char *store,
+                         const char *keyring, struct source *s, char **lock_path)
+{
+	json_object *model = NULL, *facts = json_object_new_object();
+	int r = cli_manifest_load(manifest, facts, &model);
+	json_object_put(facts);
+	if (r)
+		return r;
+	*lock_path = lock ? xstrdup(lock) : cli_lock_path(manifest, model);
+	json_object_put(model);
+	char **digests;
+	size_t n;
+	if ((r = cli_manifest_fragments(manifest, *lock_path, &digests, &n)))
+		return r;
+	r = from_fragments(digests, n, store, keyring, s);
+	strv_free(digests, n);
+	return r;
+}
+
+static int parse_epoch(const char *s, int64_t *out)
+{
+	char *end;
+	errno = 0;
+	long long v = strtoll(s, &end, 10);
+	if (errno || end == s || *end || v < 0)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+int cmd_export(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"format", required_argument, NULL, 'f'},
+	    {"output", required_argument, NULL, 'o'},
+	    {"source-date-epoch", required_argument, NULL, OPT_SDE},
+	    {"store", required_argument, NULL, 's'},
+	    {"keyring", required_argument, NULL, OPT_KEYRING},
+	    {"lock", required_argument, NULL, OPT_LOCK},
+	    {"upper", required_argument, NULL, OPT_UPPER},
+	    {"help", no_argument, NULL, 'h'},
+	    {}};
+	const char *format = NULL, *output = NULL, *store = NULL, *keyring_path = NULL;
+	const char *lock = NULL, *upper = NULL;
+	int64_t epoch = -1;
+	int c;
+	while ((c = getopt_long(argc, argv, "f:o:s:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'f':
+			format = optarg;
+			break;
+		case 'o':
+			output = optarg;
+			break;
+		case OPT_SDE:
+			if (parse_epoch(optarg, &epoch) < 0)
+				return cli_usage(
+				    usage_export,
+				    "--source-date-epoch takes seconds since 1970, not '%s'",
+				    optarg);
+			break;
+		case 's':
+			store = optarg;
+			break;
+		case OPT_KEYRING:
+			keyring_path = optarg;
+			break;
+		case OPT_LOCK:
+			lock = optarg;
+			break;
+		case OPT_UPPER:
+			upper = optarg;
+			break;
+		case 'h':
+			fputs(usage_export, stdout);
+			return EXIT_OK;
+		default:
+			return cli_usage(usage_export, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind == argc)
+		return cli_usage(usage_export, "give a MANIFEST, INDEX, MOUNTPOINT or FRAGMENTs");
+	if (!format)
+		return cli_usage(usage_export, "give --format tar");
+	if (strcmp(format, "tar") != 0)
+		return cli_usage(usage_export, "--format '%s' is not there yet: tar is", format);
+	if (!output)
+		return cli_usage(usage_export, "give -o OUT");
+	const char *env_epoch = getenv("SOURCE_DATE_EPOCH");
+	if (epoch < 0 && env_epoch && *env_epoch && parse_epoch(env_epoch, &epoch) < 0)
+		return cli_usage(usage_export, "$SOURCE_DATE_EPOCH is not seconds since 1970: '%s'",
+		                 env_epoch);
+
+	char **args = argv + optind;
+	size_t n_args = argc - optind;
+	_cleanup_(source_clear) struct source s = {0};
+	_cleanup_free_ char *lock_path = lock ? xstrdup(lock) : NULL;
+	struct stat st;
+	int r;
+	if (n_args == 1 && is_manifest(args[0])) {
+		free(lock_path);
+		lock_path = NULL;
+		r = from_manifest(args[0], lock, store, keyring_path, &s, &lock_path);
+	} else if (n_args == 1 && stat(args[0], &st) == 0 && S_ISDIR(st.st_mode)) {
+		if (upper)
+			return cli_usage(usage_export,
+			                 "a MOUNTPOINT has its own upper: no --upper");
+		r = from_mount(args[0], &s);
+	} else if (n_args == 1 && !is_fragment(args[0]) && stat(args[0], &st) == 0 &&
+	           S_ISREG(st.st_mode))
+		r = from_index(args[0], store, &s);
+	else
+		r = from_fragments(args, n_args, store, keyring_path, &s);
+	if (r)
+		return r;
+	if (upper)
+		s.upper = upper;
+
+	struct mosaic_error err = {0};
+	if (lock_path) {
+		if (lock_read(lock_path, &s.lock, &err) < 0)
+			return cli_fail(&err);
+		s.have_lock = true;
+	}
+	struct keyring *k = NULL;
+	if (!s.verified && (r = cli_open_keyring(keyring_path, &k)))
+		return r;
+	struct export_reader *reader;
+	const struct export_reader_options ro = {
+	    .idx = s.idx, .images = s.images, .upper = s.upper, .keyring = k};
+	if (export_reader_open(&ro, &reader, &err) < 0) {
+		keyring_free(k);
+		return cli_fail(&err);
+	}
+	const struct export_options o = {.format = format,
+	                                 .output = output,
+	                                 .source_date_epoch = epoch,
+	                                 .lock = s.have_lock ? &s.lock : NULL};
+	struct export_tar_result res;
+	r = export_run(reader, &o, &res, &err);
+	export_reader_free(reader);
+	keyring_free(k);
+	if (r < 0)
+		return cli_fail(&err);
+	printf("%s %s %ju bytes, %ju entries%s\n", output, res.sha256, (uintmax_t)res.size,
+	       (uintmax_t)res.entries, res.skipped ? " (sockets left out)" : "");
+	return EXIT_OK;
+}
