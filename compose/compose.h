@@ -139,10 +139,37 @@ void compose_diff_free(struct compose_diff_entry *v, size_t n);
 int compose_diff_path(const struct compose_index *idx, char *const *images, const char *upper,
                       const char *path, struct compose_diff_entry *out, struct mosaic_error *err);
 
-/* ---- the dpkg database of a composition (dpkg-db.c, docs/formats.md) --------------------- */
+/* ---- generated fragments (generated.c) ------------------------------------------------------ */
 
 struct store;
 struct keyring;
+struct fragment_descriptor;
+
+/* A fragment's descriptor: verified against k, or, with k NULL, only parsed (our own store,
+ * just written by the caller). */
+int compose_read_descriptor(struct store *s, struct keyring *k, const char *digest,
+                            struct fragment_descriptor *d, struct mosaic_error *err);
+/* A key of salt and the ordered digests (each followed by a newline). */
+void compose_digests_key(const char *salt, const char *const *digests, size_t n,
+                         char hex[SHA256_HEX_LEN + 1]);
+/* The fragment of kind made from inputs with this key, when the cache
+ * ($MOSAIC_CACHE_DIR/KIND/KEY) names one the store has; and recording it there. */
+bool compose_generated_find(const struct store *s, const char *kind, const char *key,
+                            char digest[SHA256_HEX_LEN + 1]);
+void compose_generated_remember(const char *kind, const char *key, const char *digest);
+/* A signed fragment named name made from the tree fill writes into an empty scratch directory
+ * (also named name): owners as written, every time epoch. */
+struct compose_generated {
+	const char *name, *version, *arch, *sign_key;
+	int kind; /* enum fragment_kind */
+	int64_t epoch;
+	int (*fill)(const char *root, void *ctx, struct mosaic_error *err);
+	void *ctx;
+};
+int compose_generated_make(struct store *s, const struct compose_generated *g,
+                           char digest[SHA256_HEX_LEN + 1], struct mosaic_error *err);
+
+/* ---- the dpkg database of a composition (dpkg-db.c, docs/formats.md) --------------------- */
 
 /* One Debian package as the database needs it (everything borrowed): its control paragraph
  * (the descriptor's deb.control) and the text of its conffiles and triggers control files. A

@@ -4,7 +4,6 @@
 #include "fragments/fragment.h"
 
 #include <fcntl.h>
-#include <ftw.h>
 #include <gcrypt.h>
 #include <string.h>
 #include <strings.h>
@@ -677,15 +676,9 @@ int compose_dpkg_tree(const struct compose_dpkg_package *pkgs, size_t n, const c
 void compose_dpkg_key(const char *const *digests, size_t n, const char *native_arch,
                       char hex[SHA256_HEX_LEN + 1])
 {
-	struct sha256 *h = sha256_new();
 	_cleanup_free_ char *salt =
 	    xasprintf("mosaic dpkg database v%d\n%s\n", DPKG_DB_VERSION, native_arch);
-	sha256_update(h, salt, strlen(salt));
-	for (size_t i = 0; i < n; i++) {
-		sha256_update(h, digests[i], strlen(digests[i]));
-		sha256_update(h, "\n", 1);
-	}
-	sha256_final(h, hex);
+	compose_digests_key(salt, digests, n, hex);
 }
 
 /* Regular files of an image by path (no leading slash), found in one walk. */
@@ -851,42 +844,17 @@ static int read_info_files(const char *image, const char *info_name, char **conf
 	return r;
 }
 
-static int rm_visit(const char *path, const struct stat *st, int flag, struct FTW *f)
-{
-	return remove(path) < 0 ? -1 : 0;
-}
+struct dpkg_tree {
+	const struct compose_dpkg_package *pkgs;
+	size_t n;
+	const char *native;
+	int64_t epoch;
+};
 
-static int make_fragment(struct store *s, const struct compose_dpkg_package *pkgs, size_t n,
-                         const char *native, int64_t epoch, const char *sign_key,
-                         char digest[SHA256_HEX_LEN + 1], struct mosaic_error *err)
+static int fill_tree(const char *root, void *ctx, struct mosaic_error *err)
 {
-	const char *tmpdir = getenv("TMPDIR");
-	_cleanup_free_ char *tmp = xasprintf("%s/mosaic-dpkg-db.XXXXXX", tmpdir ? tmpdir : "/tmp");
-	if (!mkdtemp(tmp))
-		return mosaic_errorf(err, -errno, "%s: %s", tmp, strerror(errno));
-	/* A fixed name for the source directory: the descriptor records it. */
-	_cleanup_free_ char *root = path_join(tmp, "dpkg-database");
-	int r =
-	    mkdir(root, 0755) < 0 ? mosaic_errorf(err, -errno, "%s: %s", root, strerror(errno)) : 0;
-	if (r == 0)
-		r = compose_dpkg_tree(pkgs, n, native, epoch, root, err);
-	if (r == 0) {
-		struct fragment_create_options o = {
-		    .name = "dpkg-database",
-		    .arch = native,
-		    .kind = FRAGMENT_CONFIG,
-		    .sign_key = sign_key,
-		    .source_date_epoch = epoch,
-		    .owner_set = true,
-		};
-		struct fragment_info info = {0};
-		r = fragment_create(s, root, &o, &info, err);
-		if (r == 0)
-			memcpy(digest, info.digest, SHA256_HEX_LEN + 1);
-		fragment_info_clear(&info);
-	}
-	nftw(tmp, rm_visit, 16, FTW_DEPTH | FTW_PHYS);
-	return r;
+	const struct dpkg_tree *t = ctx;
+	return compose_dpkg_tree(t->pkgs, t->n, t->native, t->epoch, root, err);
 }
 
 int compose_dpkg_fragment(struct store *s, struct keyring *k, const char *const *digests, size_t n,
@@ -895,18 +863,10 @@ int compose_dpkg_fragment(struct store *s, struct keyring *k, const char *const 
 {
 	char key[SHA256_HEX_LEN + 1];
 	compose_dpkg_key(digests, n, native_arch, key);
-	_cleanup_free_ char *cache = mosaic_cache_dir();
-	_cleanup_free_ char *cache_path = xasprintf("%s/dpkg-database/%s", cache, key);
-	_cleanup_free_ char *known = NULL;
-	if (read_file(cache_path, 128, &known, NULL) == 0 && is_sha256_hex(known)) {
-		_cleanup_free_ char *sig = store_object_path(s, known, ".json.sig");
-		if (access(sig, R_OK) == 0) {
-			memcpy(digest, known, SHA256_HEX_LEN + 1);
-			if (made)
-				*made = false;
-			return 0;
-		}
-	}
+	if (made)
+		*made = false;
+	if (compose_generated_find(s, "dpkg-database", key, digest))
+		return 0;
 
 	/* common/hash.c initializes libgcrypt (once, on first use), which the MD5s of the
 	 * conffiles need before gcry_md_open. */
@@ -923,19 +883,7 @@ int compose_dpkg_fragment(struct store *s, struct keyring *k, const char *const 
 	for (size_t i = 0; i < n && r == 0; i++) {
 		struct fragment_descriptor *d = &descs[i];
 		_cleanup_free_ char *image = store_object_path(s, digests[i], ".sqfs");
-		if (k) {
-			r = fragment_verify(k, image, d, err);
-		} else {
-			/* Our own store, just written by the caller: the descriptor alone. */
-			_cleanup_free_ char *jp = store_object_path(s, digests[i], ".json");
-			_cleanup_free_ char *text = NULL;
-			size_t len = 0;
-			r = read_file(jp, 16 << 20, &text, &len);
-			if (r < 0)
-				r = mosaic_errorf(err, r, "%s: %s", jp, strerror(-r));
-			else
-				r = fragment_descriptor_parse(text, len, d, err);
-		}
+		r = compose_read_descriptor(s, k, digests[i], d, err);
 		if (r < 0)
 			break;
 		if (d->created > epoch)
@@ -965,12 +913,21 @@ int compose_dpkg_fragment(struct store *s, struct keyring *k, const char *const 
 		p->triggers = triggers[np];
 		np++;
 	}
-	if (r == 0)
-		r = make_fragment(s, pkgs, np, native_arch, epoch, sign_key, digest, err);
 	if (r == 0) {
-		_cleanup_free_ char *dir = xasprintf("%s/dpkg-database", cache);
-		if (mkdir_p(dir, 0755) == 0)
-			write_file_atomic(cache_path, digest, SHA256_HEX_LEN, 0644);
+		struct dpkg_tree t = {pkgs, np, native_arch, epoch};
+		const struct compose_generated g = {
+		    .name = "dpkg-database",
+		    .arch = native_arch,
+		    .kind = FRAGMENT_CONFIG,
+		    .sign_key = sign_key,
+		    .epoch = epoch,
+		    .fill = fill_tree,
+		    .ctx = &t,
+		};
+		r = compose_generated_make(s, &g, digest, err);
+	}
+	if (r == 0) {
+		compose_generated_remember("dpkg-database", key, digest);
 		if (made)
 			*made = true;
 	}

@@ -269,12 +269,6 @@ static int tree_visit(const char *path, const struct stat *st, int flag, struct 
 	return 0;
 }
 
-static int rm_visit(const char *path, const struct stat *st, int flag, struct FTW *f)
-{
-	(void)st, (void)flag, (void)f;
-	return remove(path) < 0 ? -1 : 0;
-}
-
 static bool dbpath_ok(const char *p)
 {
 	if (!*p || *p == '/' || strlen(p) > 1024)
@@ -363,15 +357,9 @@ int compose_rpm_tree(const struct compose_rpm_package *pkgs, size_t n, const cha
 void compose_rpm_key(const char *const *digests, size_t n, const char *dbpath,
                      char hex[SHA256_HEX_LEN + 1])
 {
-	struct sha256 *h = sha256_new();
 	_cleanup_free_ char *salt =
 	    xasprintf("mosaic rpm database v%d\n%s\n", RPM_DB_VERSION, dbpath);
-	sha256_update(h, salt, strlen(salt));
-	for (size_t i = 0; i < n; i++) {
-		sha256_update(h, digests[i], strlen(digests[i]));
-		sha256_update(h, "\n", 1);
-	}
-	sha256_final(h, hex);
+	compose_digests_key(salt, digests, n, hex);
 }
 
 struct file_find {
@@ -426,54 +414,17 @@ static int read_header_file(const char *image, const char *path, char **out, siz
 	return 0;
 }
 
-static int make_fragment(struct store *s, const struct compose_rpm_package *pkgs, size_t n,
-                         const char *dbpath, const char *arch, int64_t epoch, const char *sign_key,
-                         char digest[SHA256_HEX_LEN + 1], struct mosaic_error *err)
-{
-	const char *tmpdir = getenv("TMPDIR");
-	_cleanup_free_ char *tmp =
-	    xasprintf("%s/mosaic-rpm-db.XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
-	if (!mkdtemp(tmp))
-		return mosaic_errorf(err, -errno, "%s: %s", tmp, strerror(errno));
-	/* A fixed name for the source directory: the descriptor records it. */
-	_cleanup_free_ char *root = path_join(tmp, "rpm-database");
-	int r =
-	    mkdir(root, 0755) < 0 ? mosaic_errorf(err, -errno, "%s: %s", root, strerror(errno)) : 0;
-	if (r == 0)
-		r = compose_rpm_tree(pkgs, n, dbpath, epoch, root, err);
-	if (r == 0) {
-		struct fragment_create_options o = {
-		    .name = "rpm-database",
-		    .arch = arch,
-		    .kind = FRAGMENT_CONFIG,
-		    .sign_key = sign_key,
-		    .source_date_epoch = epoch,
-		    .owner_set = true,
-		};
-		struct fragment_info info = {0};
-		r = fragment_create(s, root, &o, &info, err);
-		if (r == 0)
-			memcpy(digest, info.digest, SHA256_HEX_LEN + 1);
-		fragment_info_clear(&info);
-	}
-	nftw(tmp, rm_visit, 16, FTW_DEPTH | FTW_PHYS);
-	return r;
-}
+struct rpm_tree {
+	const struct compose_rpm_package *pkgs;
+	size_t n;
+	const char *dbpath;
+	int64_t epoch;
+};
 
-static int read_descriptor(struct store *s, struct keyring *k, const char *digest,
-                           struct fragment_descriptor *d, struct mosaic_error *err)
+static int fill_tree(const char *root, void *ctx, struct mosaic_error *err)
 {
-	_cleanup_free_ char *image = store_object_path(s, digest, ".sqfs");
-	if (k)
-		return fragment_verify(k, image, d, err);
-	/* Our own store, just written by the caller: the descriptor alone. */
-	_cleanup_free_ char *jp = store_object_path(s, digest, ".json");
-	_cleanup_free_ char *text = NULL;
-	size_t len = 0;
-	int r = read_file(jp, 16 << 20, &text, &len);
-	if (r < 0)
-		return mosaic_errorf(err, r, "%s: %s", jp, strerror(-r));
-	return fragment_descriptor_parse(text, len, d, err);
+	const struct rpm_tree *t = ctx;
+	return compose_rpm_tree(t->pkgs, t->n, t->dbpath, t->epoch, root, err);
 }
 
 int compose_rpm_fragment(struct store *s, struct keyring *k, const char *const *digests, size_t n,
@@ -482,19 +433,11 @@ int compose_rpm_fragment(struct store *s, struct keyring *k, const char *const *
 {
 	char key[SHA256_HEX_LEN + 1];
 	compose_rpm_key(digests, n, dbpath, key);
-	_cleanup_free_ char *cache = mosaic_cache_dir();
-	_cleanup_free_ char *cache_path = xasprintf("%s/rpm-database/%s", cache, key);
-	_cleanup_free_ char *known = NULL;
 	if (made)
 		*made = false;
 	digest[0] = 0;
-	if (read_file(cache_path, 128, &known, NULL) == 0 && is_sha256_hex(known)) {
-		_cleanup_free_ char *sig = store_object_path(s, known, ".json.sig");
-		if (access(sig, R_OK) == 0) {
-			memcpy(digest, known, SHA256_HEX_LEN + 1);
-			return 0;
-		}
-	}
+	if (compose_generated_find(s, "rpm-database", key, digest))
+		return 0;
 
 	struct compose_rpm_package *pkgs = xcalloc(n ? n : 1, sizeof(*pkgs));
 	struct fragment_descriptor *descs = xcalloc(n ? n : 1, sizeof(*descs));
@@ -505,7 +448,7 @@ int compose_rpm_fragment(struct store *s, struct keyring *k, const char *const *
 	int r = 0;
 	for (size_t i = 0; i < n && r == 0; i++) {
 		struct fragment_descriptor *d = &descs[i];
-		r = read_descriptor(s, k, digests[i], d, err);
+		r = compose_read_descriptor(s, k, digests[i], d, err);
 		if (r < 0)
 			break;
 		json_object *rpm, *hdr;
@@ -533,12 +476,21 @@ int compose_rpm_fragment(struct store *s, struct keyring *k, const char *const *
 		pkgs[np].what = d->name;
 		np++;
 	}
-	if (r == 0 && np > 0)
-		r = make_fragment(s, pkgs, np, dbpath, arch, epoch, sign_key, digest, err);
 	if (r == 0 && np > 0) {
-		_cleanup_free_ char *dir = xasprintf("%s/rpm-database", cache);
-		if (mkdir_p(dir, 0755) == 0)
-			write_file_atomic(cache_path, digest, SHA256_HEX_LEN, 0644);
+		struct rpm_tree t = {pkgs, np, dbpath, epoch};
+		const struct compose_generated g = {
+		    .name = "rpm-database",
+		    .arch = arch,
+		    .kind = FRAGMENT_CONFIG,
+		    .sign_key = sign_key,
+		    .epoch = epoch,
+		    .fill = fill_tree,
+		    .ctx = &t,
+		};
+		r = compose_generated_make(s, &g, digest, err);
+	}
+	if (r == 0 && np > 0) {
+		compose_generated_remember("rpm-database", key, digest);
 		if (made)
 			*made = true;
 	}

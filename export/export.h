@@ -108,13 +108,94 @@ json_object *export_sbom(const struct export_sbom_input *in);
 /* The image manifest: version, format, image, size, sha256. Caller puts. */
 json_object *export_image_manifest(const struct export_sbom_input *in);
 
+/* ---- ext4 (ext4.c) ------------------------------------------------------------------------ */
+
+#define EXPORT_EXT4_BLOCK 4096u
+
+/* What the view's entries take in an ext4 filesystem, metadata aside. */
+struct export_fs_usage {
+	uint64_t inodes; /* distinct inodes (a hard-linked file once) */
+	uint64_t blocks; /* 4 KiB blocks of file data, extent trees, long symlinks, xattr blocks */
+	uint64_t dirs, dir_bytes; /* directories and the bytes of their entries */
+};
+/* Adds what entry e takes (a later name of a hard-linked file only its directory entry). */
+void export_ext4_account(struct export_fs_usage *u, const struct export_entry *e, bool first_link);
+/* Sizing an ext4 filesystem for usage plus free_bytes of room: the inode and block counts to
+ * make it with (the journal, inode tables, bitmaps, descriptors, the root reserve of 5% and
+ * some slack included). Pure arithmetic. */
+void export_ext4_size(const struct export_fs_usage *u, uint64_t free_bytes, uint64_t *blocks,
+                      uint64_t *inodes);
+
+struct export_ext4_options {
+	const char *path; /* an existing file of zeros, at least offset + blocks * 4 KiB long */
+	uint64_t offset;  /* bytes */
+	uint64_t blocks, inodes;
+	uint8_t uuid[16], hash_seed[16];
+	int64_t epoch; /* mtimes are clamped to it (< 0: not); every other time is `now` */
+	int64_t now;
+	const char *label;
+};
+/* Writes the view as an ext4 filesystem (libext2fs: the features of Debian's mke2fs.conf for
+ * ext4) into o->path at o->offset, as a normal user: owners, modes, devices, xattrs and hard
+ * links from the view; the same view and options give the same bytes. -ENOSPC when it does not
+ * fit. */
+int export_ext4_write(struct export_reader *r, const struct export_ext4_options *o,
+                      struct mosaic_error *err);
+
+/* ---- raw disk (disk.c) -------------------------------------------------------------------- */
+
+#define EXPORT_MIB (1024ull * 1024)
+
+/* A UUID derived from a 32-byte seed and a label: the first 16 bytes of SHA-256(seed, label)
+ * marked as a version 4 (random) UUID, as systemd-repart derives its UUIDs. */
+void export_derive_uuid(const uint8_t seed[SHA256_LEN], const char *label, uint8_t out[16]);
+void export_uuid_string(const uint8_t u[16], char out[37]);
+
+struct export_partition {
+	unsigned number;
+	const char *type_guid, *name, *filesystem;
+	char uuid[37], fs_uuid[37];
+	uint64_t start, size; /* bytes */
+};
+
+struct export_raw_result {
+	struct export_partition parts[2];
+	size_t n_parts;
+	char disk_uuid[37];
+	uint64_t size, entries;
+	int64_t newest_mtime;  /* before clamping */
+	char *kernel, *initrd; /* the view's paths copied to the ESP, or NULL */
+};
+void export_raw_result_clear(struct export_raw_result *res);
+
+struct export_raw_options {
+	const char *path;           /* a fresh empty file to write the disk into */
+	uint64_t size;              /* 0: from the content */
+	uint64_t free_space;        /* room left in the root filesystem when sizing from content */
+	int64_t source_date_epoch;  /* < 0: none */
+	bool no_bootloader;         /* an empty ESP, no kernel needed */
+	const char *kernel_cmdline; /* NULL: the view's /etc/kernel/cmdline */
+};
+/* Writes a GPT disk (libfdisk) into o->path: partition 1 the EFI system partition (FAT32 by
+ * mkfs.vfat and mtools, no mount) with systemd-boot and a loader entry for the view's kernel,
+ * partition 2 the root (Discoverable Partitions x86-64 root type) as ext4 written from the
+ * view. UUIDs derive from the view; the same view and epoch give the same bytes. */
+int export_raw(struct export_reader *r, const struct export_raw_options *o,
+               struct export_raw_result *res, struct mosaic_error *err);
+/* Parses "512M", "2G", "1048576" (K, M, G, T: powers of 1024). */
+int export_parse_size(const char *s, uint64_t *out);
+
 /* ---- one export (run.c) ------------------------------------------------------------------- */
 
 struct export_options {
-	const char *format;        /* "tar" */
+	const char *format;        /* "tar" or "raw" */
 	const char *output;        /* OUT; OUT.spdx.json and OUT.manifest.json go beside it */
 	int64_t source_date_epoch; /* < 0: none (the SBOM then takes the newest mtime) */
 	const struct lock *lock;   /* may be NULL */
+	/* raw only */
+	uint64_t size, free_space;
+	bool no_bootloader;
+	const char *kernel_cmdline;
 };
 /* Exports the view to o->output with its SBOM and manifest. Each is written to a temp name
  * beside it and renamed into place only when all three are complete: a failure (a full disk)

@@ -81,14 +81,45 @@ static int temp_commit(struct temp *t, struct mosaic_error *err)
 	return 0;
 }
 
+/* The raw disk's layout in its image manifest: the disk GUID, and each partition's number,
+ * type GUID, partition UUID, name, start and size (bytes), filesystem and its UUID, and the
+ * boot entry's kernel and initramfs. */
+static void add_partitions(json_object *man, const struct export_raw_result *d)
+{
+	json_object_object_add(man, "disk_uuid", json_object_new_string(d->disk_uuid));
+	json_object *parts = json_object_new_array();
+	for (size_t i = 0; i < d->n_parts; i++) {
+		const struct export_partition *p = &d->parts[i];
+		json_object *o = json_object_new_object();
+		json_object_object_add(o, "number", json_object_new_int(p->number));
+		json_object_object_add(o, "type", json_object_new_string(p->type_guid));
+		json_object_object_add(o, "uuid", json_object_new_string(p->uuid));
+		json_object_object_add(o, "name", json_object_new_string(p->name));
+		json_object_object_add(o, "start", json_object_new_int64((int64_t)p->start));
+		json_object_object_add(o, "size", json_object_new_int64((int64_t)p->size));
+		json_object_object_add(o, "filesystem", json_object_new_string(p->filesystem));
+		json_object_object_add(o, "fs_uuid", json_object_new_string(p->fs_uuid));
+		json_object_array_add(parts, o);
+	}
+	json_object_object_add(man, "partitions", parts);
+	json_object *boot = json_object_new_object();
+	json_object_object_add(boot, "kernel",
+	                       d->kernel ? json_object_new_string(d->kernel) : NULL);
+	json_object_object_add(boot, "initrd",
+	                       d->initrd ? json_object_new_string(d->initrd) : NULL);
+	json_object_object_add(man, "boot", boot);
+}
+
 int export_run(struct export_reader *r, const struct export_options *o,
                struct export_tar_result *res_out, struct mosaic_error *err)
 {
-	if (strcmp(o->format, "tar") != 0)
-		return mosaic_errorf(err, -EINVAL, "export format '%s' is not there yet: use tar",
-		                     o->format);
+	bool raw = strcmp(o->format, "raw") == 0;
+	if (!raw && strcmp(o->format, "tar") != 0)
+		return mosaic_errorf(
+		    err, -EINVAL, "export format '%s' is not there yet: use tar or raw", o->format);
 	struct temp image = {0}, sbom = {0}, manifest = {0};
 	struct export_tar_result res;
+	struct export_raw_result disk = {0};
 	_cleanup_free_ char *sbom_path = xasprintf("%s.spdx.json", o->output);
 	_cleanup_free_ char *manifest_path = xasprintf("%s.manifest.json", o->output);
 	_cleanup_free_ char *copy = xstrdup(o->output);
@@ -98,7 +129,25 @@ int export_run(struct export_reader *r, const struct export_options *o,
 		e = fd;
 		goto out;
 	}
-	e = export_tar(r, fd, o->source_date_epoch, &res, err);
+	if (raw) {
+		/* The disk is written by path (libfdisk, libext2fs and mkfs.vfat/mtools each open
+		 * it); fd stays open for the hash and the fsync. */
+		const struct export_raw_options ro = {.path = image.path,
+		                                      .size = o->size,
+		                                      .free_space = o->free_space,
+		                                      .source_date_epoch = o->source_date_epoch,
+		                                      .no_bootloader = o->no_bootloader,
+		                                      .kernel_cmdline = o->kernel_cmdline};
+		e = export_raw(r, &ro, &disk, err);
+		if (e == 0) {
+			res = (struct export_tar_result){.size = disk.size,
+			                                 .entries = disk.entries,
+			                                 .newest_mtime = disk.newest_mtime};
+			if ((e = sha256_fd(fd, res.sha256)) < 0)
+				mosaic_errorf(err, e, "hashing %s: %s", image.path, strerror(-e));
+		}
+	} else
+		e = export_tar(r, fd, o->source_date_epoch, &res, err);
 	if (e < 0) {
 		close(fd);
 		mosaic_error_prefix(err, "%s", o->output);
@@ -120,6 +169,8 @@ int export_run(struct export_reader *r, const struct export_options *o,
 	};
 	doc = export_sbom(&in);
 	man = export_image_manifest(&in);
+	if (raw)
+		add_partitions(man, &disk);
 	if ((e = temp_write_json(&sbom, sbom_path, doc, err)) < 0 ||
 	    (e = temp_write_json(&manifest, manifest_path, man, err)) < 0)
 		goto out;
@@ -131,6 +182,7 @@ int export_run(struct export_reader *r, const struct export_options *o,
 	if (res_out)
 		*res_out = res;
 out:
+	export_raw_result_clear(&disk);
 	json_object_put(doc);
 	json_object_put(man);
 	temp_clear(&image);

@@ -3,6 +3,7 @@
  * fragment is a function of the fragments under it and of the manifest's config: and run:, so
  * it is made once per such key and found again by it: a second build runs no script. */
 #include "tools/build-configure.h"
+#include "compose/compose.h"
 
 #include <fcntl.h>
 #include <inttypes.h>
@@ -31,12 +32,7 @@ static json_object *without_positions(json_object *v)
 
 void build_base_key(char *const *digests, size_t n, char hex[SHA256_HEX_LEN + 1])
 {
-	struct sha256 *h = sha256_new();
-	for (size_t i = 0; i < n; i++) {
-		sha256_update(h, digests[i], strlen(digests[i]));
-		sha256_update(h, "\n", 1);
-	}
-	sha256_final(h, hex);
+	compose_digests_key("", (const char *const *)digests, n, hex);
 }
 
 static void hash_json(struct sha256 *h, const char *what, json_object *v)
@@ -86,15 +82,11 @@ int build_config_key(json_object *model, char *const *digests, size_t n,
 }
 
 /* The fragment a key was made into, if the store still has it. */
-static bool find_made(struct store *s, const char *cache_path, const char *lock_path,
-                      const char *key, char digest[SHA256_HEX_LEN + 1])
+static bool find_made(struct store *s, const char *lock_path, const char *key,
+                      char digest[SHA256_HEX_LEN + 1])
 {
-	_cleanup_free_ char *known = NULL;
-	if (read_file(cache_path, 128, &known, NULL) == 0 && is_sha256_hex(known) &&
-	    store_has(s, known)) {
-		memcpy(digest, known, SHA256_HEX_LEN + 1);
+	if (compose_generated_find(s, "configure", key, digest))
 		return true;
-	}
 	/* The lock of an earlier build (on another machine, or with another cache). */
 	struct lock l = {0};
 	bool found = false;
@@ -182,19 +174,16 @@ int build_config_fragment(const struct build_config *c, struct store *s, char *c
 		return cli_fail(&err);
 	build_base_key(digests, n, base);
 	_cleanup_free_ char *cache = mosaic_cache_dir();
-	_cleanup_free_ char *dir = path_join(cache, "configure");
-	_cleanup_free_ char *cache_path = path_join(dir, key);
-	_cleanup_free_ char *work = xasprintf("%s/%s.work", dir, key);
+	_cleanup_free_ char *work = xasprintf("%s/configure/%s.work", cache, key);
 	double t0 = now_s();
 	int r = EXIT_OK;
-	if (find_made(s, cache_path, c->lock_path, key, digest)) {
+	if (find_made(s, c->lock_path, key, digest)) {
 		fprintf(stderr, "configuration: %.12s already in the store; no script runs\n",
 		        digest);
 	} else {
 		r = configure_and_commit(c, digests, n, work, digest);
 		if (r == EXIT_OK) {
-			if (write_file_atomic(cache_path, digest, SHA256_HEX_LEN, 0644) < 0)
-				fprintf(stderr, "mosaic: warning: could not cache %s\n", cache_path);
+			compose_generated_remember("configure", key, digest);
 			int e = rm_tree(work);
 			if (e < 0)
 				fprintf(stderr, "mosaic: warning: removing %s: %s\n", work,

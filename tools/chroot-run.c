@@ -358,3 +358,23 @@ int chroot_session(const char *root, int (*fn)(const char *root, void *data), vo
 		                     WTERMSIG(ws));
 	return WEXITSTATUS(ws);
 }
+
+void chroot_print_tail(const char *tail, int max)
+{
+	const char *text = tail ? tail : "";
+	const char *start = text + strlen(text);
+	while (start > text && start[-1] == '\n')
+		start--;
+	const char *end = start;
+	for (int k = 0; start > text; start--)
+		if (start[-1] == '\n' && ++k == max)
+			break;
+	if (end == start)
+		fprintf(stderr, "    (none)\n");
+	while (start < end) {
+		const char *nl = memchr(start, '\n', end - start);
+		size_t len = nl ? (size_t)(nl - start) : (size_t)(end - start);
+		fprintf(stderr, "    %.*s\n", (int)len, start);
+		start += len + (nl ? 1 : 0);
+	}
+}

@@ -28,6 +28,10 @@ struct chroot_result {
  * killed when it ends. Returns 0 with res filled, or -errno when it could not be started. */
 int chroot_run_step(const char *root, const struct chroot_step *s, struct chroot_result *res);
 
+/* Prints the last max lines of a step's output (tail may be NULL) to stderr, indented, or
+ * "(none)". */
+void chroot_print_tail(const char *tail, int max);
+
 /* Runs fn(root, data) in a child process in new mount and PID namespaces (mounts private, so
  * nothing propagates to the host) with proc, sysfs (read-only), a minimal /dev (null, zero, full,
  * random, urandom, tty, ptmx + pts, shm, fd) and tmpfs /run and /tmp mounted under root. Missing

@@ -40,10 +40,14 @@ void cli_inputs_free(struct cli_inputs *ci);
 /* The composition index of ci (cmd-mount.c): built once per fragment list and cached; caller
  * frees *index_path. Returns an exit code. */
 int cli_inputs_index(const struct cli_inputs *ci, char **index_path);
+/* A prebuilt index (opened into *idx; the caller closes it, on failure too) and the images of
+ * its fragments, found in the store by digest. Returns an exit code. */
+struct compose_index;
+int cli_index_images(const char *path, const char *store, struct compose_index **idx,
+                     char ***images, size_t *n);
 
 /* A running mosaic mount as diff, origin and export read it (cmd-mount.c): its index, its
  * fragment images in index order, its upper (NULL for a read-only mount). */
-struct compose_index;
 struct cli_mounted {
 	json_object *state;
 	struct compose_index *idx;

@@ -570,6 +570,16 @@ static int write_root(struct store *s, const struct lock *l)
 	return write_file_atomic(path, text, len, 0644);
 }
 
+/* A generated fragment as the lock's fragments list records it. */
+static json_object *lock_entry(const char *role, const char *source, const char *digest)
+{
+	json_object *e = json_object_new_object();
+	json_object_object_add(e, "role", json_object_new_string(role));
+	json_object_object_add(e, "source", json_object_new_string(source));
+	json_object_object_add(e, "digest", json_object_new_string(digest));
+	return e;
+}
+
 /* The package fragments' digests in lock order (borrowed from the lock). */
 static const char **package_digests(const struct lock *l)
 {
@@ -596,11 +606,7 @@ static int database_fragment(struct store *s, struct lock *lock, const char *sig
 	}
 	fprintf(stderr, "dpkg database: %.12s %s in %.2f s\n", digest,
 	        made ? "made" : "already in the store", now_s() - t0);
-	json_object *e = json_object_new_object();
-	json_object_object_add(e, "role", json_object_new_string("database"));
-	json_object_object_add(e, "source", json_object_new_string(key));
-	json_object_object_add(e, "digest", json_object_new_string(digest));
-	json_object_array_add(lock->fragments, e);
+	json_object_array_add(lock->fragments, lock_entry("database", key, digest));
 	return 0;
 }
 
@@ -667,11 +673,7 @@ static int rpm_database_fragment(struct store *s, struct lock *lock, const char 
 		return 0;
 	fprintf(stderr, "rpm database: %.12s %s in %.2f s\n", digest,
 	        made ? "made" : "already in the store", now_s() - t0);
-	json_object *e = json_object_new_object();
-	json_object_object_add(e, "role", json_object_new_string("rpm-database"));
-	json_object_object_add(e, "source", json_object_new_string(key));
-	json_object_object_add(e, "digest", json_object_new_string(digest));
-	json_object_array_add(lock->fragments, e);
+	json_object_array_add(lock->fragments, lock_entry("rpm-database", key, digest));
 	return 0;
 }
 
@@ -709,13 +711,6 @@ static const char *const *merged_usr_dirs(const char *arch)
 	return plain;
 }
 
-static int remove_visit(const char *path, const struct stat *st, int flag, struct FTW *f)
-{
-	(void)st, (void)flag, (void)f;
-	remove(path);
-	return 0;
-}
-
 static int zero_time_visit(const char *path, const struct stat *st, int flag, struct FTW *f)
 {
 	(void)st, (void)flag, (void)f;
@@ -724,12 +719,11 @@ static int zero_time_visit(const char *path, const struct stat *st, int flag, st
 }
 
 /* Makes the merged-/usr tree under root: usr/ and its directories 0755, the links beside. */
-static int merged_usr_tree(const char *root, const char *arch, struct mosaic_error *err)
+static int merged_usr_tree(const char *root, void *ctx, struct mosaic_error *err)
 {
 	_cleanup_free_ char *usr = path_join(root, "usr");
-	const char *const *dirs = merged_usr_dirs(arch);
-	if (mkdir(root, 0755) < 0 || chmod(root, 0755) < 0 || mkdir(usr, 0755) < 0 ||
-	    chmod(usr, 0755) < 0)
+	const char *const *dirs = merged_usr_dirs(ctx);
+	if (chmod(root, 0755) < 0 || mkdir(usr, 0755) < 0 || chmod(usr, 0755) < 0)
 		return mosaic_errorf(err, -errno, "%s: %s", usr, strerror(errno));
 	for (size_t i = 0; dirs[i]; i++) {
 		_cleanup_free_ char *d = path_join(usr, dirs[i]);
@@ -750,59 +744,32 @@ static int merged_usr_tree(const char *root, const char *arch, struct mosaic_err
 static int merged_usr_fragment(struct store *s, struct lock *lock, const char *sign_key)
 {
 	struct mosaic_error err = {0};
-	_cleanup_free_ char *cache = mosaic_cache_dir();
-	_cleanup_free_ char *cache_dir = path_join(cache, "merged-usr");
-	_cleanup_free_ char *name = xasprintf("1-%s", lock->arch);
-	_cleanup_free_ char *key = path_join(cache_dir, name);
-	_cleanup_free_ char *known = NULL;
+	_cleanup_free_ char *key = xasprintf("1-%s", lock->arch);
 	char digest[SHA256_HEX_LEN + 1] = "";
 	bool made = false;
 	double t0 = now_s();
-	if (read_file(key, 128, &known, NULL) == 0 && store_has(s, known)) {
-		snprintf(digest, sizeof(digest), "%s", known);
-	} else {
-		const char *t = getenv("TMPDIR");
-		_cleanup_free_ char *tmp =
-		    xasprintf("%s/mosaic-merged-usr.XXXXXX", t && *t ? t : "/tmp");
-		if (!mkdtemp(tmp)) {
-			fprintf(stderr, "mosaic: %s: %s\n", tmp, strerror(errno));
-			return EXIT_FAIL;
-		}
-		/* A fixed name for the source directory: the descriptor records it. */
-		_cleanup_free_ char *root = path_join(tmp, "merged-usr");
-		int r = merged_usr_tree(root, lock->arch, &err);
-		if (r == 0) {
-			struct fragment_create_options o = {
-			    .name = "merged-usr",
-			    .version = "1",
-			    .arch = lock->arch,
-			    .kind = FRAGMENT_BASE,
-			    .sign_key = sign_key,
-			    .source_date_epoch = 0,
-			    .owner_set = true,
-			};
-			struct fragment_info info = {0};
-			r = fragment_create(s, root, &o, &info, &err);
-			if (r == 0)
-				memcpy(digest, info.digest, sizeof(digest));
-			fragment_info_clear(&info);
-		}
-		nftw(tmp, remove_visit, 16, FTW_DEPTH | FTW_PHYS);
-		if (r < 0) {
+	if (!compose_generated_find(s, "merged-usr", key, digest)) {
+		const struct compose_generated g = {
+		    .name = "merged-usr",
+		    .version = "1",
+		    .arch = lock->arch,
+		    .kind = FRAGMENT_BASE,
+		    .sign_key = sign_key,
+		    .epoch = 0,
+		    .fill = merged_usr_tree,
+		    .ctx = lock->arch,
+		};
+		if (compose_generated_make(s, &g, digest, &err) < 0) {
 			mosaic_error_prefix(&err, "the merged-usr fragment");
 			return cli_fail(&err);
 		}
-		if (mkdir_p(cache_dir, 0755) == 0)
-			write_file_atomic(key, digest, SHA256_HEX_LEN, 0644);
+		compose_generated_remember("merged-usr", key, digest);
 		made = true;
 	}
 	fprintf(stderr, "merged /usr: %.12s %s in %.2f s\n", digest,
 	        made ? "made" : "already in the store", now_s() - t0);
-	json_object *list = json_object_new_array(), *e = json_object_new_object();
-	json_object_object_add(e, "role", json_object_new_string("merged-usr"));
-	json_object_object_add(e, "source", json_object_new_string(lock->arch));
-	json_object_object_add(e, "digest", json_object_new_string(digest));
-	json_object_array_add(list, e);
+	json_object *list = json_object_new_array();
+	json_object_array_add(list, lock_entry("merged-usr", lock->arch, digest));
 	for (size_t i = 0; lock->fragments && i < json_object_array_length(lock->fragments); i++) {
 		json_object *f = json_object_array_get_idx(lock->fragments, i);
 		json_object_array_add(list, json_object_get(f));

@@ -272,19 +272,6 @@ static void print_package_lines(const char *out, const char *name)
 	}
 }
 
-static void print_last_lines(const char *out, int max)
-{
-	int lines = 0;
-	for (const char *l = out; *l; l++)
-		lines += *l == '\n';
-	for (const char *l = out; *l; lines--) {
-		const char *nl = strchrnul(l, '\n');
-		if (lines <= max)
-			fprintf(stderr, "    %.*s\n", (int)(nl - l), l);
-		l = *nl ? nl + 1 : nl;
-	}
-}
-
 /* Prints how a failed step ended, the packages dpkg left half-way with what their scripts
  * printed, and the step's last lines. */
 static void report_failure(const char *root, const struct plan *plan, const char *step,
@@ -316,7 +303,7 @@ static void report_failure(const char *root, const struct plan *plan, const char
 		pkgs_free(pkgs, n);
 	}
 	fprintf(stderr, "  last lines of its output:\n");
-	print_last_lines(res->tail, REPORT_LINES);
+	chroot_print_tail(res->tail, REPORT_LINES);
 	fprintf(stderr, "  the upper keeps what was done; fix it and run mosaic configure again to "
 	                "carry on\n");
 }

@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 
 static const char usage_export[] =
-    "Usage: mosaic export (MANIFEST | INDEX | MOUNTPOINT | FRAGMENT...) --format tar -o OUT\n"
+    "Usage: mosaic export (MANIFEST | INDEX | MOUNTPOINT | FRAGMENT...) --format tar|raw -o OUT\n"
     "                     [OPTIONS]\n"
     "\n"
     "Writes the composed view as an image at OUT, with OUT.spdx.json (SPDX 2.3: the image,\n"
@@ -22,6 +22,9 @@ static const char usage_export[] =
     "leaves nothing under OUT.\n"
     "\n"
     "  -f, --format FORMAT        tar: a POSIX pax root tarball (podman import, ...)\n"
+    "                             raw: a GPT disk: an EFI system partition with\n"
+    "                             systemd-boot and the composition's kernel, and an ext4\n"
+    "                             root (no loop device, no mount, no root needed)\n"
     "  -o, --output OUT           the image to write\n"
     "      --source-date-epoch T  clamp every mtime to T and date the SBOM T (default:\n"
     "                             $SOURCE_DATE_EPOCH; else no clamping and the SBOM takes\n"
@@ -31,9 +34,25 @@ static const char usage_export[] =
     "      --lock FILE            the lock whose packages the SBOM lists (default for a\n"
     "                             MANIFEST: NAME.lock beside it; else fragments only)\n"
     "      --upper DIR            an overlayfs-format upper over an INDEX or FRAGMENTs\n"
+    "raw only:\n"
+    "      --size SIZE            the whole disk's size (K, M, G, T); default: the content\n"
+    "                             plus --free-space\n"
+    "      --free-space SIZE      room left in the root filesystem (default 256M)\n"
+    "      --no-bootloader        an empty ESP: no systemd-boot, no kernel needed\n"
+    "      --kernel-cmdline TEXT  after root=PARTUUID=... ro (default: the manifest's\n"
+    "                             config.kernel_cmdline, else the view's /etc/kernel/cmdline)\n"
     "  -h, --help                 show this help\n";
 
-enum { OPT_SDE = 256, OPT_KEYRING, OPT_LOCK, OPT_UPPER };
+enum {
+	OPT_SDE = 256,
+	OPT_KEYRING,
+	OPT_LOCK,
+	OPT_UPPER,
+	OPT_SIZE,
+	OPT_FREE_SPACE,
+	OPT_NO_BOOTLOADER,
+	OPT_CMDLINE
+};
 
 static bool is_manifest(const char *path)
 {
@@ -57,7 +76,8 @@ struct source {
 	const char *upper;
 	struct lock lock;
 	bool have_lock;
-	bool verified; /* the images were verified on the way (else the reader verifies) */
+	char *kernel_cmdline; /* the manifest's config.kernel_cmdline */
+	bool verified;        /* the images were verified on the way (else the reader verifies) */
 };
 
 static void source_clear(struct source *s)
@@ -65,6 +85,7 @@ static void source_clear(struct source *s)
 	compose_index_close(s->idx);
 	strv_free(s->images, s->n_images);
 	json_object_put(s->state);
+	free(s->kernel_cmdline);
 	if (s->have_lock)
 		lock_clear(&s->lock);
 }
@@ -86,22 +107,7 @@ static int from_mount(const char *mountpoint, struct source *s)
 /* A prebuilt index: its fragments are found in the store by digest. */
 static int from_index(const char *path, const char *store, struct source *s)
 {
-	struct mosaic_error err = {0};
-	if (compose_index_open(path, &s->idx, &err) < 0)
-		return cli_fail(&err);
-	struct store *st;
-	int r = cli_open_store(store, false, &st);
-	if (r)
-		return r;
-	s->n_images = compose_index_fragments(s->idx);
-	s->images = xcalloc(s->n_images ? s->n_images : 1, sizeof(*s->images));
-	for (size_t i = 0; i < s->n_images; i++) {
-		char dg[SHA256_HEX_LEN + 1];
-		compose_index_fragment_digest(s->idx, i, dg);
-		s->images[i] = store_object_path(st, dg, ".sqfs");
-	}
-	store_free(st);
-	return 0;
+	return cli_index_images(path, store, &s->idx, &s->images, &s->n_images);
 }
 
 /* Fragments (refs, digests or images; verified here): their index, built once and cached as
@@ -138,6 +144,11 @@ static int from_manifest(const char *manifest, const char *lock, const char *sto
 	if (r)
 		return r;
 	*lock_path = lock ? xstrdup(lock) : cli_lock_path(manifest, model);
+	json_object *config, *cmdline;
+	if (json_object_object_get_ex(model, "config", &config) &&
+	    json_object_object_get_ex(config, "kernel_cmdline", &cmdline) &&
+	    json_object_is_type(cmdline, json_type_string))
+		s->kernel_cmdline = xstrdup(json_object_get_string(cmdline));
 	json_object_put(model);
 	char **digests;
 	size_t n;
@@ -169,11 +180,17 @@ int cmd_export(int argc, char **argv)
 	    {"keyring", required_argument, NULL, OPT_KEYRING},
 	    {"lock", required_argument, NULL, OPT_LOCK},
 	    {"upper", required_argument, NULL, OPT_UPPER},
+	    {"size", required_argument, NULL, OPT_SIZE},
+	    {"free-space", required_argument, NULL, OPT_FREE_SPACE},
+	    {"no-bootloader", no_argument, NULL, OPT_NO_BOOTLOADER},
+	    {"kernel-cmdline", required_argument, NULL, OPT_CMDLINE},
 	    {"help", no_argument, NULL, 'h'},
 	    {}};
 	const char *format = NULL, *output = NULL, *store = NULL, *keyring_path = NULL;
-	const char *lock = NULL, *upper = NULL;
+	const char *lock = NULL, *upper = NULL, *cmdline = NULL;
 	int64_t epoch = -1;
+	uint64_t size = 0, free_space = 256 * EXPORT_MIB;
+	bool no_bootloader = false, raw_only = false;
 	int c;
 	while ((c = getopt_long(argc, argv, "f:o:s:h", opts, NULL)) != -1) {
 		switch (c) {
@@ -202,6 +219,22 @@ int cmd_export(int argc, char **argv)
 		case OPT_UPPER:
 			upper = optarg;
 			break;
+		case OPT_SIZE:
+		case OPT_FREE_SPACE:
+			if (export_parse_size(optarg, c == OPT_SIZE ? &size : &free_space) < 0 ||
+			    (c == OPT_SIZE && size == 0))
+				return cli_usage(usage_export,
+				                 "%s takes a size like 512M or 2G, not '%s'",
+				                 argv[optind - 1], optarg);
+			raw_only = true;
+			break;
+		case OPT_NO_BOOTLOADER:
+			no_bootloader = raw_only = true;
+			break;
+		case OPT_CMDLINE:
+			cmdline = optarg;
+			raw_only = true;
+			break;
 		case 'h':
 			fputs(usage_export, stdout);
 			return EXIT_OK;
@@ -212,9 +245,14 @@ int cmd_export(int argc, char **argv)
 	if (optind == argc)
 		return cli_usage(usage_export, "give a MANIFEST, INDEX, MOUNTPOINT or FRAGMENTs");
 	if (!format)
-		return cli_usage(usage_export, "give --format tar");
-	if (strcmp(format, "tar") != 0)
-		return cli_usage(usage_export, "--format '%s' is not there yet: tar is", format);
+		return cli_usage(usage_export, "give --format tar or --format raw");
+	if (strcmp(format, "tar") != 0 && strcmp(format, "raw") != 0)
+		return cli_usage(usage_export, "--format '%s' is not there yet: tar and raw are",
+		                 format);
+	if (raw_only && strcmp(format, "raw") != 0)
+		return cli_usage(usage_export,
+		                 "--size, --free-space, --no-bootloader and --kernel-cmdline are "
+		                 "for --format raw");
 	if (!output)
 		return cli_usage(usage_export, "give -o OUT");
 	const char *env_epoch = getenv("SOURCE_DATE_EPOCH");
@@ -266,7 +304,11 @@ int cmd_export(int argc, char **argv)
 	const struct export_options o = {.format = format,
 	                                 .output = output,
 	                                 .source_date_epoch = epoch,
-	                                 .lock = s.have_lock ? &s.lock : NULL};
+	                                 .lock = s.have_lock ? &s.lock : NULL,
+	                                 .size = size,
+	                                 .free_space = free_space,
+	                                 .no_bootloader = no_bootloader,
+	                                 .kernel_cmdline = cmdline ? cmdline : s.kernel_cmdline};
 	struct export_tar_result res;
 	r = export_run(reader, &o, &res, &err);
 	export_reader_free(reader);

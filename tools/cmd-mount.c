@@ -62,6 +62,27 @@ static bool is_index(const char *path)
 	return yes;
 }
 
+int cli_index_images(const char *path, const char *store, struct compose_index **idx,
+                     char ***images, size_t *n)
+{
+	struct mosaic_error err = {0};
+	if (compose_index_open(path, idx, &err) < 0)
+		return cli_fail(&err);
+	struct store *s;
+	int r = cli_open_store(store, false, &s);
+	if (r)
+		return r;
+	*n = compose_index_fragments(*idx);
+	*images = xcalloc(*n ? *n : 1, sizeof(**images));
+	for (size_t i = 0; i < *n; i++) {
+		char dg[SHA256_HEX_LEN + 1];
+		compose_index_fragment_digest(*idx, i, dg);
+		(*images)[i] = store_object_path(s, dg, ".sqfs");
+	}
+	store_free(s);
+	return 0;
+}
+
 int cli_inputs_index(const struct cli_inputs *ci, char **index_path)
 {
 	struct mosaic_error err = {0};
@@ -109,25 +130,11 @@ int cli_mount(char **args, size_t n_args, const char *store, const char *keyring
 
 	struct mosaic_error err = {0};
 	if (n_args == 1 && is_index(args[0])) {
-		struct compose_index *idx;
-		struct store *s;
-		if (compose_index_open(args[0], &idx, &err) < 0) {
-			r = cli_fail(&err);
-			goto out;
-		}
-		if ((r = cli_open_store(store, false, &s))) {
-			compose_index_close(idx);
-			goto out;
-		}
-		n_images = compose_index_fragments(idx);
-		images = xcalloc(n_images ? n_images : 1, sizeof(*images));
-		for (size_t i = 0; i < n_images; i++) {
-			char dg[65];
-			compose_index_fragment_digest(idx, i, dg);
-			images[i] = store_object_path(s, dg, ".sqfs");
-		}
-		store_free(s);
+		struct compose_index *idx = NULL;
+		r = cli_index_images(args[0], store, &idx, &images, &n_images);
 		compose_index_close(idx);
+		if (r)
+			goto out;
 		o.index_path = args[0];
 	} else {
 		if ((r = cli_resolve_inputs(args, n_args, store, keyring_path, &ci)))

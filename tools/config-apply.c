@@ -395,19 +395,6 @@ struct runner {
 	unsigned timeout;
 };
 
-static void print_tail(const char *out, int max)
-{
-	int lines = 0;
-	for (const char *l = out; *l; l++)
-		lines += *l == '\n';
-	for (const char *l = out; *l; lines--) {
-		const char *nl = strchrnul(l, '\n');
-		if (lines <= max)
-			fprintf(stderr, "    %.*s\n", (int)(nl - l), l);
-		l = *nl ? nl + 1 : nl;
-	}
-}
-
 /* Runs argv in the chroot; out (if not NULL) gets its output. Reports a failure. */
 static int tool(const struct runner *rn, char **argv, const char *input, bool quiet, char **out)
 {
@@ -442,7 +429,7 @@ static int tool(const struct runner *rn, char **argv, const char *input, bool qu
 		else
 			fprintf(stderr, "mosaic: configure: '%s' failed with exit status %d\n",
 			        name, res.status);
-		print_tail(res.tail, REPORT_LINES);
+		chroot_print_tail(res.tail, REPORT_LINES);
 		rc = EXIT_FAIL;
 	}
 	free(res.tail);
@@ -1105,7 +1092,7 @@ int config_run_steps(const struct config_plan *p, char *const *env, unsigned tim
 				        jstr(step, "file"), json_object_get_int(jget(step, "line")),
 				        label, res.status);
 			fprintf(stderr, "  last lines of its output:\n");
-			print_tail(res.tail, REPORT_LINES);
+			chroot_print_tail(res.tail, REPORT_LINES);
 			fprintf(stderr,
 			        "  the steps before it are recorded as done; fix it and run "
 			        "mosaic configure again to carry on from it\n");

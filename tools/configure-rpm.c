@@ -68,25 +68,6 @@ static int record_done(const char *root, const struct compose_rpm_script *s)
 	return fsync(fd) < 0 ? -errno : 0;
 }
 
-static void print_last_lines(const char *text, unsigned lines)
-{
-	const char *start = text + strlen(text);
-	while (start > text && start[-1] == '\n')
-		start--;
-	const char *end = start;
-	for (unsigned k = 0; start > text; start--)
-		if (start[-1] == '\n' && ++k == lines)
-			break;
-	if (end == start)
-		fprintf(stderr, "    (none)\n");
-	while (start < end) {
-		const char *nl = memchr(start, '\n', end - start);
-		size_t len = nl ? (size_t)(nl - start) : (size_t)(end - start);
-		fprintf(stderr, "    %.*s\n", (int)len, start);
-		start += len + (nl ? 1 : 0);
-	}
-}
-
 /* The script body in a file the chroot sees; *inside is its path there. */
 static int write_script(const char *root, const char *body, char **host, char **inside)
 {
@@ -173,7 +154,7 @@ static int run_script(const char *root, const struct compose_rpm_script *s, char
 			fprintf(stderr, "mosaic: configure: %s failed with exit status %d\n", name,
 			        res.status);
 		fprintf(stderr, "  last lines of its output:\n");
-		print_last_lines(res.tail ? res.tail : "", REPORT_LINES);
+		chroot_print_tail(res.tail, REPORT_LINES);
 		fprintf(stderr, "  the upper keeps what was done; fix it and run mosaic configure "
 		                "again to carry on\n");
 		rc = EXIT_FAIL;

@@ -14,12 +14,12 @@ packages=(
 	libfuse3-dev libsquashfuse-dev libsquashfs-dev libarchive-dev libjson-c-dev
 	libgpgme-dev libyaml-dev libsolv-dev libsolvext-dev librpm-dev libsqlite3-dev libcurl4-openssl-dev
 	libzstd-dev libfdisk-dev libext2fs-dev
-	# run
-	fuse3 gnupg
+	# run (export raw: mkfs.vfat, mtools, the host's systemd-boot when the composition has none)
+	fuse3 gnupg dosfstools mtools systemd-boot-efi
 	# test
 	python3 python3-pytest squashfuse squashfs-tools rpm dpkg-dev attr libcap2-bin
 	util-linux kmod e2fsprogs runc xz-utils zstd bzip2 gzip
-	createrepo-c apt-utils
+	createrepo-c apt-utils fdisk
 	# benchmark
 	hyperfine fuse-overlayfs debootstrap mmdebstrap
 )

@@ -421,3 +421,28 @@ def fresh_repo_site(repo_site, tmp_path):
     shutil.copytree(repo_site.root, root, symlinks=True)
     with httpd.serve(root) as srv:
         yield repo_site.moved(root, srv)
+
+
+def cached_key(work, name):
+    """A signing key kept in work/key beside a store cached across test runs, so that a later
+    run trusts what an earlier one made. A new key empties work/store (its signatures would
+    not verify)."""
+    import repos
+    d = Path(work) / "key"
+    fpr = d / "fingerprint"
+    if fpr.exists() and (d / "gnupg").is_dir():
+        return repos.Key(d / "gnupg", fpr.read_text().strip(), d / "public.gpg",
+                         d / "public.asc", name)
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(Path(work) / "store", ignore_errors=True)
+    if len(str(d / "gnupg")) > 80:
+        pytest.skip(f"{d}: too long a path for a GnuPG home (its agent's socket)")
+    key = repos.Key.create(d, name)
+    fpr.write_text(key.fingerprint + "\n")
+    return key
+
+
+def mounts_under(path):
+    """The host's mount points at path or below it."""
+    return [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+            if line.split()[1] == str(path) or line.split()[1].startswith(f"{path}/")]

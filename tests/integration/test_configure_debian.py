@@ -33,8 +33,8 @@ from types import SimpleNamespace
 import pytest
 
 import minbase
-import repos
-from conftest import CACHE, MOSAIC, REPO, assert_same_tree, run, tree_snapshot, wait_gone
+from conftest import (CACHE, MOSAIC, REPO, assert_same_tree, cached_key, mounts_under, run,
+                      tree_snapshot, wait_gone)
 
 pytestmark = pytest.mark.slow
 
@@ -149,28 +149,6 @@ def compare_trees(ours_root, theirs_root):
 
 # ---- the store, its key, debootstrap ------------------------------------------------------------
 
-def cached_key():
-    """The key that signs the cached store, kept beside it so that a later run can trust what
-    an earlier one made. A new key empties the store (its signatures would not verify)."""
-    d = WORK / "key"
-    fpr = d / "fingerprint"
-    if fpr.exists() and (d / "gnupg").is_dir():
-        return repos.Key(d / "gnupg", fpr.read_text().strip(), d / "public.gpg",
-                         d / "public.asc", "mosaic configure-debian")
-    shutil.rmtree(d, ignore_errors=True)
-    shutil.rmtree(WORK / "store", ignore_errors=True)
-    if len(str(d / "gnupg")) > 80:
-        pytest.skip(f"{d}: too long a path for a GnuPG home (its agent's socket)")
-    key = repos.Key.create(d, "mosaic configure-debian")
-    fpr.write_text(key.fingerprint + "\n")
-    return key
-
-
-def mounts_under(path):
-    return [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
-            if line.split()[1] == str(path) or line.split()[1].startswith(f"{path}/")]
-
-
 def unmount_all_under(path):
     """What a failed run left mounted below path, deepest first: mosaic's own mounts through
     mosaic umount (which ends their daemons), anything else lazily."""
@@ -188,7 +166,7 @@ def built(tmp_path_factory):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (tools/setup.sh)")
     WORK.mkdir(parents=True, exist_ok=True)
-    key = cached_key()
+    key = cached_key(WORK, "mosaic configure-debian")
     env = dict(os.environ, GNUPGHOME=key.gnupghome, MOSAIC_CACHE_DIR=str(MOSAIC_CACHE))
     env.pop("MOSAIC_KEYRING", None)
     lock, store = WORK / "debian-minimal.lock", WORK / "store"

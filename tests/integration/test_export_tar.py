@@ -30,8 +30,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import (CACHE, MOSAIC, REPO, create, file_sha256, mosaic_mounted, run, view_xattrs,
-                      walk_tree, write_file)
+from conftest import (CACHE, MOSAIC, REPO, cached_key, create, file_sha256, mosaic_mounted,
+                      mounts_under, run, view_xattrs, walk_tree, write_file)
 
 pytestmark = pytest.mark.usefixtures("no_mount_leftovers")
 
@@ -517,7 +517,7 @@ def test_unwritable_output_and_bad_usage(layers, tmp_path):
     base = [MOSAIC, "export", *layers.digests, "-s", layers.store, "--keyring", layers.keyring]
     for extra, words in ((["-o", tmp_path / "x"], "--format"),
                          (["--format", "tar"], "-o OUT"),
-                         (["--format", "raw", "-o", tmp_path / "x"], "not there yet"),
+                         (["--format", "iso", "-o", tmp_path / "x"], "not there yet"),
                          (["--format", "tar", "-o", tmp_path / "x", "--source-date-epoch", "-1"],
                           "seconds"),
                          (["--bogus"], "unknown option")):
@@ -545,27 +545,6 @@ MANIFEST = REPO / "manifests" / "examples" / "debian-minimal.yaml"
 WORK = CACHE / "export-debian"
 
 
-def mounts_under(path):
-    return [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
-            if line.split()[1].startswith(f"{path}/")]
-
-
-def cached_key():
-    """The key that signs the cached store, kept beside it so that a later run trusts what an
-    earlier one made (as test_configure_debian.py keeps its own). A new key empties the store."""
-    import repos
-    d = WORK / "key"
-    fpr = d / "fingerprint"
-    if fpr.exists() and (d / "gnupg").is_dir():
-        return repos.Key(d / "gnupg", fpr.read_text().strip(), d / "public.gpg",
-                         d / "public.asc", "mosaic export-debian")
-    shutil.rmtree(d, ignore_errors=True)
-    shutil.rmtree(WORK / "store", ignore_errors=True)
-    key = repos.Key.create(d, "mosaic export-debian")
-    fpr.write_text(key.fingerprint + "\n")
-    return key
-
-
 @pytest.mark.slow
 def test_configured_debian_minimal(tmp_path):
     """The configured system (the lock's config fragment on top, when build made one) exported
@@ -574,7 +553,7 @@ def test_configured_debian_minimal(tmp_path):
     if minbase.host_release() != "bookworm":
         pytest.skip("the host is not Debian bookworm")
     WORK.mkdir(parents=True, exist_ok=True)
-    key = cached_key()
+    key = cached_key(WORK, "mosaic export-debian")
     try:
         _export_and_compare(key, tmp_path)
     finally:

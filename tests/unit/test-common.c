@@ -5,22 +5,11 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
 static char *tmpdir; /* made fresh by main, removed at the end */
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static void rm_rf(const char *path)
-{
-	nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 /* ---- paths -------------------------------------------------------------------------------- */
 
@@ -350,6 +339,22 @@ static void test_config(void)
 	is_str(g, "/home/u/.cache/mosaic", "~/.cache/mosaic");
 }
 
+static void test_rm_tree(void)
+{
+	_cleanup_free_ char *top = path_join(tmpdir, "rm");
+	_cleanup_free_ char *deep = path_join(top, "a/b/c");
+	_cleanup_free_ char *file = path_join(deep, "f");
+	_cleanup_free_ char *link = path_join(top, "link");
+	is_int(mkdir_p(deep, 0755), 0, "a tree to remove");
+	is_int(write_file_atomic(file, "x", 1, 0400), 0, "with a read-only file");
+	ok(symlink(tmpdir, link) == 0, "and a symlink out of it");
+	is_int(chmod(deep, 0500), 0, "in a read-only directory");
+	is_int(rm_tree(top), 0, "rm_tree removes it all");
+	ok(access(top, F_OK) < 0 && errno == ENOENT, "the tree is gone");
+	ok(access(tmpdir, F_OK) == 0, "what a symlink in it pointed to is not");
+	is_int(rm_tree(top), 0, "a missing tree is nothing to remove");
+}
+
 int main(void)
 {
 	const char *t = getenv("TMPDIR");
@@ -366,7 +371,8 @@ int main(void)
 	test_mkdir_p_empty();
 	test_errors();
 	test_config();
-	rm_rf(tmpdir);
+	test_rm_tree();
+	rm_tree(tmpdir);
 	free(tmpdir);
 	return done();
 }

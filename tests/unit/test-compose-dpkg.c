@@ -185,11 +185,6 @@ static char *slurp(const char *root, const char *rel)
 	return read_file(p, 1 << 20, &s, NULL) < 0 ? NULL : s;
 }
 
-static int rm_visit(const char *path, const struct stat *st, int flag, struct FTW *f)
-{
-	return remove(path);
-}
-
 static void test_tree(void)
 {
 	char tmpl[] = "/tmp/test-compose-dpkg.XXXXXX";
@@ -241,7 +236,7 @@ static void test_tree(void)
 	_cleanup_free_ char *stp = path_join(root, "var/lib/dpkg/status");
 	ok(stat(stp, &st) == 0 && (st.st_mode & 07777) == 0644 && st.st_mtime == 1700000000,
 	   "status is 0644 with the given time");
-	nftw(root, rm_visit, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(root);
 }
 
 static void test_native_only_has_no_arch_file(void)
@@ -260,7 +255,7 @@ static void test_native_only_has_no_arch_file(void)
 		_cleanup_free_ char *status = slurp(root, "var/lib/dpkg/status");
 		ok(status && strstr(status, "Package: c\n"), "the status is there");
 	}
-	nftw(root, rm_visit, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(root);
 }
 
 int main(void)

@@ -12,12 +12,6 @@
 static char *tmpdir; /* made fresh by main, removed at the end */
 static struct store *store;
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st, (void)flag, (void)ftw;
-	return remove(path);
-}
-
 /* One fragment input: digest and image path live as long as the test (freed at the end). */
 struct frag {
 	char digest[SHA256_HEX_LEN + 1];
@@ -68,7 +62,7 @@ static struct compose_input make(const char *name, bool package, const char *con
 	memcpy(f->digest, info.digest, sizeof(f->digest));
 	fragment_info_clear(&info);
 	f->image = store_object_path(store, f->digest, ".sqfs");
-	nftw(root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(root);
 	return (struct compose_input){
 	    .image_path = f->image, .digest = f->digest, .name = name, .package = package};
 }
@@ -260,7 +254,7 @@ int main(void)
 	for (size_t i = 0; i < n_frags; i++)
 		free(frags[i].image);
 	store_free(store);
-	nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(tmpdir);
 	free(tmpdir);
 	return done();
 }

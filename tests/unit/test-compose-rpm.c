@@ -64,11 +64,6 @@ static struct blob make_header(const char *name, const char *version, const char
 	return b;
 }
 
-static int rm_visit(const char *path, const struct stat *st, int flag, struct FTW *f)
-{
-	return remove(path) < 0 ? -1 : 0;
-}
-
 static char *tmpdir(void)
 {
 	const char *t = getenv("TMPDIR");
@@ -191,8 +186,8 @@ static void test_database(void)
 			ok(false, "scriptlet %d", i);
 	}
 	compose_rpm_scripts_free(v, n);
-	nftw(root, rm_visit, 16, FTW_DEPTH | FTW_PHYS);
-	nftw(again, rm_visit, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(root);
+	rm_tree(again);
 	for (size_t i = 0; i < ARRAY_SIZE(b); i++)
 		free(b[i].data);
 }
@@ -223,7 +218,7 @@ static void test_interpreters(void)
 			ok(v[i].lua, "<lua> is marked");
 	}
 	compose_rpm_scripts_free(v, n);
-	nftw(root, rm_visit, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(root);
 	for (size_t i = 0; i < ARRAY_SIZE(b); i++)
 		free(b[i].data);
 }
@@ -240,7 +235,7 @@ static void test_refusals(void)
 	size_t n = 0;
 	struct mosaic_error err = {0};
 	ok(compose_rpm_scripts(root, &v, &n, &err) < 0, "no plan, no scriptlets");
-	nftw(root, rm_visit, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(root);
 	free(b.data);
 }
 

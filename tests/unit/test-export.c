@@ -17,12 +17,6 @@
 static char *tmpdir;
 static struct store *store;
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st, (void)flag, (void)ftw;
-	return remove(path);
-}
-
 static void put(const char *root, const char *path, const char *content, mode_t mode)
 {
 	_cleanup_free_ char *p = path_join(root, path);
@@ -239,6 +233,45 @@ static void test_upper(struct compose_index *idx, char *const *images)
 	export_reader_free(r);
 }
 
+/* The raw disk's pure parts: sizes, size parsing, UUIDs derived from a seed. */
+static void test_raw_pure(void)
+{
+	uint64_t v = 0;
+	ok(export_parse_size("512M", &v) == 0 && v == 512 * EXPORT_MIB, "512M");
+	ok(export_parse_size("2GiB", &v) == 0 && v == 2048 * EXPORT_MIB, "2GiB");
+	ok(export_parse_size("4096", &v) == 0 && v == 4096, "plain bytes");
+	ok(export_parse_size("1X", &v) < 0 && export_parse_size("-1M", &v) < 0 &&
+	       export_parse_size("", &v) < 0 && export_parse_size("99999999999T", &v) < 0,
+	   "bad sizes are refused");
+
+	uint8_t seed[SHA256_LEN] = {1, 2, 3}, a[16], b[16], c[16];
+	char s[37];
+	export_derive_uuid(seed, "root", a);
+	export_derive_uuid(seed, "root", b);
+	export_derive_uuid(seed, "esp", c);
+	export_uuid_string(a, s);
+	ok(memcmp(a, b, 16) == 0 && memcmp(a, c, 16) != 0, "UUIDs: one per seed and label");
+	ok(strlen(s) == 36 && s[14] == '4' && strchr("89ab", s[19]), "a version 4 UUID: %s", s);
+	seed[31] ^= 1;
+	export_derive_uuid(seed, "root", b);
+	ok(memcmp(a, b, 16) != 0, "another seed, another UUID");
+
+	struct export_fs_usage empty = {0}, u = {.inodes = 10000,
+	                                         .blocks = 50000,
+	                                         .dirs = 800,
+	                                         .dir_bytes = 10000 * 24};
+	uint64_t b0, i0, b1, i1, b2, i2;
+	export_ext4_size(&empty, 0, &b0, &i0);
+	export_ext4_size(&u, 0, &b1, &i1);
+	export_ext4_size(&u, 256 * EXPORT_MIB, &b2, &i2);
+	ok(b0 >= 4096, "16 MiB at least (a journal fits): %ju blocks", (uintmax_t)b0);
+	ok(b1 % 256 == 0 && b2 % 256 == 0, "whole MiBs");
+	ok(b1 > u.blocks + u.blocks / 20 && i1 > u.inodes, "content, reserve and inodes fit: %ju",
+	   (uintmax_t)b1);
+	ok(b2 >= b1 + 256 * EXPORT_MIB / EXPORT_EXT4_BLOCK && i2 > i1,
+	   "free space adds blocks and inodes");
+}
+
 int main(void)
 {
 	const char *t = getenv("TMPDIR");
@@ -248,6 +281,7 @@ int main(void)
 		return 99;
 	}
 	struct mosaic_error err = {0};
+	test_raw_pure();
 	_cleanup_free_ char *sp = path_join(tmpdir, "store");
 	_cleanup_free_ char *cache = path_join(tmpdir, "cache");
 	setenv("MOSAIC_CACHE_DIR", cache, 1);
@@ -281,7 +315,7 @@ int main(void)
 		free(images[i]);
 	}
 	store_free(store);
-	nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(tmpdir);
 	free(tmpdir);
 	return done();
 }

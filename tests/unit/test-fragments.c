@@ -14,11 +14,6 @@
 
 static char *tmpdir; /* made fresh by main, removed at the end */
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
 static bool contains(const char *haystack, const char *needle)
 {
 	return haystack && strstr(haystack, needle);
@@ -939,7 +934,7 @@ int main(void)
 	test_writer_replace();
 	test_writer_link_then_dir();
 	free(big_data);
-	nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(tmpdir);
 	free(tmpdir);
 	return done();
 }

@@ -10,11 +10,6 @@
 
 static char *tmpdir;
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
 /* The value at a dotted path ("repositories.0.name") as text; NULL when absent. */
 static const char *at(json_object *o, const char *path)
 {
@@ -492,6 +487,6 @@ int main(void)
 	test_layers();
 	test_errors();
 	test_includes();
-	nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(tmpdir);
 	return done();
 }

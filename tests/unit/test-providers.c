@@ -24,11 +24,6 @@ static char *gnupghome; /* the test signer's keys */
 static char *fpr;       /* its fingerprint */
 static bool have_gpg;
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
 static bool contains(const char *haystack, const char *needle)
 {
 	return haystack && strstr(haystack, needle);
@@ -1078,7 +1073,7 @@ int main(void)
 	}
 	if (gnupghome)
 		sh("gpgconf --kill all");
-	nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(tmpdir);
 	free(tmpdir);
 	free(gnupghome);
 	free(fpr);
