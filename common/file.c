@@ -48,7 +48,8 @@ int read_file(const char *path, size_t max, char **out, size_t *len)
 		if (n > max)
 			return -EFBIG;
 		if (n == cap + 1) {
-			/* Room for one byte past max tells a file of exactly max bytes from a longer one. */
+			/* Room for one byte past max tells a file of exactly max bytes from a
+			 * longer one. */
 			cap = cap * 2 > max ? max : cap * 2;
 			buf = xrealloc(buf, cap + 2);
 		}

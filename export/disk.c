@@ -21,7 +21,6 @@ extern char **environ;
 #define ROOT_X86_64   "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
 #define ESP_MIN       (64 * EXPORT_MIB)
 #define SD_BOOT_PATH  "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
-#define MAX_BOOT_FILE (1ull << 30)
 
 /* ---- pure parts ------------------------------------------------------------------------------
  */
@@ -95,16 +94,9 @@ static uint64_t round_up(uint64_t v, uint64_t to)
  */
 
 struct scan {
+	struct export_scan v;
 	struct export_fs_usage usage;
 	void *links; /* tsearch set of link ids seen */
-	struct sha256 *meta;
-	int64_t epoch;
-	uint64_t entries;
-	int64_t newest;
-	char *kernel, *initrd_dir_best; /* boot/vmlinuz-VERSION with the highest VERSION */
-	char **initrds;                 /* every boot/initrd.img-VERSION */
-	size_t n_initrds;
-	uint64_t boot_bytes; /* kernel and initrds, for the ESP's size */
 	bool has_sd_boot;
 };
 
@@ -112,13 +104,6 @@ static int id_cmp(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
 	return (x > y) - (x < y);
-}
-
-static void hash_field(struct sha256 *h, const void *p, size_t n)
-{
-	uint64_t len = n;
-	sha256_update(h, &len, sizeof(len));
-	sha256_update(h, p, n);
 }
 
 static int scan_entry(void *ctx, const struct export_entry *e)
@@ -137,121 +122,16 @@ static int scan_entry(void *ctx, const struct export_entry *e)
 		}
 	}
 	export_ext4_account(&s->usage, e, first);
-	s->entries++;
-	if (e->mtime > s->newest)
-		s->newest = e->mtime;
-	/* The seed: what the view is (names, types, owners, sizes, clamped times, targets,
-	 * xattrs); file contents are identified by the fragment digests hashed beside it. */
-	int64_t mtime = s->epoch >= 0 && e->mtime > s->epoch ? s->epoch : e->mtime;
-	uint64_t fields[] = {e->mode, e->uid, e->gid, e->size, (uint64_t)mtime, e->rdev};
-	hash_field(s->meta, e->path, strlen(e->path));
-	hash_field(s->meta, fields, sizeof(fields));
-	if (e->link)
-		hash_field(s->meta, e->link, strlen(e->link));
-	for (size_t i = 0; i < e->n_xattrs; i++) {
-		hash_field(s->meta, e->xattrs[i].name, strlen(e->xattrs[i].name));
-		hash_field(s->meta, e->xattrs[i].value, e->xattrs[i].len);
-	}
-
+	export_scan_entry(&s->v, e);
 	if (S_ISREG(e->mode) && strcmp(e->path, SD_BOOT_PATH) == 0)
 		s->has_sd_boot = true;
-	if (S_ISREG(e->mode) && e->depth == 2 && strncmp(e->path, "boot/", 5) == 0) {
-		if (strncmp(e->name, "vmlinuz-", 8) == 0) {
-			if (!s->kernel || strverscmp(e->name, s->kernel + 5) > 0) {
-				free(s->kernel);
-				s->kernel = xstrdup(e->path);
-			}
-			s->boot_bytes += e->size;
-		} else if (strncmp(e->name, "initrd.img-", 11) == 0) {
-			s->initrds = xrealloc(s->initrds, (s->n_initrds + 1) * sizeof(*s->initrds));
-			s->initrds[s->n_initrds++] = xstrdup(e->path);
-			s->boot_bytes += e->size;
-		}
-	}
 	return 0;
 }
 
 static void scan_clear(struct scan *s)
 {
 	tdestroy(s->links, free);
-	free(s->kernel);
-	strv_free(s->initrds, s->n_initrds);
-	if (s->meta) {
-		char hex[SHA256_HEX_LEN + 1];
-		sha256_final(s->meta, hex);
-	}
-}
-
-/* ---- running mkfs.vfat and mtools ------------------------------------------------------------
- */
-
-/* Runs argv (looked up in PATH, then /usr/sbin and /sbin, where a normal user's PATH may not
- * reach mkfs.vfat) with MTOOLS_SKIP_CHECK=1; its stderr becomes the error message. */
-static int run_tool(char *const argv[], const char *package, struct mosaic_error *err)
-{
-	size_t n_env = 0;
-	while (environ[n_env])
-		n_env++;
-	_cleanup_free_ char **envp = xcalloc(n_env + 3, sizeof(*envp));
-	size_t k = 0;
-	for (size_t i = 0; i < n_env; i++)
-		if (strncmp(environ[i], "MTOOLS_SKIP_CHECK=", 18) != 0 &&
-		    strncmp(environ[i], "LC_ALL=", 7) != 0)
-			envp[k++] = environ[i];
-	/* mtools otherwise refuses a FAT whose size does not match the file it is in. */
-	envp[k++] = "MTOOLS_SKIP_CHECK=1";
-	envp[k++] = "LC_ALL=C";
-
-	int pipefd[2];
-	if (pipe2(pipefd, O_CLOEXEC) < 0)
-		return mosaic_errorf(err, -errno, "pipe: %m");
-	posix_spawn_file_actions_t fa;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
-	pid_t pid;
-	int e = posix_spawnp(&pid, argv[0], &fa, NULL, argv, envp);
-	for (const char *const *dir = (const char *const[]){"/usr/sbin", "/sbin", NULL};
-	     e == ENOENT && *dir && !strchr(argv[0], '/'); dir++) {
-		_cleanup_free_ char *path = path_join(*dir, argv[0]);
-		e = posix_spawn(&pid, path, &fa, NULL, argv, envp);
-	}
-	posix_spawn_file_actions_destroy(&fa);
-	close(pipefd[1]);
-	if (e) {
-		close(pipefd[0]);
-		if (e == ENOENT)
-			return mosaic_errorf(
-			    err, -ENOENT,
-			    "%s not found: install the package %s (apt-get install "
-			    "%s)",
-			    argv[0], package, package);
-		return mosaic_errorf(err, -e, "running %s: %s", argv[0], strerror(e));
-	}
-	char out[2048];
-	size_t len = 0;
-	ssize_t n;
-	char sink[512];
-	while ((n = read(pipefd[0], len < sizeof(out) - 1 ? out + len : sink,
-	                 len < sizeof(out) - 1 ? sizeof(out) - 1 - len : sizeof(sink))) != 0) {
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			break;
-		if (len < sizeof(out) - 1)
-			len += n;
-	}
-	out[len] = 0;
-	close(pipefd[0]);
-	int status;
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
-	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
-		return 0;
-	while (len > 0 && out[len - 1] == '\n')
-		out[--len] = 0;
-	return mosaic_errorf(err, -EIO, "%s failed: %s", argv[0], len ? out : "(no message)");
+	export_scan_clear(&s->v);
 }
 
 /* ---- the ESP ---------------------------------------------------------------------------------
@@ -262,79 +142,12 @@ struct esp_file {
 	char *staged;           /* the file written beside the image */
 };
 
-static int stage_buffer(const char *path, const void *data, size_t len, int64_t mtime,
-                        struct mosaic_error *err)
-{
-	_cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return mosaic_errorf(err, -errno, "creating %s: %m", path);
-	int e = write_all(fd, data, len);
-	if (e < 0)
-		return mosaic_errorf(err, e, "writing %s: %s", path, strerror(-e));
-	const struct timespec t[2] = {{.tv_sec = mtime}, {.tv_sec = mtime}};
-	if (futimens(fd, t) < 0)
-		return mosaic_errorf(err, -errno, "%s: %m", path);
-	return 0;
-}
-
-static int stage_view_file(struct export_reader *r, const char *view_path, const char *path,
-                           int64_t mtime, struct mosaic_error *err)
-{
-	_cleanup_free_ char *data = NULL;
-	size_t len;
-	int e = export_read_path(r, view_path, MAX_BOOT_FILE, &data, &len, err);
-	if (e < 0)
-		return e;
-	return stage_buffer(path, data, len, mtime, err);
-}
-
-static int stage_host_file(const char *host_path, const char *path, int64_t mtime,
-                           struct mosaic_error *err)
-{
-	_cleanup_free_ char *data = NULL;
-	size_t len;
-	int e = read_file(host_path, MAX_BOOT_FILE, &data, &len);
-	if (e < 0)
-		return mosaic_errorf(err, e, "reading %s: %s", host_path, strerror(-e));
-	return stage_buffer(path, data, len, mtime, err);
-}
-
-/* The first value of KEY= in an os-release text, unquoted; NULL if none. */
-static char *os_release_value(const char *text, const char *key)
-{
-	size_t kl = strlen(key);
-	for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
-		if (strncmp(p, key, kl) != 0 || p[kl] != '=')
-			continue;
-		const char *v = p + kl + 1, *end = strchrnul(v, '\n');
-		if (end > v && (*v == '"' || *v == '\'') && end[-1] == *v) {
-			v++;
-			end--;
-		}
-		return xstrndup(v, end - v);
-	}
-	return NULL;
-}
-
 /* The kernel command line: root=PARTUUID= (Debian's initramfs-tools does not find the root by
  * its type GUID), ro, then the manifest's or the view's /etc/kernel/cmdline. */
 static char *kernel_options(struct export_reader *r, const char *root_partuuid, const char *cmdline)
 {
-	_cleanup_free_ char *view = NULL;
-	size_t len;
-	struct mosaic_error ignored = {0};
-	if (!cmdline &&
-	    export_read_path(r, "etc/kernel/cmdline", 65536, &view, &len, &ignored) == 0)
-		cmdline = view;
-	_cleanup_free_ char *extra = xstrdup(cmdline ? cmdline : "");
-	for (char *p = extra; *p; p++)
-		if (*p == '\n' || *p == '\t' || *p == '\r')
-			*p = ' ';
-	size_t l = strlen(extra);
-	while (l > 0 && extra[l - 1] == ' ')
-		extra[--l] = 0;
-	const char *start = extra + strspn(extra, " ");
-	return xasprintf("root=PARTUUID=%s ro%s%s", root_partuuid, *start ? " " : "", start);
+	_cleanup_free_ char *first = xasprintf("root=PARTUUID=%s ro", root_partuuid);
+	return export_kernel_cmdline(r, first, cmdline);
 }
 
 static char *esp_path(const char *image, uint64_t offset)
@@ -358,7 +171,7 @@ static int write_esp(struct export_reader *r, const struct export_raw_options *o
 	char *mkfs[] = {"mkfs.vfat",   "-F", "32", "-s", "1",   "-n",   "ESP",
 	                "--invariant", "-i", id,   "-h", start, offset, (char *)o->path,
 	                kib,           NULL};
-	int e = run_tool(mkfs, "dosfstools", err);
+	int e = export_run_tool(mkfs, "dosfstools", NULL, err);
 	if (e < 0 || o->no_bootloader)
 		return e;
 
@@ -373,7 +186,7 @@ static int write_esp(struct export_reader *r, const struct export_raw_options *o
 	_cleanup_free_ char *f_sdboot = path_join(stage, "BOOTX64.EFI");
 	_cleanup_free_ char *f_conf = path_join(stage, "loader.conf");
 	_cleanup_free_ char *f_entry = path_join(stage, "mosaic.conf");
-	_cleanup_free_ char *version = xstrdup(strchr(s->kernel, '-') + 1);
+	_cleanup_free_ char *version = xstrdup(strchr(s->v.kernel, '-') + 1);
 	_cleanup_free_ char *f_kernel = xasprintf("%s/vmlinuz-%s", stage, version);
 	_cleanup_free_ char *f_initrd = xasprintf("%s/initrd.img-%s", stage, version);
 	_cleanup_free_ char *initrd = xasprintf("boot/initrd.img-%s", version);
@@ -382,15 +195,13 @@ static int write_esp(struct export_reader *r, const struct export_raw_options *o
 	_cleanup_free_ char *osrel = NULL, *title = NULL, *options = NULL, *entry = NULL;
 	size_t len;
 	struct mosaic_error ignored = {0};
-	bool have_initrd = false;
-	for (size_t i = 0; i < s->n_initrds; i++)
-		have_initrd |= strcmp(s->initrds[i], initrd) == 0;
+	_cleanup_free_ char *have_initrd = export_scan_initrd(&s->v);
 	if (!have_initrd) {
 		e = mosaic_errorf(err, -ENOENT,
 		                  "the composition has /%s but no /%s: configure it (mosaic "
 		                  "configure; initramfs-tools makes the initramfs) or give "
 		                  "--no-bootloader",
-		                  s->kernel, initrd);
+		                  s->v.kernel, initrd);
 		goto out;
 	}
 	if (mkdir(d_efi, 0755) < 0 || mkdir(d_boot, 0755) < 0 || mkdir(d_loader, 0755) < 0 ||
@@ -401,9 +212,9 @@ static int write_esp(struct export_reader *r, const struct export_raw_options *o
 	/* systemd-boot: the composition's own (its version matches the system and the SBOM lists
 	 * it), else the host's from the package systemd-boot-efi. */
 	if (s->has_sd_boot)
-		e = stage_view_file(r, SD_BOOT_PATH, f_sdboot, now, err);
+		e = export_stage_view_file(r, SD_BOOT_PATH, f_sdboot, now, err);
 	else if (access("/" SD_BOOT_PATH, R_OK) == 0)
-		e = stage_host_file("/" SD_BOOT_PATH, f_sdboot, now, err);
+		e = export_stage_host_file("/" SD_BOOT_PATH, f_sdboot, now, err);
 	else
 		e = mosaic_errorf(err, -ENOENT,
 		                  "no systemd-boot: neither the composition nor this host has /%s; "
@@ -413,16 +224,16 @@ static int write_esp(struct export_reader *r, const struct export_raw_options *o
 	if (e < 0)
 		goto out;
 	if (export_read_path(r, "usr/lib/os-release", 65536, &osrel, &len, &ignored) == 0)
-		title = os_release_value(osrel, "PRETTY_NAME");
+		title = export_os_release_value(osrel, "PRETTY_NAME");
 	options = kernel_options(r, root->uuid, o->kernel_cmdline);
 	entry = xasprintf("title %s\nversion %s\nlinux /mosaic/vmlinuz-%s\n"
 	                  "initrd /mosaic/initrd.img-%s\noptions %s\n",
 	                  title ? title : "mosaic", version, version, version, options);
 	static const char loader_conf[] = "default mosaic.conf\ntimeout 0\n";
-	if ((e = stage_view_file(r, s->kernel, f_kernel, now, err)) < 0 ||
-	    (e = stage_view_file(r, initrd, f_initrd, now, err)) < 0 ||
-	    (e = stage_buffer(f_conf, loader_conf, strlen(loader_conf), now, err)) < 0 ||
-	    (e = stage_buffer(f_entry, entry, strlen(entry), now, err)) < 0)
+	if ((e = export_stage_view_file(r, s->v.kernel, f_kernel, now, err)) < 0 ||
+	    (e = export_stage_view_file(r, initrd, f_initrd, now, err)) < 0 ||
+	    (e = export_stage_buffer(f_conf, loader_conf, strlen(loader_conf), now, err)) < 0 ||
+	    (e = export_stage_buffer(f_entry, entry, strlen(entry), now, err)) < 0)
 		goto out;
 	/* The directories first (each holds one directory at most, so their order is the
 	 * arguments'), then each file by name, all with -m: times from the staged files. */
@@ -442,12 +253,12 @@ static int write_esp(struct export_reader *r, const struct export_raw_options *o
 	    {"mcopy", "-m", "-i", img, f_initrd, i_dst, NULL},
 	};
 	/* The staged directories are empty: the files come after, one by one. */
-	if ((e = run_tool(mkdirs, "mtools", err)) < 0)
+	if ((e = export_run_tool(mkdirs, "mtools", NULL, err)) < 0)
 		goto out;
 	for (size_t i = 0; i < ARRAY_SIZE(copies); i++)
-		if ((e = run_tool(copies[i], "mtools", err)) < 0)
+		if ((e = export_run_tool(copies[i], "mtools", NULL, err)) < 0)
 			goto out;
-	res->kernel = xasprintf("/%s", s->kernel);
+	res->kernel = xasprintf("/%s", s->v.kernel);
 	res->initrd = xasprintf("/%s", initrd);
 out:
 	rm_tree(stage);
@@ -519,44 +330,29 @@ int export_raw(struct export_reader *r, const struct export_raw_options *o,
                struct export_raw_result *res, struct mosaic_error *err)
 {
 	*res = (struct export_raw_result){.newest_mtime = INT64_MIN};
-	struct scan s = {.meta = sha256_new(), .epoch = o->source_date_epoch, .newest = INT64_MIN};
-	static const char tag[] = "mosaic raw disk v1";
-	sha256_update(s.meta, tag, sizeof(tag));
-	const struct compose_index *idx = export_reader_index(r);
-	for (uint32_t i = 0; i < compose_index_fragments(idx); i++) {
-		char d[65];
-		compose_index_fragment_digest(idx, i, d);
-		sha256_update(s.meta, d, 64);
-	}
+	struct scan s = {0};
+	export_scan_begin(&s.v, "mosaic raw disk v1", export_reader_index(r), o->source_date_epoch);
 	int e = export_walk(r, scan_entry, &s, err);
 	if (e < 0)
 		goto out;
-	if (!s.kernel && !o->no_bootloader) {
+	if (!s.v.kernel && !o->no_bootloader) {
 		e = mosaic_errorf(err, -ENOENT,
 		                  "the composition has no kernel (/boot/vmlinuz-*): add "
 		                  "linux-image-amd64 (and initramfs-tools) to the manifest's "
 		                  "packages, or give --no-bootloader for a disk without one");
 		goto out;
 	}
-	res->entries = s.entries;
-	res->newest_mtime = s.newest;
-	/* Without an epoch every time the image sets itself is the view's newest mtime: still
-	 * the same for the same view. */
-	int64_t now = o->source_date_epoch >= 0 ? o->source_date_epoch
-	              : s.newest == INT64_MIN   ? 0
-	                                        : s.newest;
-	char hex[SHA256_HEX_LEN + 1];
-	sha256_final(s.meta, hex);
-	s.meta = NULL;
+	res->entries = s.v.entries;
+	res->newest_mtime = s.v.newest;
+	int64_t now = export_scan_time(&s.v);
 	uint8_t seed[SHA256_LEN];
-	for (int i = 0; i < SHA256_LEN; i++)
-		sscanf(hex + 2 * i, "%2hhx", &seed[i]);
+	export_scan_seed(&s.v, seed);
 
 	/* Layout: 1 MiB for the GPT, the ESP, the root, 1 MiB for the backup GPT. The ESP holds
 	 * systemd-boot, the kernel and its initramfs with room for as much again (a kernel
 	 * update), 64 MiB at least (FAT32 with 512-byte clusters needs 33). */
 	uint64_t esp =
-	    o->no_bootloader ? ESP_MIN : round_up(2 * s.boot_bytes + 16 * EXPORT_MIB, EXPORT_MIB);
+	    o->no_bootloader ? ESP_MIN : round_up(2 * s.v.boot_bytes + 16 * EXPORT_MIB, EXPORT_MIB);
 	if (esp < ESP_MIN)
 		esp = ESP_MIN;
 	uint64_t blocks, inodes, min_blocks, min_inodes;

@@ -76,6 +76,45 @@ int export_read_content(struct export_reader *r, const struct export_entry *e,
 int export_read_path(struct export_reader *r, const char *path, size_t max, char **out, size_t *len,
                      struct mosaic_error *err);
 
+/* ---- what the disk and ISO writers learn of a view first (scan.c) ---------------------------- */
+
+struct export_scan {
+	struct sha256 *meta; /* the seed being hashed */
+	int64_t epoch;       /* times clamped to it (< 0: none) */
+	int64_t newest;      /* the view's newest mtime (INT64_MIN: none yet) */
+	uint64_t entries;
+	uint64_t boot_bytes; /* the kernels and initrds */
+	char *kernel;        /* boot/vmlinuz-VERSION with the highest VERSION, or NULL */
+	char **initrds;      /* every boot/initrd.img-VERSION */
+	size_t n_initrds;
+};
+/* Starts a scan: the seed begins with tag (what the image is) and the fragment digests. */
+void export_scan_begin(struct export_scan *s, const char *tag, const struct compose_index *idx,
+                       int64_t epoch);
+/* One entry of export_walk: into the seed (metadata only), and kernels and initrds noted. */
+void export_scan_entry(struct export_scan *s, const struct export_entry *e);
+/* The initrd of the chosen kernel (boot/initrd.img-VERSION) if the view has it, else NULL;
+ * caller frees. */
+char *export_scan_initrd(const struct export_scan *s);
+/* Ends the hashing: the seed the image's UUIDs derive from. */
+void export_scan_seed(struct export_scan *s, uint8_t seed[SHA256_LEN]);
+/* The time the image gives what it makes itself: the epoch, else the view's newest mtime. */
+int64_t export_scan_time(const struct export_scan *s);
+void export_scan_clear(struct export_scan *s);
+
+/* Boot files staged beside the image (kernel, initrd, loader configuration), dated mtime. */
+int export_stage_buffer(const char *path, const void *data, size_t len, int64_t mtime,
+                        struct mosaic_error *err);
+int export_stage_view_file(struct export_reader *r, const char *view_path, const char *path,
+                           int64_t mtime, struct mosaic_error *err);
+int export_stage_host_file(const char *host_path, const char *path, int64_t mtime,
+                           struct mosaic_error *err);
+/* The kernel command line: first, then given (the manifest's), else the view's
+ * /etc/kernel/cmdline, on one line; caller frees. */
+char *export_kernel_cmdline(struct export_reader *r, const char *first, const char *given);
+/* The value of KEY= in an os-release text, unquoted; NULL if none; caller frees. */
+char *export_os_release_value(const char *text, const char *key);
+
 /* ---- tar (tar.c) -------------------------------------------------------------------------- */
 
 struct export_tar_result {
@@ -185,15 +224,70 @@ int export_raw(struct export_reader *r, const struct export_raw_options *o,
 /* Parses "512M", "2G", "1048576" (K, M, G, T: powers of 1024). */
 int export_parse_size(const char *s, uint64_t *out);
 
+/* ---- squashfs (squashfs.c) ---------------------------------------------------------------- */
+
+struct export_squashfs_options {
+	const char *path;          /* the image to write (created or truncated) */
+	int64_t source_date_epoch; /* mtimes are clamped to it (< 0: not) */
+	int64_t mtime;             /* the superblock's time */
+	int level;                 /* zstd level; 0: the writer's default */
+};
+struct export_squashfs_result {
+	uint64_t size, entries, content_bytes;
+	uint64_t skipped_xattrs; /* system.* (POSIX ACLs): squashfs cannot hold them */
+	int64_t newest_mtime;    /* before clamping */
+};
+/* Writes the view as one squashfs image (zstd) with fragments/'s libsquashfs writer, straight
+ * from the reader: owners, modes, clamped mtimes, devices, FIFOs, sockets, symlinks, hard
+ * links, user./trusted./security. xattrs. The same view and options give the same bytes. */
+int export_squashfs(struct export_reader *r, const struct export_squashfs_options *o,
+                    struct export_squashfs_result *res, struct mosaic_error *err);
+
+/* ---- ISO and converted disks (iso.c) ------------------------------------------------------ */
+
+/* Runs argv[0] (looked up in PATH, then /usr/sbin and /sbin) with stdin and stdout on
+ * /dev/null, LC_ALL=C, TZ=UTC, MTOOLS_SKIP_CHECK=1 and the NULL-terminated "NAME=VALUE"s of
+ * env; its stderr becomes the error message. A missing tool is an error naming package. */
+int export_run_tool(char *const argv[], const char *package, char *const env[],
+                    struct mosaic_error *err);
+
+struct export_iso_options {
+	const char *path;           /* a fresh empty file to write the ISO into */
+	int64_t source_date_epoch;  /* < 0: none (the view's newest mtime dates the ISO) */
+	bool no_bootloader;         /* the squashfs only: no kernel, no GRUB, no live-boot */
+	const char *kernel_cmdline; /* after boot=live; NULL: the view's /etc/kernel/cmdline */
+};
+struct export_iso_result {
+	char volume_id[33];
+	char id_uuid[37]; /* names the ISO's marker file /.disk/mosaic-UUID GRUB looks for */
+	uint64_t size, entries;
+	int64_t newest_mtime; /* before clamping */
+	struct export_squashfs_result squashfs;
+	char squashfs_sha256[SHA256_HEX_LEN + 1];
+	char *kernel, *initrd, *cmdline; /* the view's paths and the kernel's command line, or
+	                                  * NULL without a boot loader */
+};
+void export_iso_result_clear(struct export_iso_result *res);
+/* Writes a hybrid ISO 9660 image (xorriso) in the Debian live layout: /live/vmlinuz,
+ * /live/initrd.img (the view's newest /boot/vmlinuz-* and its initrd.img), and
+ * /live/filesystem.squashfs (export_squashfs); GRUB (grub-mkimage from the host) boots it by
+ * BIOS and UEFI, from CD and from disk, with boot=live and the command line. The view must
+ * have live-boot's initramfs script. The same view and epoch give the same bytes. */
+int export_iso(struct export_reader *r, const struct export_iso_options *o,
+               struct export_iso_result *res, struct mosaic_error *err);
+/* Converts the raw disk image raw into fmt ("qcow2", "vmdk", "vhdx") at out with qemu-img. */
+int export_convert(const char *raw, const char *fmt, const char *out, struct mosaic_error *err);
+
 /* ---- one export (run.c) ------------------------------------------------------------------- */
 
 struct export_options {
-	const char *format;        /* "tar" or "raw" */
+	const char *format;        /* "tar", "raw", "iso", "qcow2", "vmdk" or "vhdx" */
 	const char *output;        /* OUT; OUT.spdx.json and OUT.manifest.json go beside it */
 	int64_t source_date_epoch; /* < 0: none (the SBOM then takes the newest mtime) */
 	const struct lock *lock;   /* may be NULL */
-	/* raw only */
+	/* disks (raw, qcow2, vmdk, vhdx) only */
 	uint64_t size, free_space;
+	/* disks and iso */
 	bool no_bootloader;
 	const char *kernel_cmdline;
 };

@@ -110,18 +110,64 @@ static void add_partitions(json_object *man, const struct export_raw_result *d)
 	json_object_object_add(man, "boot", boot);
 }
 
+/* The ISO's layout in its image manifest: the volume id, the marker GRUB finds it by, the
+ * files of the live layout, the squashfs's size and hash, and the boot entry. */
+static void add_iso(json_object *man, const struct export_iso_result *d)
+{
+	json_object_object_add(man, "volume_id", json_object_new_string(d->volume_id));
+	json_object_object_add(man, "id_uuid", json_object_new_string(d->id_uuid));
+	json_object *sq = json_object_new_object();
+	json_object_object_add(sq, "path", json_object_new_string("/live/filesystem.squashfs"));
+	json_object_object_add(sq, "size", json_object_new_int64((int64_t)d->squashfs.size));
+	json_object_object_add(sq, "sha256", json_object_new_string(d->squashfs_sha256));
+	json_object_object_add(sq, "compression", json_object_new_string("zstd"));
+	json_object_object_add(sq, "entries", json_object_new_int64((int64_t)d->squashfs.entries));
+	json_object_object_add(man, "squashfs", sq);
+	json_object *boot = json_object_new_object();
+	json_object *el_torito = json_object_new_array();
+	if (d->kernel) {
+		json_object_array_add(el_torito, json_object_new_string("bios"));
+		json_object_array_add(el_torito, json_object_new_string("uefi"));
+	}
+	json_object_object_add(boot, "loader", d->kernel ? json_object_new_string("grub") : NULL);
+	json_object_object_add(boot, "el_torito", el_torito);
+	json_object_object_add(boot, "kernel",
+	                       d->kernel ? json_object_new_string("/live/vmlinuz") : NULL);
+	json_object_object_add(boot, "initrd",
+	                       d->kernel ? json_object_new_string("/live/initrd.img") : NULL);
+	json_object_object_add(boot, "kernel_from",
+	                       d->kernel ? json_object_new_string(d->kernel) : NULL);
+	json_object_object_add(boot, "initrd_from",
+	                       d->initrd ? json_object_new_string(d->initrd) : NULL);
+	json_object_object_add(boot, "cmdline",
+	                       d->cmdline ? json_object_new_string(d->cmdline) : NULL);
+	json_object_object_add(man, "boot", boot);
+}
+
+static bool is_converted(const char *format)
+{
+	return strcmp(format, "qcow2") == 0 || strcmp(format, "vmdk") == 0 ||
+	       strcmp(format, "vhdx") == 0;
+}
+
 int export_run(struct export_reader *r, const struct export_options *o,
                struct export_tar_result *res_out, struct mosaic_error *err)
 {
-	bool raw = strcmp(o->format, "raw") == 0;
-	if (!raw && strcmp(o->format, "tar") != 0)
-		return mosaic_errorf(
-		    err, -EINVAL, "export format '%s' is not there yet: use tar or raw", o->format);
-	struct temp image = {0}, sbom = {0}, manifest = {0};
+	bool converted = is_converted(o->format);
+	bool raw = converted || strcmp(o->format, "raw") == 0;
+	bool iso = strcmp(o->format, "iso") == 0;
+	if (!raw && !iso && strcmp(o->format, "tar") != 0)
+		return mosaic_errorf(err, -EINVAL,
+		                     "export format '%s' is not known: use tar, raw, iso, qcow2, "
+		                     "vmdk or vhdx",
+		                     o->format);
+	struct temp image = {0}, sbom = {0}, manifest = {0}, disk_temp = {0};
 	struct export_tar_result res;
 	struct export_raw_result disk = {0};
+	struct export_iso_result isor = {0};
 	_cleanup_free_ char *sbom_path = xasprintf("%s.spdx.json", o->output);
 	_cleanup_free_ char *manifest_path = xasprintf("%s.manifest.json", o->output);
+	_cleanup_free_ char *raw_path = xasprintf("%s.raw", o->output);
 	_cleanup_free_ char *copy = xstrdup(o->output);
 	json_object *doc = NULL, *man = NULL;
 	int e, fd = temp_open(&image, o->output, err);
@@ -131,18 +177,46 @@ int export_run(struct export_reader *r, const struct export_options *o,
 	}
 	if (raw) {
 		/* The disk is written by path (libfdisk, libext2fs and mkfs.vfat/mtools each open
-		 * it); fd stays open for the hash and the fsync. */
-		const struct export_raw_options ro = {.path = image.path,
+		 * it); fd stays open for the hash and the fsync. A converted disk is first made
+		 * raw in a temp file of its own, then qemu-img writes the image's temp name. */
+		int raw_fd = -1;
+		if (converted && (raw_fd = temp_open(&disk_temp, raw_path, err)) < 0) {
+			e = raw_fd;
+			close(fd);
+			goto out;
+		}
+		if (raw_fd >= 0)
+			close(raw_fd);
+		const struct export_raw_options ro = {.path =
+		                                          converted ? disk_temp.path : image.path,
 		                                      .size = o->size,
 		                                      .free_space = o->free_space,
 		                                      .source_date_epoch = o->source_date_epoch,
 		                                      .no_bootloader = o->no_bootloader,
 		                                      .kernel_cmdline = o->kernel_cmdline};
 		e = export_raw(r, &ro, &disk, err);
+		if (e == 0 && converted)
+			e = export_convert(disk_temp.path, o->format, image.path, err);
 		if (e == 0) {
 			res = (struct export_tar_result){.size = disk.size,
 			                                 .entries = disk.entries,
 			                                 .newest_mtime = disk.newest_mtime};
+			struct stat st;
+			if (converted && fstat(fd, &st) == 0)
+				res.size = st.st_size;
+			if ((e = sha256_fd(fd, res.sha256)) < 0)
+				mosaic_errorf(err, e, "hashing %s: %s", image.path, strerror(-e));
+		}
+	} else if (iso) {
+		const struct export_iso_options io = {.path = image.path,
+		                                      .source_date_epoch = o->source_date_epoch,
+		                                      .no_bootloader = o->no_bootloader,
+		                                      .kernel_cmdline = o->kernel_cmdline};
+		e = export_iso(r, &io, &isor, err);
+		if (e == 0) {
+			res = (struct export_tar_result){.size = isor.size,
+			                                 .entries = isor.entries,
+			                                 .newest_mtime = isor.newest_mtime};
 			if ((e = sha256_fd(fd, res.sha256)) < 0)
 				mosaic_errorf(err, e, "hashing %s: %s", image.path, strerror(-e));
 		}
@@ -171,6 +245,11 @@ int export_run(struct export_reader *r, const struct export_options *o,
 	man = export_image_manifest(&in);
 	if (raw)
 		add_partitions(man, &disk);
+	if (converted)
+		json_object_object_add(man, "virtual_size",
+		                       json_object_new_int64((int64_t)disk.size));
+	if (iso)
+		add_iso(man, &isor);
 	if ((e = temp_write_json(&sbom, sbom_path, doc, err)) < 0 ||
 	    (e = temp_write_json(&manifest, manifest_path, man, err)) < 0)
 		goto out;
@@ -183,10 +262,12 @@ int export_run(struct export_reader *r, const struct export_options *o,
 		*res_out = res;
 out:
 	export_raw_result_clear(&disk);
+	export_iso_result_clear(&isor);
 	json_object_put(doc);
 	json_object_put(man);
 	temp_clear(&image);
 	temp_clear(&sbom);
 	temp_clear(&manifest);
+	temp_clear(&disk_temp);
 	return e;
 }

@@ -20,8 +20,8 @@ static json_object *without_positions(json_object *v)
 	json_object *copy = NULL;
 	if (!v || json_object_deep_copy(v, &copy, NULL) < 0)
 		return NULL;
-	for (size_t i = 0; json_object_is_type(copy, json_type_array) &&
-	                   i < json_object_array_length(copy);
+	for (size_t i = 0;
+	     json_object_is_type(copy, json_type_array) && i < json_object_array_length(copy);
 	     i++) {
 		json_object *step = json_object_array_get_idx(copy, i);
 		json_object_object_del(step, "file");
@@ -93,13 +93,14 @@ static bool find_made(struct store *s, const char *lock_path, const char *key,
 	if (lock_read(lock_path, &l, NULL) == 0 && l.fragments) {
 		for (size_t i = 0; i < json_object_array_length(l.fragments) && !found; i++) {
 			json_object *e = json_object_array_get_idx(l.fragments, i), *v;
-			const char *src = json_object_object_get_ex(e, "source", &v) ?
-			                      json_object_get_string(v) :
-			                      NULL;
-			const char *d = json_object_object_get_ex(e, "digest", &v) ?
-			                    json_object_get_string(v) :
-			                    NULL;
-			if (src && d && strcmp(src, key) == 0 && is_sha256_hex(d) && store_has(s, d)) {
+			const char *src = json_object_object_get_ex(e, "source", &v)
+			                      ? json_object_get_string(v)
+			                      : NULL;
+			const char *d = json_object_object_get_ex(e, "digest", &v)
+			                    ? json_object_get_string(v)
+			                    : NULL;
+			if (src && d && strcmp(src, key) == 0 && is_sha256_hex(d) &&
+			    store_has(s, d)) {
 				memcpy(digest, d, SHA256_HEX_LEN + 1);
 				found = true;
 			}

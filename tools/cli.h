@@ -66,8 +66,7 @@ int cli_manifest_load(const char *path, json_object *facts, json_object **model)
 /* Built manifests (cmd-build.c): the lock beside the manifest, and the fragment digests it
  * mounts, lowest first. */
 char *cli_lock_path(const char *manifest, json_object *model);
-int cli_manifest_fragments(const char *manifest, const char *lock_path, char ***digests,
-                           size_t *n);
+int cli_manifest_fragments(const char *manifest, const char *lock_path, char ***digests, size_t *n);
 
 /* Mounts (cmd-mount.c) the composition of args (one MANIFEST that was built, with lock or the
  * lock beside it; one INDEX; or FRAGMENTs) with the options in o (mountpoint, upper, ...;
@@ -99,3 +98,4 @@ int cmd_origin(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_configure(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_boot(int argc, char **argv);

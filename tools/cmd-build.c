@@ -56,6 +56,8 @@ static const char usage_build[] =
     "      --no-configure   stop before configure: the manifest then mounts unconfigured\n"
     "      --configure      configure (the default)\n"
     "      --step-timeout S kill a configure step after S seconds (default 600; 0: none)\n"
+    "      --no-export      skip the manifest's export: targets (made last, each as 'mosaic\n"
+    "                       export' would make it)\n"
     "  -h, --help           show this help\n";
 
 enum {
@@ -71,6 +73,7 @@ enum {
 	OPT_CONFIGURE,
 	OPT_NO_CONFIGURE,
 	OPT_STEP_TIMEOUT,
+	OPT_NO_EXPORT,
 };
 
 /* Whether build configures unless told otherwise. */
@@ -78,7 +81,7 @@ enum {
 
 struct build_opts {
 	const char *manifest, *lock_path, *store, *sign_key, *keyring;
-	bool locked, offline, recommends, build, lock_given, configure;
+	bool locked, offline, recommends, build, lock_given, configure, export;
 	unsigned step_timeout;
 	json_object *facts;
 	unsigned jobs, downloads;
@@ -779,6 +782,86 @@ static int merged_usr_fragment(struct store *s, struct lock *lock, const char *s
 	return 0;
 }
 
+/* The manifest's export: targets, each by 'mosaic export' (this same program) on what was just
+ * built, so that a target is exactly what the command would make. */
+static int export_targets(const struct build_opts *bo, json_object *model, const char *store)
+{
+	json_object *targets = jget(model, "export");
+	size_t n = targets ? json_object_array_length(targets) : 0;
+	for (size_t i = 0; i < n; i++) {
+		json_object *t = json_object_array_get_idx(targets, i);
+		const char *format = jstr(t, "format"), *output = jstr(t, "output");
+		const char *fs = jstr(t, "filesystem"), *loader = jstr(t, "bootloader");
+		if (!output) {
+			fprintf(stderr, "mosaic: export target %zu (%s) names no output\n", i + 1,
+			        format);
+			return EXIT_USAGE;
+		}
+		/* What export cannot make yet is refused before anything is written. */
+		if ((fs && strcmp(fs, "ext4") != 0) || (loader && strcmp(loader, "systemd-boot") != 0) ||
+		    jget(t, "partitions")) {
+			fprintf(stderr,
+			        "mosaic: export target %s: only an ext4 root with systemd-boot and no "
+			        "separate partitions can be exported so far\n",
+			        output);
+			return EXIT_FAIL;
+		}
+		const char *argv[24];
+		size_t k = 0;
+		argv[k++] = "mosaic";
+		argv[k++] = "export";
+		argv[k++] = bo->manifest;
+		argv[k++] = "--lock";
+		argv[k++] = bo->lock_path;
+		argv[k++] = "-s";
+		argv[k++] = store;
+		argv[k++] = "--format";
+		argv[k++] = format;
+		argv[k++] = "-o";
+		argv[k++] = output;
+		if (bo->keyring) {
+			argv[k++] = "--keyring";
+			argv[k++] = bo->keyring;
+		}
+		if (jstr(t, "size")) {
+			argv[k++] = "--size";
+			argv[k++] = jstr(t, "size");
+		}
+		if (jstr(t, "free_space")) {
+			argv[k++] = "--free-space";
+			argv[k++] = jstr(t, "free_space");
+		}
+		argv[k] = NULL;
+		_cleanup_free_ char *dir = xstrndup(output, strrchr(output, '/') - output);
+		if (*dir && mkdir_p(dir, 0755) < 0) {
+			fprintf(stderr, "mosaic: export target %s: %s: %s\n", output, dir,
+			        strerror(errno));
+			return EXIT_FAIL;
+		}
+		fprintf(stderr, "export: %s as %s\n", output, format);
+		fflush(NULL);
+		pid_t pid = fork();
+		if (pid < 0) {
+			fprintf(stderr, "mosaic: fork: %s\n", strerror(errno));
+			return EXIT_FAIL;
+		}
+		if (pid == 0) {
+			execv("/proc/self/exe", (char *const *)argv);
+			fprintf(stderr, "mosaic: running export: %s\n", strerror(errno));
+			_exit(127);
+		}
+		int status;
+		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+			;
+		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+			fprintf(stderr, "mosaic: export target %s failed\n", output);
+			return WIFEXITED(status) && WEXITSTATUS(status) == EXIT_USAGE ? EXIT_USAGE
+			                                                               : EXIT_FAIL;
+		}
+	}
+	return EXIT_OK;
+}
+
 static int lock_mount_order(const struct lock *l, const char *lock_path, const char *manifest,
                             bool merged_usr, bool with_config, char ***digests, size_t *n);
 
@@ -935,6 +1018,8 @@ static int do_build(const struct build_opts *bo, json_object *model, struct prov
 	if (r == 0 && write_root(s, lock) < 0)
 		fprintf(stderr, "mosaic: warning: could not record the build in %s/roots\n",
 		        store_root(s));
+	if (r == 0 && bo->export)
+		r = export_targets(bo, model, store_root(s));
 	if (r == 0)
 		printf("%s: %zu packages, %zu fragments in %s; mount it with 'mosaic mount %s "
 		       "MOUNTPOINT%s%s'\n",
@@ -975,11 +1060,13 @@ static int run(int argc, char **argv, bool build)
 	                                     {"configure", no_argument, NULL, OPT_CONFIGURE},
 	                                     {"no-configure", no_argument, NULL, OPT_NO_CONFIGURE},
 	                                     {"step-timeout", required_argument, NULL, OPT_STEP_TIMEOUT},
+	                                     {"no-export", no_argument, NULL, OPT_NO_EXPORT},
 	                                     {"help", no_argument, NULL, 'h'},
 	                                     {}};
 	struct build_opts bo = {.build = build,
 	                        .facts = json_object_new_object(),
 	                        .configure = BUILD_CONFIGURES,
+	                        .export = true,
 	                        .step_timeout = 600};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	bo.jobs = ncpu > 0 ? (unsigned)ncpu : 1;
@@ -1020,6 +1107,9 @@ static int run(int argc, char **argv, bool build)
 		case OPT_CONFIGURE:
 		case OPT_NO_CONFIGURE:
 			bo.configure = c == OPT_CONFIGURE;
+			break;
+		case OPT_NO_EXPORT:
+			bo.export = false;
 			break;
 		case OPT_STEP_TIMEOUT: {
 			char *end;

@@ -33,7 +33,6 @@ static const char usage_origin[] =
     "  --json      {\"path\", \"type\", \"fragment\", \"package\", \"upper\", \"what\"}\n"
     "  -h, --help  show this help\n";
 
-
 static const char *type_name(mode_t type)
 {
 	switch (type & S_IFMT) {

@@ -10,8 +10,8 @@
 #include <sys/stat.h>
 
 static const char usage_export[] =
-    "Usage: mosaic export (MANIFEST | INDEX | MOUNTPOINT | FRAGMENT...) --format tar|raw -o OUT\n"
-    "                     [OPTIONS]\n"
+    "Usage: mosaic export (MANIFEST | INDEX | MOUNTPOINT | FRAGMENT...)\n"
+    "                     --format tar|raw|iso|qcow2|vmdk|vhdx -o OUT [OPTIONS]\n"
     "\n"
     "Writes the composed view as an image at OUT, with OUT.spdx.json (SPDX 2.3: the image,\n"
     "every locked package and every fragment) and OUT.manifest.json beside it. The view is\n"
@@ -25,6 +25,10 @@ static const char usage_export[] =
     "                             raw: a GPT disk: an EFI system partition with\n"
     "                             systemd-boot and the composition's kernel, and an ext4\n"
     "                             root (no loop device, no mount, no root needed)\n"
+    "                             iso: a hybrid live ISO (BIOS and UEFI, CD and disk):\n"
+    "                             GRUB, /live/vmlinuz, /live/initrd.img and the view as\n"
+    "                             /live/filesystem.squashfs; needs live-boot in the view\n"
+    "                             qcow2, vmdk, vhdx: the raw disk converted by qemu-img\n"
     "  -o, --output OUT           the image to write\n"
     "      --source-date-epoch T  clamp every mtime to T and date the SBOM T (default:\n"
     "                             $SOURCE_DATE_EPOCH; else no clamping and the SBOM takes\n"
@@ -34,13 +38,16 @@ static const char usage_export[] =
     "      --lock FILE            the lock whose packages the SBOM lists (default for a\n"
     "                             MANIFEST: NAME.lock beside it; else fragments only)\n"
     "      --upper DIR            an overlayfs-format upper over an INDEX or FRAGMENTs\n"
-    "raw only:\n"
+    "disks (raw, qcow2, vmdk, vhdx):\n"
     "      --size SIZE            the whole disk's size (K, M, G, T); default: the content\n"
     "                             plus --free-space\n"
     "      --free-space SIZE      room left in the root filesystem (default 256M)\n"
-    "      --no-bootloader        an empty ESP: no systemd-boot, no kernel needed\n"
-    "      --kernel-cmdline TEXT  after root=PARTUUID=... ro (default: the manifest's\n"
-    "                             config.kernel_cmdline, else the view's /etc/kernel/cmdline)\n"
+    "disks and iso:\n"
+    "      --no-bootloader        no kernel needed: a disk's ESP stays empty, an ISO\n"
+    "                             holds the squashfs only and does not boot\n"
+    "      --kernel-cmdline TEXT  after root=PARTUUID=... ro (disks) or boot=live (iso)\n"
+    "                             (default: the manifest's config.kernel_cmdline, else\n"
+    "                             the view's /etc/kernel/cmdline)\n"
     "  -h, --help                 show this help\n";
 
 enum {
@@ -190,7 +197,7 @@ int cmd_export(int argc, char **argv)
 	const char *lock = NULL, *upper = NULL, *cmdline = NULL;
 	int64_t epoch = -1;
 	uint64_t size = 0, free_space = 256 * EXPORT_MIB;
-	bool no_bootloader = false, raw_only = false;
+	bool no_bootloader = false, disk_only = false, boot_option = false;
 	int c;
 	while ((c = getopt_long(argc, argv, "f:o:s:h", opts, NULL)) != -1) {
 		switch (c) {
@@ -226,14 +233,14 @@ int cmd_export(int argc, char **argv)
 				return cli_usage(usage_export,
 				                 "%s takes a size like 512M or 2G, not '%s'",
 				                 argv[optind - 1], optarg);
-			raw_only = true;
+			disk_only = true;
 			break;
 		case OPT_NO_BOOTLOADER:
-			no_bootloader = raw_only = true;
+			no_bootloader = boot_option = true;
 			break;
 		case OPT_CMDLINE:
 			cmdline = optarg;
-			raw_only = true;
+			boot_option = true;
 			break;
 		case 'h':
 			fputs(usage_export, stdout);
@@ -245,14 +252,23 @@ int cmd_export(int argc, char **argv)
 	if (optind == argc)
 		return cli_usage(usage_export, "give a MANIFEST, INDEX, MOUNTPOINT or FRAGMENTs");
 	if (!format)
-		return cli_usage(usage_export, "give --format tar or --format raw");
-	if (strcmp(format, "tar") != 0 && strcmp(format, "raw") != 0)
-		return cli_usage(usage_export, "--format '%s' is not there yet: tar and raw are",
-		                 format);
-	if (raw_only && strcmp(format, "raw") != 0)
+		return cli_usage(usage_export, "give --format tar, raw, iso, qcow2, vmdk or vhdx");
+	bool disk = strcmp(format, "raw") == 0 || strcmp(format, "qcow2") == 0 ||
+	            strcmp(format, "vmdk") == 0 || strcmp(format, "vhdx") == 0;
+	bool iso = strcmp(format, "iso") == 0;
+	if (!disk && !iso && strcmp(format, "tar") != 0)
 		return cli_usage(usage_export,
-		                 "--size, --free-space, --no-bootloader and --kernel-cmdline are "
-		                 "for --format raw");
+		                 "--format '%s' is not known: tar, raw, iso, qcow2, vmdk and vhdx "
+		                 "are",
+		                 format);
+	if (disk_only && !disk)
+		return cli_usage(usage_export,
+		                 "--size and --free-space are for --format raw, qcow2, vmdk and "
+		                 "vhdx");
+	if (boot_option && !disk && !iso)
+		return cli_usage(usage_export,
+		                 "--no-bootloader and --kernel-cmdline are for --format raw, "
+		                 "qcow2, vmdk, vhdx and iso");
 	if (!output)
 		return cli_usage(usage_export, "give -o OUT");
 	const char *env_epoch = getenv("SOURCE_DATE_EPOCH");

@@ -26,6 +26,7 @@ static const char usage[] =
     "  origin DIR PATH                  which fragment and package PATH comes from\n"
     "  export (MANIFEST|INDEX|DIR) --format tar -o OUT\n"
     "                                   write the view as an image, with an SPDX SBOM\n"
+    "  boot IMAGE [--iso]               run an exported image in qemu, its console here\n"
     "\n"
     "Options:\n"
     "  -h, --help      show this help (every command has its own --help)\n"
@@ -152,6 +153,8 @@ int main(int argc, char **argv)
 		return cmd_configure(argc - 1, argv + 1);
 	if (strcmp(cmd, "export") == 0)
 		return cmd_export(argc - 1, argv + 1);
+	if (strcmp(cmd, "boot") == 0)
+		return cmd_boot(argc - 1, argv + 1);
 	if (strcmp(cmd, "compose") == 0)
 		return cmd_compose(argc - 1, argv + 1);
 	if (strcmp(cmd, "mount") == 0)

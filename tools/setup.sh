@@ -16,10 +16,15 @@ packages=(
 	libzstd-dev libfdisk-dev libext2fs-dev
 	# run (export raw: mkfs.vfat, mtools, the host's systemd-boot when the composition has none)
 	fuse3 gnupg dosfstools mtools systemd-boot-efi
+	# run (export iso: xorriso, GRUB's images for UEFI and BIOS; qcow2/vmdk/vhdx need
+	# qemu-img from qemu-utils, listed under mosaic boot)
+	xorriso grub-common grub-efi-amd64-bin grub-pc-bin
 	# test
 	python3 python3-pytest squashfuse squashfs-tools rpm dpkg-dev attr libcap2-bin
 	util-linux kmod e2fsprogs runc xz-utils zstd bzip2 gzip
 	createrepo-c apt-utils fdisk
+	# mosaic boot (and its tests): qemu, UEFI firmware, qemu-img
+	qemu-system-x86 ovmf qemu-utils
 	# benchmark
 	hyperfine fuse-overlayfs debootstrap mmdebstrap
 )

@@ -329,3 +329,30 @@ def processes_under(mnt):
             except OSError:
                 continue
     return pids
+
+
+def test_build_makes_the_manifests_export_targets(site, tmp_path):
+    """export: targets are made last by mosaic build, as mosaic export makes them; a target
+    export cannot make yet is refused before anything is written."""
+    env, store, signer = site["env"], site["store"], site["signer"]
+    m = tmp_path / "exp.yaml"
+    m.write_text(site["manifests"]["ok"].read_text().replace("name: ok", "name: exp") +
+                 "export:\n  - {format: tar, output: out/exp.tar}\n")
+    build = [MOSAIC, "build", m, "-s", store, "--sign", signer.fingerprint,
+             "--keyring", signer.keyring]
+    p = run(build, env=env, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    tar = tmp_path / "out/exp.tar"
+    names = run(["tar", "-tf", tar]).stdout.split()
+    assert "./var/lib/script-pkg/postinst.log" in names, "the configured system is exported"
+    spdx = json.loads((tmp_path / "out/exp.tar.spdx.json").read_text())
+    assert spdx["spdxVersion"] == "SPDX-2.3"
+    assert any(p["name"] == "script-pkg" for p in spdx["packages"])
+
+    m.write_text(m.read_text().replace("{format: tar, output: out/exp.tar}",
+                                       "{format: raw, output: out/exp.raw, bootloader: grub}"))
+    p = run(build, env=env, check=False)
+    assert p.returncode == 1 and "only an ext4 root with systemd-boot" in p.stderr, p.stderr
+    assert not (tmp_path / "out/exp.raw").exists()
+    p = run(build + ["--no-export"], env=env, check=False)
+    assert p.returncode == 0, p.stderr[-2000:]

@@ -517,7 +517,7 @@ def test_unwritable_output_and_bad_usage(layers, tmp_path):
     base = [MOSAIC, "export", *layers.digests, "-s", layers.store, "--keyring", layers.keyring]
     for extra, words in ((["-o", tmp_path / "x"], "--format"),
                          (["--format", "tar"], "-o OUT"),
-                         (["--format", "iso", "-o", tmp_path / "x"], "not there yet"),
+                         (["--format", "vfat", "-o", tmp_path / "x"], "is not known"),
                          (["--format", "tar", "-o", tmp_path / "x", "--source-date-epoch", "-1"],
                           "seconds"),
                          (["--bogus"], "unknown option")):

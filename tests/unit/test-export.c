@@ -272,6 +272,126 @@ static void test_raw_pure(void)
 	   "free space adds blocks and inodes");
 }
 
+/* ---- export_squashfs: the view as one image, read back with fragment_walk ---------------- */
+
+struct sq_seen {
+	struct seen s;
+	uint32_t ino_one, ino_two;
+	uint64_t id_b, id_big;
+	int64_t mtime_max;
+};
+
+static int sq_record(void *ctx, const struct fragment_entry *e)
+{
+	struct sq_seen *q = ctx;
+	struct export_entry x = {.path = e->path, .mode = e->mode};
+	record(&q->s, &x);
+	if (strcmp(e->path, "hl/one") == 0)
+		q->ino_one = e->inode_number;
+	if (strcmp(e->path, "hl/two") == 0)
+		q->ino_two = e->inode_number;
+	if (strcmp(e->path, "etc/b") == 0)
+		q->id_b = e->inode_id;
+	if (strcmp(e->path, "big") == 0)
+		q->id_big = e->inode_id;
+	if (e->mtime > q->mtime_max)
+		q->mtime_max = e->mtime;
+	return 0;
+}
+
+static char *file_hash(const char *path)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	char hex[SHA256_HEX_LEN + 1] = "";
+	if (fd < 0 || sha256_fd(fd, hex) < 0)
+		return xstrdup("");
+	return xstrdup(hex);
+}
+
+static void fill_big(const char *root)
+{
+	/* past the writer's 16 MiB memory buffer: its content goes through the spill file */
+	size_t n = (17u << 20) + 123;
+	_cleanup_free_ char *data = xmalloc(n + 1);
+	for (size_t i = 0; i < n; i++)
+		data[i] = (char)(i * 7 / 3);
+	data[n] = 0;
+	_cleanup_free_ char *p = path_join(root, "big");
+	write_file_atomic(p, data, n, 0644);
+}
+
+static void test_squashfs(struct compose_index *idx, char *const *images)
+{
+	struct export_reader *r;
+	struct mosaic_error err = {0};
+	const struct export_reader_options o = {.idx = idx, .images = images};
+	if (!ok(export_reader_open(&o, &r, &err) == 0, "reader opens: %s", err.msg))
+		return;
+	struct seen walked = {0};
+	export_walk(r, record, &walked, &err);
+	_cleanup_free_ char *p1 = path_join(tmpdir, "view1.sqfs");
+	_cleanup_free_ char *p2 = path_join(tmpdir, "view2.sqfs");
+	struct export_squashfs_result res;
+	struct export_squashfs_options so = {.path = p1, .source_date_epoch = 500, .mtime = 500};
+	ok(export_squashfs(r, &so, &res, &err) == 0, "export_squashfs: %s", err.msg);
+	is_int(res.entries, walked.n, "every entry of the view");
+	so.path = p2;
+	export_squashfs(r, &so, &res, &err);
+	_cleanup_free_ char *h1 = file_hash(p1), *h2 = file_hash(p2);
+	ok(*h1 && strcmp(h1, h2) == 0, "the same view gives the same squashfs");
+
+	struct sq_seen q = {0};
+	ok(fragment_walk(p1, sq_record, &q, &err) == 0, "fragment_walk reads it: %s", err.msg);
+	_cleanup_free_ char *want = xstrdup(joined(&walked));
+	is_str(joined(&q.s), want, "the same paths in the same order");
+	ok(q.ino_one && q.ino_one == q.ino_two, "hard links are one inode");
+	is_int(q.mtime_max, 500, "mtimes clamped to the epoch");
+	struct fragment_image *im;
+	char buf[16] = "";
+	if (fragment_image_open(p1, &im, &err) == 0) {
+		ssize_t n = fragment_image_read(im, q.id_b, 0, buf, sizeof(buf) - 1);
+		ok(n == 7 && strcmp(buf, "bee v2\n") == 0, "content of the winning fragment");
+		fragment_image_close(im);
+	}
+	export_reader_free(r);
+
+	/* a big file goes through the spill file */
+	char *big = make("big", fill_big);
+	const char *slash = strrchr(big, '/');
+	struct compose_input in = {
+	    .image_path = big, .digest = xstrndup(slash + 1, SHA256_HEX_LEN), .name = "big"};
+	_cleanup_free_ char *ip = path_join(tmpdir, "big.idx");
+	struct compose_index *bidx = NULL;
+	char *bimages[1] = {big};
+	const struct export_reader_options bo = {.images = bimages};
+	if (compose_index_build(&in, 1, false, ip, NULL, &err) == 0 &&
+	    compose_index_open(ip, &bidx, &err) == 0) {
+		struct export_reader_options bo2 = bo;
+		bo2.idx = bidx;
+		if (export_reader_open(&bo2, &r, &err) == 0) {
+			so.path = p1;
+			ok(export_squashfs(r, &so, &res, &err) == 0, "big: %s", err.msg);
+			is_int(res.content_bytes, (17u << 20) + 123, "all of the big file");
+			struct sq_seen qb = {0};
+			fragment_walk(p1, sq_record, &qb, &err);
+			if (fragment_image_open(p1, &im, &err) == 0) {
+				char tail[4] = "";
+				size_t at = (17u << 20) + 120;
+				ssize_t n = fragment_image_read(im, qb.id_big, at, tail, 3);
+				ok(n == 3 && tail[0] == (char)(at * 7 / 3) &&
+				       tail[2] == (char)((at + 2) * 7 / 3),
+				   "its end is right");
+				fragment_image_close(im);
+			}
+			export_reader_free(r);
+		}
+		compose_index_close(bidx);
+	} else
+		diag("big index: %s", err.msg);
+	free((char *)in.digest);
+	free(big);
+}
+
 int main(void)
 {
 	const char *t = getenv("TMPDIR");
@@ -305,6 +425,7 @@ int main(void)
 		return 99;
 	}
 	test_index_only(idx, images);
+	test_squashfs(idx, images);
 	if (getuid() == 0)
 		test_upper(idx, images);
 	else
