@@ -446,3 +446,21 @@ def mounts_under(path):
     """The host's mount points at path or below it."""
     return [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
             if line.split()[1] == str(path) or line.split()[1].startswith(f"{path}/")]
+
+
+def host_build(args, env):
+    """`mosaic build ARGS` from the host's apt sources: skips the test when they cannot be
+    reached, fails it when the build fails, and unmounts what a failed configure left mounted
+    in $MOSAIC_CACHE_DIR (this build's, not another run's). Returns the finished process."""
+    cache = env.get("MOSAIC_CACHE_DIR")
+    before = set(mounts_under(cache)) if cache else set()
+    try:
+        p = run([MOSAIC, "build", *args], env=env, check=False)
+    finally:
+        left = set(mounts_under(cache)) - before if cache else set()
+        for mnt in sorted(left, key=len, reverse=True):
+            run([MOSAIC, "umount", "--lazy", mnt], check=False)
+    if p.returncode != 0 and ("resolve host" in p.stderr or "connect" in p.stderr.lower()):
+        pytest.skip(f"the host's apt sources cannot be reached: {p.stderr[-300:]}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CACHE, MOSAIC, REPO, cached_key, create, mounts_under, run, write_file
+from conftest import (CACHE, MOSAIC, REPO, cached_key, create, host_build, run, write_file)
 
 pytestmark = pytest.mark.usefixtures("no_mount_leftovers")
 
@@ -194,18 +194,8 @@ def bootable(tmp_path_factory):
                    MOSAIC_CACHE_DIR=str(CACHE / "mosaic-cache"))
         env.pop("SOURCE_DATE_EPOCH", None)
         lock, store = WORK / "debian-bootable.lock", WORK / "store"
-        before = mounts_under(CACHE / "mosaic-cache")
-        try:
-            p = run([MOSAIC, "build", MANIFEST, "--lock", lock, "-s", store, "--sign",
-                     key.fingerprint, "--keyring", key.keyring], env=env, check=False)
-        finally:
-            # what a failed configure step left mounted (this build's, not another run's)
-            for mnt in sorted(set(mounts_under(CACHE / "mosaic-cache")) - set(before), key=len,
-                              reverse=True):
-                run([MOSAIC, "umount", "--lazy", mnt], check=False)
-        if p.returncode != 0 and ("resolve host" in p.stderr or "connect" in p.stderr.lower()):
-            pytest.skip(f"the host's apt sources cannot be reached: {p.stderr[-300:]}")
-        assert p.returncode == 0, p.stderr[-3000:]
+        host_build([MANIFEST, "--lock", lock, "-s", store, "--sign", key.fingerprint,
+                    "--keyring", key.keyring], env)
         made = {}
 
         def export(fmt):
