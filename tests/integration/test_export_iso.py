@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (MOSAIC, create, file_sha256, run, squashfuse_mount,
+from conftest import (MOSAIC, file_sha256, run, squashfuse_mount,
                       squashfuse_xattr_names, write_file)
-from test_export_raw import kernel_layer, mosaic_view  # noqa: F401
-from test_export_tar import (CAP_NET_RAW, EPOCH, FRAGMENT_EPOCH, layers,  # noqa: F401
+from test_export_raw import config_layer, kernel_layer, mosaic_view  # noqa: F401
+from test_export_tar import (CAP_NET_RAW, EPOCH, layers,  # noqa: F401
                              view_snapshot)
 
 pytestmark = pytest.mark.usefixtures("no_mount_leftovers")
@@ -69,14 +69,7 @@ def live_layer(layers, signer):
     for d in ("", "usr", "usr/share", "usr/share/initramfs-tools",
               "usr/share/initramfs-tools/scripts"):
         os.chmod(src / d, 0o755)
-    digest = create(layers.store, src, layers.env, "--sign", signer.fingerprint,
-                    "--source-date-epoch", FRAGMENT_EPOCH, "--name", "live", "--version", "1",
-                    "--kind", "config")
-    for d, _, files in os.walk(layers.store):
-        os.chmod(d, 0o755)
-        for f in files:
-            os.chmod(Path(d) / f, 0o644)
-    return digest
+    return config_layer(layers, signer, src, "live")
 
 
 def check_squashfs_against_view(sqfs, want, want_links, tmp):

@@ -251,8 +251,14 @@ def kernel_layer(layers, signer):
     write_file(src / "etc/kernel/cmdline", "console=ttyS0  quiet\n")
     for d in ("", "boot", "usr", "usr/lib", "etc", "etc/kernel"):
         os.chmod(src / d, 0o755)
+    return config_layer(layers, signer, src, "kernel")
+
+
+def config_layer(layers, signer, src, name):
+    """src as a signed config fragment in the layers' store, which stays readable for the
+    unprivileged exports; returns its digest."""
     digest = create(layers.store, src, layers.env, "--sign", signer.fingerprint,
-                    "--source-date-epoch", FRAGMENT_EPOCH, "--name", "kernel", "--version", "1",
+                    "--source-date-epoch", FRAGMENT_EPOCH, "--name", name, "--version", "1",
                     "--kind", "config")
     for d, _, files in os.walk(layers.store):
         os.chmod(d, 0o755)
