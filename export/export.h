@@ -42,6 +42,7 @@ struct export_entry {
 	/* Where the entry comes from: index inode ino, or (ino 0) the upper's file upper_path. */
 	uint32_t ino;
 	const char *upper_path;
+	const void *data; /* a file put in by export_reader_put_file: its content */
 };
 
 struct export_reader_options {
@@ -59,6 +60,16 @@ struct export_reader;
 int export_reader_open(const struct export_reader_options *o, struct export_reader **out,
                        struct mosaic_error *err);
 void export_reader_free(struct export_reader *r);
+/* Limits what export_walk covers, for a disk of several filesystems: the view's directory
+ * subtree ("usr"; "" for the whole view) is walked as if it were the root (paths relative to
+ * it, depth 0), and the directories at the view paths cut (the other filesystems' mount points)
+ * are reported without what is below them. Until called again. */
+void export_reader_restrict(struct export_reader *r, const char *subtree, char *const *cut,
+                            size_t n_cut);
+/* Puts a regular file (root's, mode bits of mode) with a copy of data at path ("etc/fstab") into
+ * what export_walk reports: in place of the view's entry there, or added to its directory. */
+void export_reader_put_file(struct export_reader *r, const char *path, const void *data, size_t len,
+                            mode_t mode, int64_t mtime);
 /* What the reader was opened with. */
 const struct compose_index *export_reader_index(const struct export_reader *r);
 char *const *export_reader_images(const struct export_reader *r);
@@ -190,35 +201,55 @@ int export_ext4_write(struct export_reader *r, const struct export_ext4_options 
 void export_derive_uuid(const uint8_t seed[SHA256_LEN], const char *label, uint8_t out[16]);
 void export_uuid_string(const uint8_t u[16], char out[37]);
 
+/* At most: the ESP, the root and 14 more. */
+#define EXPORT_MAX_PARTITIONS 16
+
 struct export_partition {
 	unsigned number;
-	const char *type_guid, *name, *filesystem;
+	const char *type_guid, *filesystem;
+	char name[37];
+	const char *mountpoint; /* "/", "/var", …; NULL for the ESP and swap */
 	char uuid[37], fs_uuid[37];
 	uint64_t start, size; /* bytes */
 };
 
 struct export_raw_result {
-	struct export_partition parts[2];
+	struct export_partition parts[EXPORT_MAX_PARTITIONS];
 	size_t n_parts;
 	char disk_uuid[37];
 	uint64_t size, entries;
 	int64_t newest_mtime;  /* before clamping */
 	char *kernel, *initrd; /* the view's paths copied to the ESP, or NULL */
+	char *bootloader;      /* "systemd-boot", "grub" or NULL */
+	char *fstab;           /* what the image's /etc/fstab says of its partitions, or NULL */
 };
 void export_raw_result_clear(struct export_raw_result *res);
+
+/* A partition of its own beside the ESP and the root. */
+struct export_partition_spec {
+	const char *mountpoint; /* an absolute directory of the view ("/var"); NULL for swap */
+	uint64_t size;          /* bytes; 0: from the content plus free space (not for swap) */
+};
 
 struct export_raw_options {
 	const char *path;           /* a fresh empty file to write the disk into */
 	uint64_t size;              /* 0: from the content */
-	uint64_t free_space;        /* room left in the root filesystem when sizing from content */
+	uint64_t free_space;        /* room left in each ext4 filesystem sized from content */
 	int64_t source_date_epoch;  /* < 0: none */
 	bool no_bootloader;         /* an empty ESP, no kernel needed */
 	const char *kernel_cmdline; /* NULL: the view's /etc/kernel/cmdline */
+	const char *filesystem;     /* the root's: "ext4" (NULL) or "squashfs" (read-only, with
+	                             * a writable /var partition) */
+	const char *bootloader;     /* "systemd-boot" (NULL) or "grub" */
+	const struct export_partition_spec *partitions;
+	size_t n_partitions;
 };
 /* Writes a GPT disk (libfdisk) into o->path: partition 1 the EFI system partition (FAT32 by
- * mkfs.vfat and mtools, no mount) with systemd-boot and a loader entry for the view's kernel,
- * partition 2 the root (Discoverable Partitions x86-64 root type) as ext4 written from the
- * view. UUIDs derive from the view; the same view and epoch give the same bytes. */
+ * mkfs.vfat and mtools, no mount) with systemd-boot or GRUB and the view's kernel, partition 2
+ * the root (Discoverable Partitions x86-64 root type) as ext4 written from the view or as a
+ * squashfs, then one partition for each of o->partitions: the view's subtree at its mount point
+ * as ext4, or swap (mkswap). With partitions of its own, the image's /etc/fstab mounts them.
+ * UUIDs derive from the view; the same view and options give the same bytes. */
 int export_raw(struct export_reader *r, const struct export_raw_options *o,
                struct export_raw_result *res, struct mosaic_error *err);
 /* Parses "512M", "2G", "1048576" (K, M, G, T: powers of 1024). */
@@ -275,6 +306,11 @@ void export_iso_result_clear(struct export_iso_result *res);
  * have live-boot's initramfs script. The same view and epoch give the same bytes. */
 int export_iso(struct export_reader *r, const struct export_iso_options *o,
                struct export_iso_result *res, struct mosaic_error *err);
+/* GRUB as one image (grub-mkimage from the host's GRUB, format "x86_64-efi" or
+ * "i386-pc-eltorito") with the modules a mosaic image boots with, extra ones and the early
+ * configuration early built in. */
+int export_grub_mkimage(const char *format, const char *early, const char *out,
+                        const char *const extra[], size_t n_extra, struct mosaic_error *err);
 /* Converts the raw disk image raw into fmt ("qcow2", "vmdk", "vhdx") at out with qemu-img. */
 int export_convert(const char *raw, const char *fmt, const char *out, struct mosaic_error *err);
 
@@ -287,6 +323,9 @@ struct export_options {
 	const struct lock *lock;   /* may be NULL */
 	/* disks (raw, qcow2, vmdk, vhdx) only */
 	uint64_t size, free_space;
+	const char *filesystem, *bootloader; /* NULL: ext4, systemd-boot */
+	const struct export_partition_spec *partitions;
+	size_t n_partitions;
 	/* disks and iso */
 	bool no_bootloader;
 	const char *kernel_cmdline;

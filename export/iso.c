@@ -199,9 +199,14 @@ static int make_efi_image(const char *stage, const char *efi, uint32_t volid, in
 	return set_time(img, t, err);
 }
 
-static int grub_mkimage(const char *format, const char *early, const char *out, const char *extra[],
-                        size_t n_extra, struct mosaic_error *err)
+int export_grub_mkimage(const char *format, const char *early, const char *out,
+                        const char *const extra[], size_t n_extra, struct mosaic_error *err)
 {
+	if (strcmp(format, "x86_64-efi") == 0 && access(GRUB_DIR "/x86_64-efi/linux.mod", R_OK) < 0)
+		return mosaic_errorf(err, -ENOENT,
+		                     "%s is missing: install the package grub-efi-amd64-bin "
+		                     "(apt-get install grub-efi-amd64-bin)",
+		                     GRUB_DIR "/x86_64-efi/linux.mod");
 	const char *modules[] = {GRUB_MODULES};
 	const char *head[] = {"grub-mkimage", "-O",  format, "-p", "/boot/grub",
 	                      "-c",           early, "-o",   out};
@@ -262,8 +267,8 @@ static int stage_grub(struct export_reader *r, const char *stage, const char *ma
 		return e;
 	const char *efi_mods[] = {"efi_gop", "efi_uga", "all_video"};
 	const char *bios_mods[] = {"biosdisk"};
-	if ((e = grub_mkimage("x86_64-efi", early, efi, efi_mods, ARRAY_SIZE(efi_mods), err)) < 0 ||
-	    (e = grub_mkimage("i386-pc-eltorito", early, bios, bios_mods, ARRAY_SIZE(bios_mods),
+	if ((e = export_grub_mkimage("x86_64-efi", early, efi, efi_mods, ARRAY_SIZE(efi_mods), err)) < 0 ||
+	    (e = export_grub_mkimage("i386-pc-eltorito", early, bios, bios_mods, ARRAY_SIZE(bios_mods),
 	                      err)) < 0)
 		return e;
 	if ((e = set_time(efi, t, err)) < 0 || (e = set_time(bios, t, err)) < 0)

@@ -38,6 +38,22 @@ struct export_reader {
 	struct open_image *open;
 	unsigned n_open;
 	uint64_t clock;
+	/* what a walk covers (export_reader_restrict): the view path its root is ("" for "/") and
+	 * the view paths it reports but does not descend into */
+	char *subtree;
+	char **cut;
+	size_t n_cut;
+	/* files put in by export_reader_put_file, sorted by path */
+	struct put_file *put;
+	size_t n_put;
+};
+
+struct put_file {
+	char *vpath; /* "/etc/fstab" */
+	void *data;
+	size_t len;
+	mode_t mode;
+	int64_t mtime;
 };
 
 /* ---- the upper's changes ----------------------------------------------------------------------
@@ -150,7 +166,75 @@ void export_reader_free(struct export_reader *r)
 	compose_diff_free(r->diff, r->n_diff);
 	free(r->added);
 	free(r->upper);
+	free(r->subtree);
+	strv_free(r->cut, r->n_cut);
+	for (size_t i = 0; i < r->n_put; i++) {
+		free(r->put[i].vpath);
+		free(r->put[i].data);
+	}
+	free(r->put);
 	free(r);
+}
+
+void export_reader_restrict(struct export_reader *r, const char *subtree, char *const *cut,
+                            size_t n_cut)
+{
+	free(r->subtree);
+	strv_free(r->cut, r->n_cut);
+	r->subtree = *subtree ? xasprintf("/%s", subtree) : NULL;
+	r->cut = xcalloc(n_cut ? n_cut : 1, sizeof(*r->cut));
+	r->n_cut = n_cut;
+	for (size_t i = 0; i < n_cut; i++)
+		r->cut[i] = xasprintf("/%s", cut[i]);
+}
+
+static int put_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct put_file *)a)->vpath, ((const struct put_file *)b)->vpath);
+}
+
+void export_reader_put_file(struct export_reader *r, const char *path, const void *data, size_t len,
+                            mode_t mode, int64_t mtime)
+{
+	_cleanup_free_ char *vpath = xasprintf("/%s", path);
+	struct put_file *p = NULL;
+	for (size_t i = 0; i < r->n_put && !p; i++)
+		if (strcmp(r->put[i].vpath, vpath) == 0)
+			p = &r->put[i];
+	if (!p) {
+		r->put = xrealloc(r->put, (r->n_put + 1) * sizeof(*r->put));
+		p = &r->put[r->n_put++];
+		*p = (struct put_file){.vpath = TAKE_PTR(vpath)};
+	}
+	free(p->data);
+	p->data = xmalloc(len ? len : 1);
+	memcpy(p->data, data, len);
+	p->len = len;
+	p->mode = S_IFREG | (mode & 07777);
+	p->mtime = mtime;
+	qsort_safe(r->put, r->n_put, sizeof(*r->put), put_cmp);
+}
+
+static const struct put_file *put_find(const struct export_reader *r, const char *vpath)
+{
+	for (size_t i = 0; i < r->n_put; i++)
+		if (strcmp(r->put[i].vpath, vpath) == 0)
+			return &r->put[i];
+	return NULL;
+}
+
+/* The first put file whose parent is dir, at or after position i (put is sorted by path, so a
+ * directory's files are adjacent unless deeper paths sort between them; there are few). */
+static size_t put_next(const struct export_reader *r, size_t i, const char *dir)
+{
+	for (; i < r->n_put; i++) {
+		const char *p, *n;
+		size_t pl;
+		split(r->put[i].vpath, &p, &pl, &n);
+		if (pl == strlen(dir) && memcmp(p, dir, pl) == 0)
+			return i;
+	}
+	return r->n_put;
 }
 
 const struct compose_index *export_reader_index(const struct export_reader *r)
@@ -291,32 +375,64 @@ static int from_upper(const char *upath, struct export_entry *e, struct export_x
 static int visit(struct walk *w, const char *vpath, const char *name, unsigned depth, uint32_t lo,
                  const struct compose_diff_entry *de);
 
+/* A file put in by export_reader_put_file where the view has none. */
+static int visit_put(struct walk *w, const struct put_file *p, const char *name, unsigned depth)
+{
+	size_t skip = w->r->subtree ? strlen(w->r->subtree) : 0;
+	struct export_entry e = {.path = p->vpath + skip + 1,
+	                         .name = name,
+	                         .depth = depth,
+	                         .mode = p->mode,
+	                         .size = p->len,
+	                         .mtime = p->mtime,
+	                         .nlink = 1,
+	                         .data = p->data};
+	return w->fn(w->ctx, &e);
+}
+
 /* The children of a directory of the view at vpath: those of its index directory lower (0:
- * none) that the upper does not delete, merged by name with what the upper adds. changed: the
- * upper has this directory, so children may be changed too. */
+ * none) that the upper does not delete, merged by name with what the upper adds and with the
+ * files put in. changed: the upper has this directory, so children may be changed too. */
 static int children(struct walk *w, const char *vpath, unsigned depth, uint32_t lower, bool changed)
 {
 	struct export_reader *r = w->r;
 	uint32_t n = 0;
 	const struct compose_dirent *d = lower ? compose_index_dirents(r->idx, lower, &n) : NULL;
 	size_t a = changed ? added_first(r, vpath) : r->n_added;
+	size_t q = put_next(r, 0, vpath);
 	uint32_t i = 0;
 	int ret;
 	for (;;) {
 		bool have_i = i < n, have_a = changed && added_in(r, a, vpath);
-		if (!have_i && !have_a)
+		bool have_q = q < r->n_put;
+		if (!have_i && !have_a && !have_q)
 			return 0;
 		_cleanup_free_ char *iname =
 		    have_i ? xstrndup(compose_index_string(r->idx, d[i].name_off), d[i].name_len)
 		           : NULL;
-		const char *p, *aname = NULL;
+		const char *p, *aname = NULL, *qname = NULL;
 		size_t pl;
 		if (have_a)
 			split(r->diff[r->added[a]].path, &p, &pl, &aname);
+		if (have_q)
+			split(r->put[q].vpath, &p, &pl, &qname);
+		/* A put file whose name the view has is visited in its place (visit looks it up);
+		 * one the view lacks is visited on its own, in name order. */
+		const char *first = have_i ? iname : aname;
+		if (have_i && have_a && strcmp(aname, iname) < 0)
+			first = aname;
+		if (have_q && (!first || strcmp(qname, first) < 0)) {
+			if ((ret = visit_put(w, &r->put[q], qname, depth + 1)) < 0)
+				return ret;
+			q = put_next(r, q + 1, vpath);
+			continue;
+		}
+		if (have_q && strcmp(qname, first) == 0)
+			q = put_next(r, q + 1, vpath);
 		if (have_i && (!have_a || strcmp(iname, aname) < 0)) {
 			_cleanup_free_ char *child = xasprintf("%s/%s", vpath, iname);
 			const struct compose_diff_entry *cd = changed ? diff_find(r, child) : NULL;
-			if (!cd || cd->change != COMPOSE_DELETED)
+			if (!cd || cd->change != COMPOSE_DELETED || (r->n_put && put_find(r, child)))
 				if ((ret = visit(w, child, iname, depth + 1, d[i].ino, cd)) < 0)
 					return ret;
 			i++;
@@ -329,12 +445,26 @@ static int children(struct walk *w, const char *vpath, unsigned depth, uint32_t 
 	}
 }
 
-/* One entry at vpath ("" for the root): the index's inode lo, unless the upper has it (de). */
+static bool is_cut(const struct export_reader *r, const char *vpath)
+{
+	for (size_t i = 0; i < r->n_cut; i++)
+		if (strcmp(r->cut[i], vpath) == 0)
+			return true;
+	return false;
+}
+
+/* One entry at vpath ("" for the root): the index's inode lo, unless the upper has it (de) or
+ * a file was put there. */
 static int visit(struct walk *w, const char *vpath, const char *name, unsigned depth, uint32_t lo,
                  const struct compose_diff_entry *de)
 {
 	struct export_reader *r = w->r;
-	struct export_entry e = {.path = *vpath ? vpath + 1 : "", .name = name, .depth = depth};
+	const struct put_file *put = r->n_put ? put_find(r, vpath) : NULL;
+	if (put)
+		return visit_put(w, put, name, depth);
+	size_t skip = r->subtree ? strlen(r->subtree) : 0;
+	struct export_entry e = {
+	    .path = vpath[skip] ? vpath + skip + 1 : "", .name = name, .depth = depth};
 	struct export_xattr *xs = NULL;
 	size_t n_xs = 0;
 	_cleanup_free_ char *target = NULL, *upath = NULL;
@@ -353,7 +483,7 @@ static int visit(struct walk *w, const char *vpath, const char *name, unsigned d
 		ret = w->fn(w->ctx, &e);
 	}
 	xattrs_free(xs, n_xs, upper);
-	if (ret < 0 || !S_ISDIR(e.mode))
+	if (ret < 0 || !S_ISDIR(e.mode) || (depth > 0 && is_cut(r, vpath)))
 		return ret;
 	const struct compose_inode *in = lo ? compose_index_inode(r->idx, lo) : NULL;
 	return children(w, vpath, depth, in && S_ISDIR(in->mode) ? lo : 0, upper);
@@ -363,12 +493,28 @@ int export_walk(struct export_reader *r, int (*fn)(void *ctx, const struct expor
                 void *ctx, struct mosaic_error *err)
 {
 	struct walk w = {.r = r, .fn = fn, .ctx = ctx, .err = err};
-	/* The upper's root is always merged with the index's: its attributes win. */
-	const struct compose_diff_entry *de = r->upper ? diff_find(r, "/") : NULL;
-	static const struct compose_diff_entry root_untouched = {.change = COMPOSE_UNTOUCHED};
+	static const struct compose_diff_entry untouched = {.change = COMPOSE_UNTOUCHED};
+	const struct compose_diff_entry *de = NULL;
+	uint32_t ino = COMPOSE_ROOT_INO;
+	const char *root = r->subtree ? r->subtree : "";
+	int ret;
+	if (r->subtree) {
+		/* The subtree's own inode in the index and its change in the upper. */
+		struct compose_diff_entry found = {0};
+		ret = compose_diff_path(r->idx, r->images, r->upper, r->subtree + 1, &found, err);
+		_cleanup_free_ char *found_path = found.path;
+		if (ret == 0 && (found.change == COMPOSE_DELETED || !S_ISDIR(found.type)))
+			ret = -ENOTDIR;
+		if (ret < 0)
+			return mosaic_errorf(err, ret, "%s: not a directory of the view", r->subtree);
+		ino = found.ino;
+		de = r->upper ? diff_find(r, r->subtree) : NULL;
+	} else
+		/* The upper's root is always merged with the index's: its attributes win. */
+		de = r->upper ? diff_find(r, "/") : NULL;
 	if (r->upper && !de)
-		de = &root_untouched; /* cannot happen with all: the root is always listed */
-	int ret = visit(&w, "", "", 0, COMPOSE_ROOT_INO, de);
+		de = &untouched; /* the root cannot be missing (all lists it); a subtree can */
+	ret = visit(&w, root, "", 0, ino, de);
 	if (ret < 0 && err && !err->msg[0])
 		mosaic_errorf(err, ret, "walking the view: %s", strerror(-ret));
 	return ret;
@@ -479,6 +625,8 @@ int export_read_content(struct export_reader *r, const struct export_entry *e,
 {
 	if (!S_ISREG(e->mode))
 		return mosaic_errorf(err, -EINVAL, "/%s: not a regular file", e->path);
+	if (e->data)
+		return e->size ? sink(ctx, e->data, e->size) : 0;
 	if (e->upper_path)
 		return read_upper_file(e->upper_path, e->size, sink, ctx, err);
 	return read_index_file(r, e->ino, e->path, sink, ctx, err);

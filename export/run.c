@@ -98,6 +98,8 @@ static void add_partitions(json_object *man, const struct export_raw_result *d)
 		json_object_object_add(o, "start", json_object_new_int64((int64_t)p->start));
 		json_object_object_add(o, "size", json_object_new_int64((int64_t)p->size));
 		json_object_object_add(o, "filesystem", json_object_new_string(p->filesystem));
+		json_object_object_add(o, "mountpoint",
+		                       p->mountpoint ? json_object_new_string(p->mountpoint) : NULL);
 		json_object_object_add(o, "fs_uuid", json_object_new_string(p->fs_uuid));
 		json_object_array_add(parts, o);
 	}
@@ -107,6 +109,8 @@ static void add_partitions(json_object *man, const struct export_raw_result *d)
 	                       d->kernel ? json_object_new_string(d->kernel) : NULL);
 	json_object_object_add(boot, "initrd",
 	                       d->initrd ? json_object_new_string(d->initrd) : NULL);
+	json_object_object_add(boot, "loader",
+	                       d->bootloader ? json_object_new_string(d->bootloader) : NULL);
 	json_object_object_add(man, "boot", boot);
 }
 
@@ -193,7 +197,11 @@ int export_run(struct export_reader *r, const struct export_options *o,
 		                                      .free_space = o->free_space,
 		                                      .source_date_epoch = o->source_date_epoch,
 		                                      .no_bootloader = o->no_bootloader,
-		                                      .kernel_cmdline = o->kernel_cmdline};
+		                                      .kernel_cmdline = o->kernel_cmdline,
+		                                      .filesystem = o->filesystem,
+		                                      .bootloader = o->bootloader,
+		                                      .partitions = o->partitions,
+		                                      .n_partitions = o->n_partitions};
 		e = export_raw(r, &ro, &disk, err);
 		if (e == 0 && converted)
 			e = export_convert(disk_temp.path, o->format, image.path, err);

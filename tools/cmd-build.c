@@ -2,6 +2,7 @@
  * NAME.lock → downloads → fragments in the store. Each step is done by its module; this file
  * only puts them in order and reports. */
 #include "compose/compose.h"
+#include "export/export.h"
 #include "manifests/manifest.h"
 #include "providers/providers.h"
 #include "tools/build-configure.h"
@@ -782,6 +783,37 @@ static int merged_usr_fragment(struct store *s, struct lock *lock, const char *s
 	return 0;
 }
 
+/* Runs 'mosaic export' (this same program) with argv for one target. */
+static int export_target(const char *const *argv, const char *output, const char *format)
+{
+	const char *slash = strrchr(output, '/');
+	_cleanup_free_ char *dir = slash ? xstrndup(output, slash - output) : NULL;
+	if (dir && *dir && mkdir_p(dir, 0755) < 0) {
+		fprintf(stderr, "mosaic: export target %s: %s: %s\n", output, dir, strerror(errno));
+		return EXIT_FAIL;
+	}
+	fprintf(stderr, "export: %s as %s\n", output, format);
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0) {
+		fprintf(stderr, "mosaic: fork: %s\n", strerror(errno));
+		return EXIT_FAIL;
+	}
+	if (pid == 0) {
+		execv("/proc/self/exe", (char *const *)argv);
+		fprintf(stderr, "mosaic: running export: %s\n", strerror(errno));
+		_exit(127);
+	}
+	int status;
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		fprintf(stderr, "mosaic: export target %s failed\n", output);
+		return WIFEXITED(status) && WEXITSTATUS(status) == EXIT_USAGE ? EXIT_USAGE : EXIT_FAIL;
+	}
+	return EXIT_OK;
+}
+
 /* The manifest's export: targets, each by 'mosaic export' (this same program) on what was just
  * built, so that a target is exactly what the command would make. */
 static int export_targets(const struct build_opts *bo, json_object *model, const char *store)
@@ -797,16 +829,34 @@ static int export_targets(const struct build_opts *bo, json_object *model, const
 			        format);
 			return EXIT_USAGE;
 		}
-		/* What export cannot make yet is refused before anything is written. */
-		if ((fs && strcmp(fs, "ext4") != 0) || (loader && strcmp(loader, "systemd-boot") != 0) ||
-		    jget(t, "partitions")) {
-			fprintf(stderr,
-			        "mosaic: export target %s: only an ext4 root with systemd-boot and no "
-			        "separate partitions can be exported so far\n",
-			        output);
-			return EXIT_FAIL;
+		/* Partitions become --partition MOUNTPOINT[:SIZE] or swap:SIZE; a type export
+		 * cannot make is refused before anything is written. */
+		json_object *parts = jget(t, "partitions");
+		size_t n_parts = parts ? json_object_array_length(parts) : 0;
+		if (n_parts > EXPORT_MAX_PARTITIONS - 3) {
+			fprintf(stderr, "mosaic: export target %s: at most %d partitions\n", output,
+			        EXPORT_MAX_PARTITIONS - 3);
+			return EXIT_USAGE;
 		}
-		const char *argv[24];
+		char **part_args = xcalloc(n_parts + 1, sizeof(*part_args));
+		for (size_t j = 0; j < n_parts; j++) {
+			json_object *p = json_object_array_get_idx(parts, j);
+			const char *type = jstr(p, "type"), *mp = jstr(p, "mountpoint");
+			const char *size = jstr(p, "size");
+			bool swap = type && strcmp(type, "swap") == 0;
+			if ((type && !swap && strcmp(type, "ext4") != 0) || (swap && (mp || !size)) ||
+			    (!swap && !mp)) {
+				fprintf(stderr,
+				        "mosaic: export target %s: partition %zu: give a mountpoint "
+				        "(type ext4, the default) or type swap with a size\n",
+				        output, j + 1);
+				strv_free(part_args, j);
+				return EXIT_USAGE;
+			}
+			part_args[j] = swap ? xasprintf("swap:%s", size)
+			                    : xasprintf("%s%s%s", mp, size ? ":" : "", size ? size : "");
+		}
+		const char *argv[24 + 2 * EXPORT_MAX_PARTITIONS];
 		size_t k = 0;
 		argv[k++] = "mosaic";
 		argv[k++] = "export";
@@ -831,33 +881,23 @@ static int export_targets(const struct build_opts *bo, json_object *model, const
 			argv[k++] = "--free-space";
 			argv[k++] = jstr(t, "free_space");
 		}
+		if (fs) {
+			argv[k++] = "--filesystem";
+			argv[k++] = fs;
+		}
+		if (loader) {
+			argv[k++] = "--bootloader";
+			argv[k++] = loader;
+		}
+		for (size_t j = 0; j < n_parts; j++) {
+			argv[k++] = "--partition";
+			argv[k++] = part_args[j];
+		}
 		argv[k] = NULL;
-		_cleanup_free_ char *dir = xstrndup(output, strrchr(output, '/') - output);
-		if (*dir && mkdir_p(dir, 0755) < 0) {
-			fprintf(stderr, "mosaic: export target %s: %s: %s\n", output, dir,
-			        strerror(errno));
-			return EXIT_FAIL;
-		}
-		fprintf(stderr, "export: %s as %s\n", output, format);
-		fflush(NULL);
-		pid_t pid = fork();
-		if (pid < 0) {
-			fprintf(stderr, "mosaic: fork: %s\n", strerror(errno));
-			return EXIT_FAIL;
-		}
-		if (pid == 0) {
-			execv("/proc/self/exe", (char *const *)argv);
-			fprintf(stderr, "mosaic: running export: %s\n", strerror(errno));
-			_exit(127);
-		}
-		int status;
-		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-			;
-		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-			fprintf(stderr, "mosaic: export target %s failed\n", output);
-			return WIFEXITED(status) && WEXITSTATUS(status) == EXIT_USAGE ? EXIT_USAGE
-			                                                               : EXIT_FAIL;
-		}
+		int r = export_target(argv, output, format);
+		strv_free(part_args, n_parts);
+		if (r != EXIT_OK)
+			return r;
 	}
 	return EXIT_OK;
 }

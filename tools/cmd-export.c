@@ -41,7 +41,15 @@ static const char usage_export[] =
     "disks (raw, qcow2, vmdk, vhdx):\n"
     "      --size SIZE            the whole disk's size (K, M, G, T); default: the content\n"
     "                             plus --free-space\n"
-    "      --free-space SIZE      room left in the root filesystem (default 256M)\n"
+    "      --free-space SIZE      room left in each ext4 filesystem sized from its\n"
+    "                             content (default 256M)\n"
+    "      --filesystem FS        the root's: ext4 (default), or squashfs: read-only, with\n"
+    "                             /var on a writable ext4 partition of its own\n"
+    "      --bootloader LOADER    systemd-boot (default) or grub, on the ESP\n"
+    "      --partition MOUNTPOINT[:SIZE]\n"
+    "                             that directory of the view on an ext4 partition of its\n"
+    "                             own (/usr, /var, /home, ...; mounted by /etc/fstab);\n"
+    "                             swap:SIZE a swap partition; repeatable\n"
     "disks and iso:\n"
     "      --no-bootloader        no kernel needed: a disk's ESP stays empty, an ISO\n"
     "                             holds the squashfs only and does not boot\n"
@@ -58,8 +66,29 @@ enum {
 	OPT_SIZE,
 	OPT_FREE_SPACE,
 	OPT_NO_BOOTLOADER,
-	OPT_CMDLINE
+	OPT_CMDLINE,
+	OPT_FILESYSTEM,
+	OPT_BOOTLOADER,
+	OPT_PARTITION
 };
+
+/* --partition MOUNTPOINT[:SIZE] or swap:SIZE. */
+static int parse_partition(const char *arg, struct export_partition_spec *p)
+{
+	const char *colon = strchr(arg, ':');
+	_cleanup_free_ char *where = colon ? xstrndup(arg, colon - arg) : xstrdup(arg);
+	*p = (struct export_partition_spec){0};
+	if (colon && export_parse_size(colon + 1, &p->size) < 0)
+		return -EINVAL;
+	if (strcmp(where, "swap") == 0)
+		return p->size ? 0 : -EINVAL;
+	if (where[0] != '/')
+		return -EINVAL;
+	p->mountpoint = arg; /* a prefix of arg: cut at the colon below */
+	if (colon)
+		*(char *)colon = 0;
+	return 0;
+}
 
 static bool is_manifest(const char *path)
 {
@@ -191,10 +220,16 @@ int cmd_export(int argc, char **argv)
 	    {"free-space", required_argument, NULL, OPT_FREE_SPACE},
 	    {"no-bootloader", no_argument, NULL, OPT_NO_BOOTLOADER},
 	    {"kernel-cmdline", required_argument, NULL, OPT_CMDLINE},
+	    {"filesystem", required_argument, NULL, OPT_FILESYSTEM},
+	    {"bootloader", required_argument, NULL, OPT_BOOTLOADER},
+	    {"partition", required_argument, NULL, OPT_PARTITION},
 	    {"help", no_argument, NULL, 'h'},
 	    {}};
 	const char *format = NULL, *output = NULL, *store = NULL, *keyring_path = NULL;
 	const char *lock = NULL, *upper = NULL, *cmdline = NULL;
+	const char *filesystem = NULL, *bootloader = NULL;
+	struct export_partition_spec parts[EXPORT_MAX_PARTITIONS];
+	size_t n_parts = 0;
 	int64_t epoch = -1;
 	uint64_t size = 0, free_space = 256 * EXPORT_MIB;
 	bool no_bootloader = false, disk_only = false, boot_option = false;
@@ -242,6 +277,33 @@ int cmd_export(int argc, char **argv)
 			cmdline = optarg;
 			boot_option = true;
 			break;
+		case OPT_FILESYSTEM:
+			if (strcmp(optarg, "ext4") != 0 && strcmp(optarg, "squashfs") != 0 &&
+			    strcmp(optarg, "erofs") != 0)
+				return cli_usage(usage_export,
+				                 "--filesystem takes ext4 or squashfs, not '%s'", optarg);
+			filesystem = optarg;
+			disk_only = true;
+			break;
+		case OPT_BOOTLOADER:
+			if (strcmp(optarg, "systemd-boot") != 0 && strcmp(optarg, "grub") != 0)
+				return cli_usage(usage_export,
+				                 "--bootloader takes systemd-boot or grub, not '%s'",
+				                 optarg);
+			bootloader = optarg;
+			disk_only = true;
+			break;
+		case OPT_PARTITION:
+			if (n_parts == ARRAY_SIZE(parts) - 3)
+				return cli_usage(usage_export, "too many --partition");
+			if (parse_partition(optarg, &parts[n_parts]) < 0)
+				return cli_usage(usage_export,
+				                 "--partition takes MOUNTPOINT[:SIZE] (like /var:2G) or "
+				                 "swap:SIZE, not '%s'",
+				                 optarg);
+			n_parts++;
+			disk_only = true;
+			break;
 		case 'h':
 			fputs(usage_export, stdout);
 			return EXIT_OK;
@@ -263,8 +325,8 @@ int cmd_export(int argc, char **argv)
 		                 format);
 	if (disk_only && !disk)
 		return cli_usage(usage_export,
-		                 "--size and --free-space are for --format raw, qcow2, vmdk and "
-		                 "vhdx");
+		                 "--size, --free-space, --filesystem, --bootloader and --partition "
+		                 "are for --format raw, qcow2, vmdk and vhdx");
 	if (boot_option && !disk && !iso)
 		return cli_usage(usage_export,
 		                 "--no-bootloader and --kernel-cmdline are for --format raw, "
@@ -323,6 +385,10 @@ int cmd_export(int argc, char **argv)
 	                                 .lock = s.have_lock ? &s.lock : NULL,
 	                                 .size = size,
 	                                 .free_space = free_space,
+	                                 .filesystem = filesystem,
+	                                 .bootloader = bootloader,
+	                                 .partitions = parts,
+	                                 .n_partitions = n_parts,
 	                                 .no_bootloader = no_bootloader,
 	                                 .kernel_cmdline = cmdline ? cmdline : s.kernel_cmdline};
 	struct export_tar_result res;

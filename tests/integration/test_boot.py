@@ -12,6 +12,7 @@ and waits for the marker line its mosaic-marker.service prints with the root dev
 be partition 2 of the disk."""
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -182,7 +183,7 @@ WORK = CACHE / "boot"
 @pytest.fixture(scope="module")
 def bootable(tmp_path_factory):
     """debian-bootable built from the host's apt sources (store and key cached); yields
-    export(FORMAT) -> the image's path."""
+    export(FORMAT, *OPTIONS) -> the image's path."""
     import minbase
     if minbase.host_release() != "bookworm":
         pytest.skip("the host is not Debian bookworm")
@@ -198,13 +199,13 @@ def bootable(tmp_path_factory):
                     "--keyring", key.keyring], env)
         made = {}
 
-        def export(fmt):
-            if fmt not in made:
+        def export(fmt, *extra):
+            if (fmt, extra) not in made:
                 out = tmp_path_factory.mktemp(f"boot-{fmt}") / f"debian-bootable.{fmt}"
                 run([MOSAIC, "export", MANIFEST, "--lock", lock, "-s", store, "--keyring",
-                     key.keyring, "--format", fmt, "-o", out], env=env)
-                made[fmt] = out
-            return made[fmt]
+                     key.keyring, "--format", fmt, "-o", out, *extra], env=env)
+                made[fmt, extra] = out
+            return made[fmt, extra]
         yield export
     finally:
         key.close()  # its gpg-agent
@@ -249,3 +250,22 @@ def test_debian_bootable_iso_boots_as_a_cd(bootable, tmp_path, firmware):
 def test_debian_bootable_raw_boots_with_root_on_partition_2(bootable_raw, tmp_path):
     root = boot_to_marker(bootable_raw, tmp_path)
     assert re.fullmatch(r"/dev/[vs]da2", root), root
+
+
+@pytest.mark.slow
+def test_debian_bootable_read_only_root_with_grub_swap_and_var(bootable, tmp_path):
+    """The other disk layout: GRUB instead of systemd-boot, the root a read-only squashfs on
+    partition 2, swap on partition 3 and a writable /var (ext4) on partition 4, mounted by the
+    /etc/fstab export writes."""
+    disk = bootable("raw", "--filesystem", "squashfs", "--bootloader", "grub",
+                    "--partition", "swap:64M")
+    root = boot_to_marker(disk, tmp_path)
+    assert re.fullmatch(r"/dev/[vs]da2", root), root
+    console = (tmp_path / "console.log").read_text()
+    assert re.search(r"Adding \d+k swap on /dev/[vs]da3", console), console[-4000:]
+    assert "Mounted \x1b[0;1;39mvar.mount" in console or "Mounted var.mount" in console, \
+        console[-4000:]
+    # GRUB is the only loader on that ESP: it booted the disk
+    man = json.loads(Path(f"{disk}.manifest.json").read_text())
+    assert man["boot"]["loader"] == "grub"
+    assert [p["filesystem"] for p in man["partitions"]] == ["vfat", "squashfs", "swap", "ext4"]

@@ -343,10 +343,19 @@ def test_build_makes_the_manifests_export_targets(site, tmp_path):
     assert spdx["spdxVersion"] == "SPDX-2.3"
     assert any(p["name"] == "script-pkg" for p in spdx["packages"])
 
-    m.write_text(m.read_text().replace("{format: tar, output: out/exp.tar}",
-                                       "{format: raw, output: out/exp.raw, bootloader: grub}"))
+    # a disk target's layout reaches the exporter (which finds no /data to mount a partition
+    # on); a partition type it cannot make is refused before anything is written
+    tar_target = "{format: tar, output: out/exp.tar}"
+    m.write_text(m.read_text().replace(
+        tar_target, "{format: raw, output: out/exp.raw, filesystem: squashfs, bootloader: grub,"
+        " partitions: [{mountpoint: /data, size: 64M}, {type: swap, size: 8M}]}"))
     p = run(build, env=env, check=False)
-    assert p.returncode == 1 and "only an ext4 root with systemd-boot" in p.stderr, p.stderr
+    assert p.returncode == 1 and "no directory /data to mount a partition on" in p.stderr, \
+        p.stderr
+    assert "--partition /data:64M" not in p.stderr
+    m.write_text(m.read_text().replace("{type: swap, size: 8M}", "{mountpoint: /x, type: xfs}"))
+    p = run(build, env=env, check=False)
+    assert p.returncode == 2 and "partition 2: give a mountpoint" in p.stderr, p.stderr
     assert not (tmp_path / "out/exp.raw").exists()
     p = run(build + ["--no-export"], env=env, check=False)
     assert p.returncode == 0, p.stderr[-2000:]

@@ -93,9 +93,10 @@ TYPES = {stat.S_IFREG: "regular", stat.S_IFDIR: "directory", stat.S_IFLNK: "syml
          stat.S_IFSOCK: "socket"}
 
 
-def check_root_against_view(img, want, want_links, tmp):
-    """The disk's root partition, read without mounting, against a view_snapshot."""
-    fs = extract(img, 2, Path(tmp) / "root.ext4")
+def check_root_against_view(img, want, want_links, tmp, part=2):
+    """The disk's root partition (or another ext4 one), read without mounting, against a
+    view_snapshot."""
+    fs = extract(img, part, Path(tmp) / f"part{part}.ext4")
     p = run(["e2fsck", "-fn", fs], check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     paths = sorted(want)
@@ -117,7 +118,7 @@ def check_root_against_view(img, want, want_links, tmp):
             diff.append(f"/{path}: ext4 {have}\n   view {exp}")
     assert not diff, f"{len(diff)} differ\n" + "\n".join(diff[:20])
     # contents and symlink targets: rdump (root keeps owners) and compare as files
-    dump = Path(tmp) / "dump"
+    dump = Path(tmp) / f"dump{part}"
     dump.mkdir()
     debugfs(fs, [f"rdump / {dump}"], tmp)
     for path in paths:
@@ -274,7 +275,7 @@ def test_esp_holds_systemd_boot_and_a_loader_entry(layers, kernel_layer, tmp_pat
     man = json.loads(Path(f"{out}.manifest.json").read_text())
     root_uuid = man["partitions"][1]["uuid"]
     assert man["boot"] == {"kernel": "/boot/vmlinuz-6.1.0-10-amd64",
-                           "initrd": "/boot/initrd.img-6.1.0-10-amd64"}
+                           "initrd": "/boot/initrd.img-6.1.0-10-amd64", "loader": "systemd-boot"}
     esp = f"{out}@@{man['partitions'][0]['start']}"
     entry = run(["mtype", "-i", esp, "::/loader/entries/mosaic.conf"], env=MTOOLS_ENV).stdout
     assert entry == ("title Mosaic Test GNU/Linux\nversion 6.1.0-10-amd64\n"
@@ -322,3 +323,181 @@ class mosaic_view:
 
     def __exit__(self, *exc):
         return self.cm.__exit__(*exc)
+
+
+# ---- partitions of their own, a read-only root, GRUB -------------------------------------------
+
+USR_TYPE = "8484680C-9521-48C6-9C11-B0720656F69E"
+VAR_TYPE = "4D21B016-B534-45C2-A9FB-5C16E091FD2D"
+HOME_TYPE = "933AC7E1-2EB4-4F13-B844-0E14E2AEF915"
+SWAP_TYPE = "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"
+
+
+def below(want, top):
+    """The entries of a view_snapshot below top, relative to it, with top itself as ""."""
+    out = {p[len(top) + 1:]: e for p, e in want.items() if p.startswith(top + "/")}
+    if top in want:
+        out[""] = want[top]
+    return out
+
+
+def fs_cat(fs, path, tmp):
+    return debugfs(fs, [f'cat "/{path}"'], tmp)
+
+
+def test_partitions_of_their_own(layers, tmp_path):
+    """/usr and /home on ext4 partitions of their own and a swap partition: the GPT lists them
+    with their Discoverable Partitions types, each holds its subtree of the view (the root
+    only the empty mount points), and /etc/fstab mounts them by PARTUUID."""
+    out = tmp_path / "parts.raw"
+    export_raw(layers, layers.digests, out, "--no-bootloader", "--free-space", "4M",
+               "--partition", "/usr", "--partition", "/home:16M", "--partition", "swap:8M")
+    man = json.loads(Path(f"{out}.manifest.json").read_text())
+    t = layout(out)
+    assert [q["type"] for q in t["partitions"]] == [ESP_TYPE, ROOT_TYPE, USR_TYPE, HOME_TYPE,
+                                                   SWAP_TYPE]
+    assert [q["name"] for q in t["partitions"]] == ["esp", "root-x86-64", "usr-x86-64", "home",
+                                                   "swap"]
+    assert [(m["mountpoint"], m["filesystem"]) for m in man["partitions"]] == [
+        (None, "vfat"), ("/", "ext4"), ("/usr", "ext4"), ("/home", "ext4"), (None, "swap")]
+    for q, m in zip(t["partitions"], man["partitions"]):
+        assert q["start"] * 512 == m["start"] and q["size"] * 512 == m["size"]
+        assert q["start"] % 2048 == 0 and q["size"] % 2048 == 0
+        assert q["uuid"].lower() == m["uuid"]
+    assert t["partitions"][3]["size"] * 512 == 16 * MIB
+    assert t["partitions"][4]["size"] * 512 == 8 * MIB
+    for a, b in zip(t["partitions"], t["partitions"][1:]):
+        assert b["start"] == a["start"] + a["size"]
+
+    with mounted(layers, tmp_path) as m:
+        want, want_links = view_snapshot(m.mnt)
+    # the root: everything but what is below the mount points, which stay as empty directories
+    root_want = {p: e for p, e in want.items()
+                 if not p.startswith(("usr/", "home/"))}
+    root = check_root_against_view(out, root_want, want_links, tmp_path)
+    for d in ("usr", "home"):
+        listing = debugfs(root, [f"ls -p /{d}"], tmp_path)
+        names = {f.split("/")[5] for f in listing.splitlines() if f.startswith("/")}
+        assert names == {".", ".."}, (d, listing)
+    fstab = fs_cat(root, "etc/fstab", tmp_path)
+    uuid = {m["mountpoint"] or m["filesystem"]: m["uuid"] for m in man["partitions"]}
+    assert f"PARTUUID={uuid['/']} / ext4 defaults 0 1" in fstab
+    assert f"PARTUUID={uuid['/usr']} /usr ext4 defaults 0 2" in fstab
+    assert f"PARTUUID={uuid['/home']} /home ext4 defaults 0 2" in fstab
+    assert f"PARTUUID={uuid['swap']} none swap sw 0 0" in fstab
+    # /usr and /home: their subtrees, the mount point's own attributes at their roots
+    usr = check_root_against_view(out, below(want, "usr"), [], tmp_path, part=3)
+    home = check_root_against_view(out, below(want, "home"), [], tmp_path, part=4)
+    assert man["partitions"][3]["fs_uuid"] in run(["dumpe2fs", "-h", home], check=False).stdout
+    assert "lost+found" in debugfs(usr, ["ls /"], tmp_path)
+    # the swap area, with the UUID the manifest names
+    swap = extract(out, 5, tmp_path / "swap")
+    probe = run(["blkid", "-p", "-o", "export", swap]).stdout
+    assert "TYPE=swap" in probe and f"UUID={man['partitions'][4]['fs_uuid']}" in probe, probe
+    # the same again: the same bytes
+    again = tmp_path / "again.raw"
+    export_raw(layers, layers.digests, again, "--no-bootloader", "--free-space", "4M",
+               "--partition", "/usr", "--partition", "/home:16M", "--partition", "swap:8M")
+    assert file_sha256(again) == file_sha256(out)
+
+
+def test_partition_errors_leave_nothing(layers, tmp_path):
+    out = tmp_path / "bad.raw"
+    for args, words in (
+            (["--partition", "/nowhere"], "no directory /nowhere"),
+            (["--partition", "/etc/config"], "not a directory"),
+            (["--partition", "/home:1M"], "too small"),
+            (["--filesystem", "erofs"], "erofs")):
+        p = export_raw(layers, layers.digests, out, "--no-bootloader", *args, check=False)
+        assert p.returncode == 1 and words in p.stderr, (args, p.stderr)
+        assert os.listdir(tmp_path) == [], args
+    for args, words in ((["--partition", "usr"], "MOUNTPOINT[:SIZE]"),
+                        (["--partition", "swap"], "MOUNTPOINT[:SIZE]"),
+                        (["--filesystem", "btrfs"], "ext4 or squashfs"),
+                        (["--bootloader", "lilo"], "systemd-boot or grub"),
+                        (["--partition", "/usr", "--partition", "/usr"], "given twice"),
+                        (["--partition", "/boot/efi"], "the ESP's")):
+        p = export_raw(layers, layers.digests, out, *args, check=False)
+        assert p.returncode == 2 and words in p.stderr, (args, p.stderr)
+
+
+@pytest.fixture(scope="module")
+def var_layer(layers, signer):
+    src = layers.base / "var"
+    write_file(src / "var/lib/state", "state\n")
+    write_file(src / "var/log/.keep", "")
+    for d in ("", "var", "var/lib", "var/log"):
+        os.chmod(src / d, 0o755)
+    return config_layer(layers, signer, src, "var")
+
+
+def test_read_only_squashfs_root_with_a_writable_var(layers, var_layer, tmp_path):
+    out = tmp_path / "ro.raw"
+    digests = [*layers.digests, var_layer]
+    export_raw(layers, digests, out, "--no-bootloader", "--filesystem", "squashfs",
+               "--free-space", "4M")
+    man = json.loads(Path(f"{out}.manifest.json").read_text())
+    t = layout(out)
+    assert [q["type"] for q in t["partitions"]] == [ESP_TYPE, ROOT_TYPE, VAR_TYPE]
+    assert [(m["mountpoint"], m["filesystem"]) for m in man["partitions"]] == [
+        (None, "vfat"), ("/", "squashfs"), ("/var", "ext4")]
+    sq = extract(out, 2, tmp_path / "root.sqfs")
+    assert sq.read_bytes()[:4] == b"hsqs"
+    dest = tmp_path / "unpacked"
+    run(["unsquashfs", "-q", "-n", "-d", dest, sq])
+    with mosaic_view(layers, digests, tmp_path) as (want, _links):
+        pass
+    got = {}
+    for d, dirs, files in os.walk(dest):
+        for n in dirs + files:
+            rel = os.path.relpath(os.path.join(d, n), dest)
+            got[rel] = os.lstat(os.path.join(d, n))
+    want_root = {p for p in want if p and not p.startswith("var/")} | {"etc/fstab"}
+    assert set(got) == want_root, set(got) ^ want_root
+    for p, e in want.items():
+        if p in got and e["type"] == stat.S_IFREG and p != "etc/fstab":
+            assert file_sha256(dest / p) == e["sha256"], p
+            assert (stat.S_IMODE(got[p].st_mode), got[p].st_uid) == (e["mode"], e["uid"]), p
+    fstab = (dest / "etc/fstab").read_text()
+    assert f"PARTUUID={man['partitions'][1]['uuid']} / squashfs ro 0 0" in fstab
+    assert f"PARTUUID={man['partitions'][2]['uuid']} /var ext4 defaults 0 2" in fstab
+    check_root_against_view(out, below(want, "var"), [], tmp_path, part=3)
+    # --size gives what is left to /var
+    big = tmp_path / "big.raw"
+    export_raw(layers, digests, big, "--no-bootloader", "--filesystem", "squashfs",
+               "--size", "200M")
+    t = layout(big)
+    assert big.stat().st_size == 200 * MIB
+    assert (t["partitions"][2]["start"] + t["partitions"][2]["size"]) * 512 == 199 * MIB
+
+
+@pytest.mark.skipif(not Path("/usr/lib/grub/x86_64-efi/linux.mod").exists(),
+                    reason="no grub-efi-amd64-bin on this host")
+def test_grub_on_the_esp(layers, kernel_layer, tmp_path):
+    out = tmp_path / "grub.raw"
+    export_raw(layers, [*layers.digests, kernel_layer], out, "--free-space", "8M",
+               "--bootloader", "grub")
+    man = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert man["boot"]["loader"] == "grub"
+    esp = f"{out}@@{man['partitions'][0]['start']}"
+    listing = run(["mdir", "-/", "-b", "-i", esp, "::/"], env=MTOOLS_ENV).stdout.split()
+    assert sorted(listing) == sorted([
+        "::/EFI/", "::/EFI/BOOT/", "::/EFI/BOOT/BOOTX64.EFI", "::/grub/", "::/grub/grub.cfg",
+        "::/mosaic/", "::/mosaic/vmlinuz-6.1.0-10-amd64",
+        "::/mosaic/initrd.img-6.1.0-10-amd64"])
+    cfg = run(["mtype", "-i", esp, "::/grub/grub.cfg"], env=MTOOLS_ENV).stdout
+    root_uuid = man["partitions"][1]["uuid"]
+    assert "menuentry 'Mosaic Test GNU/Linux' {" in cfg
+    assert (f"\tlinux /mosaic/vmlinuz-6.1.0-10-amd64 root=PARTUUID={root_uuid} ro "
+            "console=ttyS0  quiet\n") in cfg
+    assert "\tinitrd /mosaic/initrd.img-6.1.0-10-amd64\n" in cfg
+    copy = tmp_path / "grub.efi"
+    run(["mcopy", "-n", "-i", esp, "::/EFI/BOOT/BOOTX64.EFI", copy], env=MTOOLS_ENV)
+    efi = copy.read_bytes()
+    assert efi[:2] == b"MZ"
+    # GRUB finds the ESP by the volume id the manifest names
+    assert f"--fs-uuid {man['partitions'][0]['fs_uuid'].lower()}".encode() in efi
+    again = tmp_path / "again.raw"
+    export_raw(layers, [*layers.digests, kernel_layer], again, "--free-space", "8M",
+               "--bootloader", "grub")
+    assert file_sha256(again) == file_sha256(out)
