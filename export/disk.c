@@ -845,6 +845,13 @@ int export_raw(struct export_reader *r, const struct export_raw_options *o,
 	}
 	if ((e = write_gpt(o->path, res->disk_uuid, res->parts, res->n_parts, err)) < 0)
 		goto out;
+	/* The ESP first: mkfs.vfat fsyncs the image, which after the filesystems would wait for
+	 * all of them to reach the disk; written before, their writeback runs while the image is
+	 * hashed. */
+	if ((e = write_esp(r, o, &s, pe, &res->parts[1],
+	                   (uint32_t)volid[0] << 24 | volid[1] << 16 | volid[2] << 8 | volid[3],
+	                   now, res, err)) < 0)
+		goto out;
 	for (size_t i = 0; i < s.n_plan; i++) {
 		struct export_partition *p = &res->parts[1 + i];
 		if (!plan[i].mountpoint) {
@@ -873,9 +880,6 @@ int export_raw(struct export_reader *r, const struct export_raw_options *o,
 			goto out;
 		}
 	}
-	e = write_esp(r, o, &s, pe, &res->parts[1],
-	              (uint32_t)volid[0] << 24 | volid[1] << 16 | volid[2] << 8 | volid[3], now,
-	              res, err);
 out:
 	export_reader_restrict(r, "", NULL, 0);
 	if (sqfs)

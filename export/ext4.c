@@ -6,6 +6,7 @@
 
 #include <ext2fs/ext2_fs.h>
 #include <ext2fs/ext2fs.h>
+#include <fcntl.h>
 #include <search.h>
 #include <string.h>
 #include <sys/sysmacros.h>
@@ -379,6 +380,248 @@ static int add_entry(void *ctx, const struct export_entry *e)
 	return 0;
 }
 
+/* ---- write combining -------------------------------------------------------------------------
+ */
+
+/* libext2fs writes a file's content a block at a time (zeros when a block is allocated, then
+ * its data), and unix_io_manager's 8-block cache hands each block down as a pwrite of its own:
+ * 34,000 system calls for debian-minimal's 136 MB. This io manager sits in front of
+ * unix_io_manager and keeps the last few runs of consecutive blocks written, handing each run
+ * down as one write when it is full or something else needs its blocks. What ends up in the
+ * file is the same: a run always holds the newest copy of its blocks and reads are served from
+ * it; a write or read that only partly overlaps a run, a byte write, a flush and an option
+ * change first write the runs concerned down. */
+#define RUN_BYTES (1u << 20)
+#define N_RUNS    4
+
+struct run {
+	unsigned long long start, n; /* blocks; n 0: unused */
+	unsigned long used;          /* when last written, to give up the least recent */
+	char *buf;                   /* RUN_BYTES */
+};
+
+struct combine {
+	io_channel inner;
+	struct run runs[N_RUNS];
+	unsigned long clock;
+};
+
+static struct struct_io_manager combine_manager;
+
+static errcode_t run_write_down(struct combine *c, struct run *r)
+{
+	if (r->n == 0)
+		return 0;
+	errcode_t e = io_channel_write_blk64(c->inner, r->start, (int)r->n, r->buf);
+	r->n = 0;
+	return e;
+}
+
+/* Writes down every run that holds a block of [block, block + n) (all of them: n 0). */
+static errcode_t runs_write_down(struct combine *c, unsigned long long block, unsigned long long n)
+{
+	errcode_t e = 0;
+	for (int i = 0; i < N_RUNS; i++) {
+		struct run *r = &c->runs[i];
+		if (r->n && (n == 0 || (block < r->start + r->n && r->start < block + n))) {
+			errcode_t e2 = run_write_down(c, r);
+			e = e ? e : e2;
+		}
+	}
+	return e;
+}
+
+/* Blocks a transfer touches: count blocks, or -count bytes. */
+static unsigned long long span(io_channel ch, int count)
+{
+	return count >= 0 ? (unsigned long long)count
+	                  : ((unsigned long long)-count + ch->block_size - 1) / ch->block_size;
+}
+
+static errcode_t combine_open(const char *name, int flags, io_channel *out)
+{
+	io_channel inner;
+	errcode_t e = unix_io_manager->open(name, flags, &inner);
+	if (e)
+		return e;
+	struct combine *c = xcalloc(1, sizeof(*c));
+	c->inner = inner;
+	for (int i = 0; i < N_RUNS; i++)
+		c->runs[i].buf = xmalloc(RUN_BYTES);
+	io_channel ch = xcalloc(1, sizeof(*ch));
+	ch->magic = EXT2_ET_MAGIC_IO_CHANNEL;
+	ch->manager = &combine_manager;
+	ch->name = xstrdup(name);
+	ch->block_size = inner->block_size;
+	ch->refcount = 1;
+	ch->flags = inner->flags;
+	ch->align = inner->align;
+	ch->private_data = c;
+	*out = ch;
+	return 0;
+}
+
+static errcode_t combine_close(io_channel ch)
+{
+	if (--ch->refcount > 0)
+		return 0;
+	struct combine *c = ch->private_data;
+	errcode_t e = runs_write_down(c, 0, 0), e2 = io_channel_close(c->inner);
+	for (int i = 0; i < N_RUNS; i++)
+		free(c->runs[i].buf);
+	free(c);
+	free(ch->name);
+	free(ch);
+	return e ? e : e2;
+}
+
+static errcode_t combine_set_blksize(io_channel ch, int blksize)
+{
+	struct combine *c = ch->private_data;
+	errcode_t e = runs_write_down(c, 0, 0);
+	if (!e && !(e = io_channel_set_blksize(c->inner, blksize)))
+		ch->block_size = blksize;
+	return e;
+}
+
+static errcode_t combine_read_blk64(io_channel ch, unsigned long long block, int count, void *data)
+{
+	struct combine *c = ch->private_data;
+	unsigned long long n = span(ch, count);
+	for (int i = 0; i < N_RUNS; i++) {
+		struct run *r = &c->runs[i];
+		if (r->n && block >= r->start && block + n <= r->start + r->n) {
+			memcpy(data, r->buf + (block - r->start) * ch->block_size,
+			       count >= 0 ? (size_t)count * ch->block_size : (size_t)-count);
+			return 0;
+		}
+	}
+	errcode_t e = runs_write_down(c, block, n);
+	return e ? e : io_channel_read_blk64(c->inner, block, count, data);
+}
+
+static errcode_t combine_write_blk64(io_channel ch, unsigned long long block, int count,
+                                     const void *data)
+{
+	struct combine *c = ch->private_data;
+	unsigned long long n = span(ch, count), cap = RUN_BYTES / ch->block_size;
+	if (count <= 0 || n > cap) {
+		errcode_t e = runs_write_down(c, block, n);
+		return e ? e : io_channel_write_blk64(c->inner, block, count, data);
+	}
+	/* Into a run that holds or ends right before it, else a new run in place of the least
+	 * recent; other runs with any of its blocks are written down first. */
+	struct run *to = NULL;
+	for (int i = 0; i < N_RUNS && !to; i++) {
+		struct run *r = &c->runs[i];
+		if (r->n && block >= r->start && block <= r->start + r->n &&
+		    block + n <= r->start + cap)
+			to = r;
+	}
+	for (int i = 0; i < N_RUNS; i++) {
+		struct run *r = &c->runs[i];
+		if (r != to && r->n && block < r->start + r->n && r->start < block + n) {
+			errcode_t e = run_write_down(c, r);
+			if (e)
+				return e;
+		}
+	}
+	if (!to) {
+		to = &c->runs[0];
+		for (int i = 1; i < N_RUNS; i++)
+			if (c->runs[i].used < to->used)
+				to = &c->runs[i];
+		errcode_t e = run_write_down(c, to);
+		if (e)
+			return e;
+		to->start = block;
+	}
+	memcpy(to->buf + (block - to->start) * ch->block_size, data, n * ch->block_size);
+	if (block + n > to->start + to->n)
+		to->n = block + n - to->start;
+	to->used = ++c->clock;
+	return 0;
+}
+
+static errcode_t combine_read_blk(io_channel ch, unsigned long block, int count, void *data)
+{
+	return combine_read_blk64(ch, block, count, data);
+}
+
+static errcode_t combine_write_blk(io_channel ch, unsigned long block, int count, const void *data)
+{
+	return combine_write_blk64(ch, block, count, data);
+}
+
+static errcode_t combine_flush(io_channel ch)
+{
+	struct combine *c = ch->private_data;
+	errcode_t e = runs_write_down(c, 0, 0);
+	return e ? e : io_channel_flush(c->inner);
+}
+
+static errcode_t combine_write_byte(io_channel ch, unsigned long offset, int count,
+                                    const void *data)
+{
+	struct combine *c = ch->private_data;
+	unsigned long long first = offset / ch->block_size;
+	unsigned long long last =
+	    (offset + (unsigned long)count + ch->block_size - 1) / ch->block_size;
+	errcode_t e = runs_write_down(c, first, last - first);
+	return e ? e : io_channel_write_byte(c->inner, offset, count, data);
+}
+
+static errcode_t combine_set_option(io_channel ch, const char *option, const char *arg)
+{
+	struct combine *c = ch->private_data;
+	errcode_t e = runs_write_down(c, 0, 0);
+	if (e)
+		return e;
+	if (!c->inner->manager->set_option)
+		return EXT2_ET_INVALID_ARGUMENT;
+	return c->inner->manager->set_option(c->inner, option, arg);
+}
+
+static errcode_t combine_get_stats(io_channel ch, io_stats *stats)
+{
+	struct combine *c = ch->private_data;
+	if (!c->inner->manager->get_stats)
+		return EXT2_ET_UNIMPLEMENTED;
+	return c->inner->manager->get_stats(c->inner, stats);
+}
+
+static errcode_t combine_discard(io_channel ch, unsigned long long block, unsigned long long count)
+{
+	struct combine *c = ch->private_data;
+	errcode_t e = runs_write_down(c, block, count);
+	return e ? e : io_channel_discard(c->inner, block, count);
+}
+
+static errcode_t combine_zeroout(io_channel ch, unsigned long long block, unsigned long long count)
+{
+	struct combine *c = ch->private_data;
+	errcode_t e = runs_write_down(c, block, count);
+	return e ? e : io_channel_zeroout(c->inner, block, count);
+}
+
+static struct struct_io_manager combine_manager = {
+    .magic = EXT2_ET_MAGIC_IO_MANAGER,
+    .name = "mosaic write-combining I/O manager",
+    .open = combine_open,
+    .close = combine_close,
+    .set_blksize = combine_set_blksize,
+    .read_blk = combine_read_blk,
+    .write_blk = combine_write_blk,
+    .flush = combine_flush,
+    .write_byte = combine_write_byte,
+    .set_option = combine_set_option,
+    .get_stats = combine_get_stats,
+    .read_blk64 = combine_read_blk64,
+    .write_blk64 = combine_write_blk64,
+    .discard = combine_discard,
+    .zeroout = combine_zeroout,
+};
+
 /* The empty filesystem as mke2fs makes it for ext4 with Debian's mke2fs.conf: 4 KiB blocks,
  * 256-byte inodes, has_journal, ext_attr, resize_inode, dir_index, filetype, extent, 64bit,
  * flex_bg (16 groups), sparse_super, large_file, huge_file, dir_nlink, extra_isize,
@@ -412,7 +655,7 @@ static errcode_t make_fs(const struct export_ext4_options *o, ext2_filsys *out)
 	ext2fs_set_feature_metadata_csum(&p);
 
 	ext2_filsys fs;
-	errcode_t c = ext2fs_initialize(o->path, EXT2_FLAG_64BITS, &p, unix_io_manager, &fs);
+	errcode_t c = ext2fs_initialize(o->path, EXT2_FLAG_64BITS, &p, &combine_manager, &fs);
 	if (c)
 		return c;
 	/* Everything ext2fs would take from the clock or the random source, fixed. */
@@ -476,6 +719,15 @@ fail:
 	return c;
 }
 
+/* Starts writing the range back to disk without waiting for it: the fsync before the rename
+ * then finds little left to do. Only a hint; failures do not matter. */
+static void start_writeback(const char *path, uint64_t offset, uint64_t len)
+{
+	_cleanup_close_ int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd >= 0)
+		sync_file_range(fd, (off64_t)offset, (off64_t)len, SYNC_FILE_RANGE_WRITE);
+}
+
 static void link_free(void *p)
 {
 	free(p);
@@ -496,10 +748,16 @@ int export_ext4_write(struct export_reader *r, const struct export_ext4_options 
 	x.dirs = xcalloc(x.n_dirs, sizeof(*x.dirs));
 	int e = export_walk(r, add_entry, &x, err);
 	if (e == 0) {
-		c = ext2fs_close_free(&x.fs);
-		if (c)
+		/* No fsync here: the image is synced once, whole, before it is renamed into place
+		 * (and a disk to convert never needs it). Writeback of what was written starts
+		 * now, so the disk works while the image is hashed. */
+		c = ext2fs_close2(x.fs, EXT2_FLAG_FLUSH_NO_SYNC);
+		if (c) {
+			ext2fs_free(x.fs); /* ext2fs_close2 frees it only when it succeeds */
 			e = mosaic_errorf(err, -EIO, "ext4: writing the filesystem: %s",
 			                  error_message(c));
+		} else
+			start_writeback(o->path, o->offset, o->blocks * EXPORT_EXT4_BLOCK);
 	} else
 		ext2fs_free(x.fs);
 	tdestroy(x.links, link_free);

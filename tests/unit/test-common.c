@@ -126,6 +126,32 @@ static void test_sha256(void)
 	is_str(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
 	       "sha256_fd of an empty file is the empty-string digest");
 	is_int(sha256_fd(-1, hex), -EBADF, "sha256_fd(-1) is -EBADF");
+
+	/* Holes are hashed as the zeros they read as, without reading them: a hole first, data
+	 * across a block boundary, a hole of several MiB, data, a hole to the end. */
+	size_t slen = 9 * 1024 * 1024 + 777;
+	_cleanup_free_ unsigned char *sparse = xcalloc(1, slen);
+	_cleanup_free_ char *spath = path_join(tmpdir, "sparse");
+	_cleanup_close_ int sfd = open(spath, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	ok(sfd >= 0 && ftruncate(sfd, (off_t)slen) == 0, "made a sparse file");
+	const size_t at[] = {3 * 4096 + 100, 7 * 1024 * 1024 + 5}, n[] = {5000, 70000};
+	for (size_t i = 0; i < ARRAY_SIZE(at); i++) {
+		for (size_t j = 0; j < n[i]; j++)
+			sparse[at[i] + j] = (unsigned char)(j * 7 + i + 1);
+		ok(pwrite(sfd, sparse + at[i], n[i], (off_t)at[i]) == (ssize_t)n[i],
+		   "wrote data %zu into the sparse file", i);
+	}
+	sha256_buffer(sparse, slen, want);
+	ok(lseek(sfd, 12345, SEEK_SET) == 12345, "moved the file position");
+	is_int(sha256_fd(sfd, hex), 0, "sha256_fd of a sparse file succeeds");
+	is_str(hex, want, "sha256_fd of a sparse file equals sha256_buffer of its bytes");
+	is_int((int)lseek(sfd, 0, SEEK_CUR), 12345, "sha256_fd leaves the file position");
+	ok(ftruncate(sfd, 0) == 0 && ftruncate(sfd, 3 * 1024 * 1024) == 0,
+	   "made the file one hole");
+	memset(sparse, 0, 3 * 1024 * 1024);
+	sha256_buffer(sparse, 3 * 1024 * 1024, want);
+	is_int(sha256_fd(sfd, hex), 0, "sha256_fd of a file that is one hole succeeds");
+	is_str(hex, want, "a hole hashes as its zeros");
 }
 
 static void test_is_sha256_hex(void)
