@@ -6,12 +6,21 @@
 #include "compose/compose.h"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <inttypes.h>
 #include <string.h>
 #include <sys/stat.h>
 
 /* Bumped when configure would make another upper from the same inputs. */
-#define CONFIGURE_VERSION 1
+#define CONFIGURE_VERSION 2
+
+/* $SOURCE_DATE_EPOCH when it is a date (seconds since 1970), else NULL: reproducible mode, as
+ * configure itself decides it (tools/cmd-configure.c). */
+static const char *source_date_epoch(void)
+{
+	const char *e = getenv("SOURCE_DATE_EPOCH");
+	return e && *e && strspn(e, "0123456789") == strlen(e) ? e : NULL;
+}
 
 /* A copy of v without the keys that only say where a run: step is written (a comment added
  * above it moves its line, not what it does). */
@@ -48,6 +57,13 @@ int build_config_key(json_object *model, char *const *digests, size_t n,
 	struct sha256 *h = sha256_new();
 	_cleanup_free_ char *salt = xasprintf("mosaic configure v%d\n", CONFIGURE_VERSION);
 	sha256_update(h, salt, strlen(salt));
+	/* In reproducible mode the fragment is a function of the date too: its mtimes are
+	 * clamped to it and the initramfs is dated by it. */
+	const char *sde = source_date_epoch();
+	if (sde) {
+		_cleanup_free_ char *line = xasprintf("epoch %s\n", sde);
+		sha256_update(h, line, strlen(line));
+	}
 	for (size_t i = 0; i < n; i++) {
 		sha256_update(h, digests[i], strlen(digests[i]));
 		sha256_update(h, "\n", 1);
@@ -110,11 +126,41 @@ static bool find_made(struct store *s, const char *lock_path, const char *key,
 	return found;
 }
 
-/* Mounts digests with the upper in work/upper at work/mnt, configures, commits, unmounts. The
- * upper stays when configure fails, so the next build carries on from it; it goes once its
- * fragment is in the store. */
-static int configure_and_commit(const struct build_config *c, char *const *digests, size_t n,
-                                const char *work, char digest[SHA256_HEX_LEN + 1])
+/* The date every file the scripts wrote gets in reproducible mode. nftw passes no data. */
+static struct timespec clamp_to;
+
+static int clamp_visit(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+	(void)type;
+	(void)ftw;
+	if (st->st_mtim.tv_sec < clamp_to.tv_sec ||
+	    (st->st_mtim.tv_sec == clamp_to.tv_sec && st->st_mtim.tv_nsec == 0))
+		return 0;
+	const struct timespec times[2] = {{.tv_nsec = UTIME_OMIT}, clamp_to};
+	if (utimensat(AT_FDCWD, path, times, AT_SYMLINK_NOFOLLOW) < 0) {
+		fprintf(stderr, "mosaic: build: %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* Reproducible mode ($SOURCE_DATE_EPOCH set, as for the rest of the build): what the scripts
+ * wrote is dated when they ran, so every mtime in the upper later than the epoch becomes the
+ * epoch, as GNU tar's --clamp-mtime does. Older mtimes (copied up from a package) are kept.
+ * Without it, the upper is committed as it is. */
+static int clamp_mtimes(const char *upper, int64_t epoch)
+{
+	if (!source_date_epoch())
+		return EXIT_OK;
+	clamp_to = (struct timespec){.tv_sec = epoch};
+	return nftw(upper, clamp_visit, 32, FTW_PHYS) == 0 ? EXIT_OK : EXIT_FAIL;
+}
+
+/* Mounts digests with the upper in work/upper at work/mnt, configures, unmounts, and commits
+ * the upper. The upper stays when configure fails, so the next build carries on from it; it
+ * goes once its fragment is in the store. */
+static int configure_and_commit(const struct build_config *c, struct store *s, char *const *digests,
+                                size_t n, const char *work, char digest[SHA256_HEX_LEN + 1])
 {
 	_cleanup_free_ char *mnt = path_join(work, "mnt");
 	_cleanup_free_ char *upper = path_join(work, "upper");
@@ -133,6 +179,16 @@ static int configure_and_commit(const struct build_config *c, char *const *diges
 		return r;
 	fprintf(stderr, "configure: %s (upper %s)\n", mnt, upper);
 	r = configure_mount(mnt, c->model, c->timeout);
+	/* Unmounted first, so the upper is complete on disk and nothing writes it under the
+	 * clamping below. */
+	struct mosaic_error err = {0};
+	if (fusefs_umount(mnt, false, &err) < 0) {
+		int u = cli_fail(&err);
+		if (r == EXIT_OK)
+			r = u;
+	}
+	if (r == EXIT_OK)
+		r = clamp_mtimes(upper, c->source_date_epoch);
 	struct fragment_info info = {0};
 	if (r == EXIT_OK) {
 		long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -144,13 +200,8 @@ static int configure_and_commit(const struct build_config *c, char *const *diges
 		    .overlay_upper = true,
 		    .workers = ncpu > 0 ? (unsigned)ncpu : 1,
 		};
-		r = cli_commit(mnt, c->store, &fo, &info);
-	}
-	struct mosaic_error err = {0};
-	if (fusefs_umount(mnt, false, &err) < 0) {
-		int u = cli_fail(&err);
-		if (r == EXIT_OK)
-			r = u;
+		if (fragment_create(s, upper, &fo, &info, &err) < 0)
+			r = cli_fail(&err);
 	}
 	if (r == EXIT_OK) {
 		memcpy(digest, info.digest, SHA256_HEX_LEN + 1);
@@ -182,7 +233,7 @@ int build_config_fragment(const struct build_config *c, struct store *s, char *c
 		fprintf(stderr, "configuration: %.12s already in the store; no script runs\n",
 		        digest);
 	} else {
-		r = configure_and_commit(c, digests, n, work, digest);
+		r = configure_and_commit(c, s, digests, n, work, digest);
 		if (r == EXIT_OK) {
 			compose_generated_remember("configure", key, digest);
 			int e = rm_tree(work);

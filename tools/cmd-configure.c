@@ -25,7 +25,9 @@ static const char usage_configure[] =
     "with services kept from starting (usr/sbin/policy-rc.d says 101 for the run). Then, with a\n"
     "MANIFEST, its config: (users and groups, hostname, timezone, locale, files, services,\n"
     "kernel_cmdline) and its run: steps. A second run changes nothing; a run after a failure\n"
-    "carries on where that one stopped (docs/configure.md).\n"
+    "carries on where that one stopped (docs/configure.md). Afterwards /etc/machine-id is\n"
+    "emptied and the random seed removed, so that every copy of the system gets its own; with\n"
+    "$SOURCE_DATE_EPOCH set, every step gets it and the logs that date the run are removed.\n"
     "\n"
     "A MANIFEST that 'mosaic build' built is mounted first unless MOUNTPOINT is a mosaic mount\n"
     "already (default MOUNTPOINT: roots/NAME/mnt beside its lock, upper roots/NAME/upper), and\n"
@@ -231,6 +233,13 @@ static void strv_push(char ***v, size_t *n, char *s)
 	(*v)[*n] = NULL;
 }
 
+/* $SOURCE_DATE_EPOCH when it is a date (seconds since 1970), else NULL: reproducible mode. */
+static const char *source_date_epoch(void)
+{
+	const char *e = getenv("SOURCE_DATE_EPOCH");
+	return e && *e && strspn(e, "0123456789") == strlen(e) ? e : NULL;
+}
+
 static char **base_env(const char *root)
 {
 	char **env = NULL;
@@ -243,6 +252,11 @@ static char **base_env(const char *root)
 	strv_push(&env, &n, xstrdup("DEBCONF_NONINTERACTIVE_SEEN=true"));
 	strv_push(&env, &n, xstrdup("DEBCONF_NOWARNINGS=yes"));
 	strv_push(&env, &n, xstrdup(access(cutf8, F_OK) == 0 ? "LC_ALL=C.UTF-8" : "LC_ALL=C"));
+	/* The build's date, for the tools that write one: mkinitramfs dates the initramfs's
+	 * files by it, useradd and chpasswd the last password change in /etc/shadow. */
+	const char *sde = source_date_epoch();
+	if (sde)
+		strv_push(&env, &n, xasprintf("SOURCE_DATE_EPOCH=%s", sde));
 	return env;
 }
 
@@ -475,6 +489,77 @@ static int policy_remove(struct policy_file *pf)
 	return rc;
 }
 
+/* ---- what the run leaves behind ------------------------------------------------------------- */
+
+/* Files the scripts leave that name this one run, not the system: every copy of the image
+ * would share them. Removed, or for machine-id emptied, after every run (docs/configure.md). */
+static const char *const run_identity[] = {
+    /* systemd seeds the kernel's pool from it and credits it: never to be shared. */
+    "var/lib/systemd/random-seed",
+    /* dbus reads /etc/machine-id first; a copy here would outlive the emptied one. */
+    "var/lib/dbus/machine-id",
+};
+
+/* Files that only record when the run happened (logs with times, caches keyed by inode and
+ * ctime): removed in reproducible mode ($SOURCE_DATE_EPOCH set). */
+static const char *const run_times[] = {
+    "var/log/dpkg.log",
+    "var/log/alternatives.log",
+    "var/log/apt/history.log",
+    "var/log/apt/term.log",
+    "var/log/apt/eipp.log.xz",
+    "var/log/bootstrap.log",
+    "var/cache/ldconfig/aux-cache",
+};
+
+/* Removes root/rel when it is a regular file (a symlink, e.g. dbus's machine-id pointing to
+ * /etc/machine-id, stays). Through the mount: a file only the upper holds leaves no trace. */
+static int remove_leftover(const char *root, const char *rel)
+{
+	_cleanup_free_ char *p = path_join(root, rel);
+	struct stat st;
+	if (lstat(p, &st) < 0 || !S_ISREG(st.st_mode))
+		return EXIT_OK;
+	if (unlink(p) < 0) {
+		fprintf(stderr, "mosaic: configure: removing %s: %s\n", p, strerror(errno));
+		return EXIT_FAIL;
+	}
+	return EXIT_OK;
+}
+
+/* systemd's postinst gives the image a machine ID, which every machine booted from it would
+ * then share. An empty /etc/machine-id is what machine-id(5) asks of an image made once and
+ * used on many machines: systemd 252 makes an ID when the system boots and mounts it over the
+ * empty file when the root is read-only, or writes it into the file when it can (a missing
+ * file on a read-only root stops the boot). "uninitialized" would also
+ * make the boot a first boot (ConditionFirstBoot units, presets), which the configured system
+ * did not ask for. A missing file (no systemd) stays missing. */
+static int empty_machine_id(const char *root)
+{
+	_cleanup_free_ char *p = path_join(root, "etc/machine-id");
+	struct stat st;
+	if (lstat(p, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size == 0)
+		return EXIT_OK;
+	int r = write_file_atomic(p, "", 0, st.st_mode & 07777);
+	if (r < 0) {
+		fprintf(stderr, "mosaic: configure: emptying %s: %s\n", p, strerror(-r));
+		return EXIT_FAIL;
+	}
+	return EXIT_OK;
+}
+
+static int settle(const char *root)
+{
+	int rc = empty_machine_id(root);
+	for (size_t i = 0; i < ARRAY_SIZE(run_identity); i++)
+		if (remove_leftover(root, run_identity[i]) != EXIT_OK)
+			rc = EXIT_FAIL;
+	for (size_t i = 0; source_date_epoch() && i < ARRAY_SIZE(run_times); i++)
+		if (remove_leftover(root, run_times[i]) != EXIT_OK)
+			rc = EXIT_FAIL;
+	return rc;
+}
+
 /* ---- the command ----------------------------------------------------------------------------- */
 
 static const char *status_string(json_object *s, const char *key)
@@ -601,6 +686,8 @@ int configure_mount(const char *mountpoint, json_object *manifest, unsigned time
 	int prc = policy_remove(&pf);
 	if (rc == EXIT_OK)
 		rc = prc;
+	if (rc == EXIT_OK)
+		rc = settle(root);
 	if (rc == EXIT_OK && plan.n_order)
 		fprintf(stderr, "mosaic: configure: %zu packages configured\n", plan.n_order);
 	plan_clear(&plan);
