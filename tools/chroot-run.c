@@ -3,6 +3,7 @@
 #include "tools/chroot-run.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -267,6 +268,76 @@ static void setup_mounts(const char *root, int err_fd)
 
 /* The namespace's init: mounts, runs fn, and exits with its result. When it exits, the kernel
  * kills whatever is left in the PID namespace, and the mounts go with the mount namespace. */
+static bool at_or_below(const char *path, const char *top)
+{
+	size_t l = strlen(top);
+	return strncmp(path, top, l) == 0 && (path[l] == 0 || path[l] == '/' || strcmp(top, "/") == 0);
+}
+
+/* A mountinfo path with its \ooo escapes (space, tab, newline, backslash) decoded in place. */
+static char *unescape(char *s)
+{
+	char *w = s;
+	for (char *r = s; *r; r++) {
+		if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' &&
+		    r[3] >= '0' && r[3] <= '7') {
+			*w++ = (char)((r[1] - '0') << 6 | (r[2] - '0') << 3 | (r[3] - '0'));
+			r += 3;
+		} else
+			*w++ = *r;
+	}
+	*w = 0;
+	return s;
+}
+
+/* The new mount namespace begins as a copy of every mount there is, other mosaic views and
+ * loop-mounted images included, and a copy keeps its filesystem alive: a view unmounted
+ * outside while a configure runs would keep its daemon waiting until the configure ends.
+ * So the copies of views and images that are not the root (nor below or above it) are let go
+ * here. The root's own overlay layers stay usable: overlayfs holds private clones of them. */
+static void release_other_mounts(const char *root)
+{
+	_cleanup_free_ char *top = realpath(root, NULL);
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	if (!top || !f) {
+		if (f)
+			fclose(f);
+		return;
+	}
+	char **drop = NULL, *line = NULL;
+	size_t n = 0, cap = 0;
+	while (getline(&line, &cap, f) > 0) {
+		/* ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE ... */
+		char *sep = strstr(line, " - "), *save = NULL;
+		if (!sep)
+			continue;
+		*sep = 0;
+		char *fstype = strtok_r(sep + 3, " \n", &save);
+		char *source = strtok_r(NULL, " \n", &save);
+		char *mp = NULL, *field = strtok_r(line, " ", &save);
+		for (int i = 1; field && i < 5; i++)
+			mp = field = strtok_r(NULL, " ", &save);
+		if (!fstype || !mp)
+			continue;
+		bool image = strncmp(fstype, "fuse", 4) == 0 || strcmp(fstype, "overlay") == 0 ||
+		             strcmp(fstype, "squashfs") == 0 ||
+		             (source && strncmp(source, "/dev/loop", 9) == 0);
+		unescape(mp);
+		if (!image || at_or_below(mp, top) || at_or_below(top, mp))
+			continue;
+		drop = xrealloc(drop, (n + 1) * sizeof(*drop));
+		drop[n++] = xstrdup(mp);
+	}
+	free(line);
+	fclose(f);
+	/* Deepest first; one already gone with its parent fails, which is fine. */
+	while (n > 0) {
+		umount2(drop[--n], MNT_DETACH);
+		free(drop[n]);
+	}
+	free(drop);
+}
+
 static _Noreturn void session_init(const char *root, int (*fn)(const char *, void *), void *data,
                                    int err_fd)
 {
@@ -289,6 +360,7 @@ static _Noreturn void session_child(const char *root, int (*fn)(const char *, vo
 		setup_failed(err_fd, -errno, "unshare (mount and PID namespaces): %m");
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 		setup_failed(err_fd, -errno, "making mounts private: %m");
+	release_other_mounts(root);
 	/* The first child in the new PID namespace is its init. It cannot check its parent is
 	 * still there (getppid is 0 across the namespace), but this one waits for it. */
 	pid_t pid = fork();

@@ -12,6 +12,7 @@ in /var/cache/mosaic-tests/mosaic-cache. Slow: the first run downloads the packa
 import os
 import shutil
 import stat
+import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -387,3 +388,45 @@ def test_usage(site, tmp_path):
     assert p.returncode == 2 and "give the manifest once" in p.stderr
     p = run([MOSAIC, "configure", "--help"], check=False)
     assert p.returncode == 0 and "mosaic configure MANIFEST [MOUNTPOINT]" in p.stdout
+
+
+def test_a_view_unmounted_during_a_configure_goes_away(site, tmp_path):
+    """The chroot session's mount namespace starts as a copy of every mount, and a copy keeps a
+    filesystem alive: a view unmounted elsewhere while a configure runs must still go, its
+    daemon with it, rather than wait for the configure to end."""
+    steps = [("waiter", "touch /var/tmp/started; "
+              "while [ ! -e /var/tmp/go ]; do sleep 0.2; done")]
+    m, _ = manifest_in(site, tmp_path, "cfg", PACKAGES, steps=steps)
+    other_m, _ = manifest_in(site, tmp_path, "bare", [])
+    other = tmp_path / "other"
+    other.mkdir()
+    run([MOSAIC, "mount", other_m, other, *store_args(site)], env=site["env"])
+    mounted_other = True
+    try:
+        with mosaic_mounted([m, *store_args(site), "--upper", tmp_path / "upper"],
+                            tmp_path / "mnt", site["env"]) as mt:
+            assert configure(site, mt.mnt).returncode == 0
+            proc = subprocess.Popen([MOSAIC, "configure", mt.mnt, "--manifest", m],
+                                    env=site["env"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            try:
+                deadline = time.monotonic() + 120
+                while not (mt.mnt / "var/tmp/started").exists():
+                    assert proc.poll() is None, proc.communicate()
+                    assert time.monotonic() < deadline, "the run: step did not start"
+                    time.sleep(0.2)
+                # the session is running: the other view unmounts, and its daemon exits
+                t0 = time.monotonic()
+                u = run([MOSAIC, "umount", other], env=site["env"], check=False)
+                assert u.returncode == 0, u.stderr
+                mounted_other = False
+                assert time.monotonic() - t0 < 10
+                assert not os.path.ismount(other)
+            finally:
+                (mt.mnt / "var/tmp/go").touch()
+                out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            no_process_in(mt.mnt)
+    finally:
+        if mounted_other:
+            run([MOSAIC, "umount", "--lazy", other], env=site["env"], check=False)
