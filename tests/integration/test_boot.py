@@ -11,7 +11,7 @@ and key cached in /var/cache/mosaic-tests/boot), exports it as a raw disk, boots
 and waits for the marker line its mosaic-marker.service prints with the root device, which must
 be partition 2 of the disk."""
 
-import hashlib
+import contextlib
 import json
 import os
 import re
@@ -20,10 +20,12 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from conftest import (CACHE, MOSAIC, REPO, cached_key, create, host_build, run, write_file)
+from conftest import (CACHE, MOSAIC, REPO, cached_key, create, file_sha256, host_build, run,
+                      write_file)
 
 pytestmark = pytest.mark.usefixtures("no_mount_leftovers")
 
@@ -34,14 +36,6 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 def need_qemu():
     if shutil.which("qemu-system-x86_64") is None or not OVMF_CODE.exists():
         pytest.skip("qemu-system-x86_64 or OVMF missing (tools/setup.sh: qemu-system-x86, ovmf)")
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def qemu_pids(image):
@@ -122,7 +116,7 @@ def empty_disk(signer, tmp_path_factory):
 
 def test_no_bootloader_fails_fast(empty_disk, tmp_path):
     need_qemu()
-    before = sha256(empty_disk)
+    before = file_sha256(empty_disk)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = dict(os.environ, TMPDIR=str(tmp))
@@ -135,7 +129,7 @@ def test_no_bootloader_fails_fast(empty_disk, tmp_path):
     assert re.search(r"(EFI shell|no bootable option|no bootable device)", err), err
     assert took < 200, f"took {took:.0f} s: not failing fast"
     assert b"BdsDxe" in p.stdout  # the firmware's console reached the output
-    assert sha256(empty_disk) == before, "the image was written to"
+    assert file_sha256(empty_disk) == before, "the image was written to"
     assert list(tmp.iterdir()) == [], "the temp directory (OVMF_VARS copy, snapshot) stayed"
 
 
@@ -180,14 +174,13 @@ MANIFEST = REPO / "manifests" / "examples" / "debian-bootable.yaml"
 WORK = CACHE / "boot"
 
 
-@pytest.fixture(scope="module")
-def bootable(tmp_path_factory):
-    """debian-bootable built from the host's apt sources (store and key cached); yields
-    export(FORMAT, *OPTIONS) -> the image's path."""
+@contextlib.contextmanager
+def bootable_build():
+    """debian-bootable built from the host's apt sources (store, lock and key cached in WORK);
+    yields what it was built into: lock, store, keyring, env."""
     import minbase
     if minbase.host_release() != "bookworm":
         pytest.skip("the host is not Debian bookworm")
-    need_qemu()
     WORK.mkdir(parents=True, exist_ok=True)
     key = cached_key(WORK, "mosaic boot")
     try:
@@ -197,18 +190,26 @@ def bootable(tmp_path_factory):
         lock, store = WORK / "debian-bootable.lock", WORK / "store"
         host_build([MANIFEST, "--lock", lock, "-s", store, "--sign", key.fingerprint,
                     "--keyring", key.keyring], env)
+        yield SimpleNamespace(lock=lock, store=store, keyring=key.keyring, env=env)
+    finally:
+        key.close()  # its gpg-agent
+
+
+@pytest.fixture(scope="module")
+def bootable(tmp_path_factory):
+    """yields export(FORMAT, *OPTIONS) -> the path of debian-bootable exported so."""
+    need_qemu()
+    with bootable_build() as b:
         made = {}
 
         def export(fmt, *extra):
             if (fmt, extra) not in made:
                 out = tmp_path_factory.mktemp(f"boot-{fmt}") / f"debian-bootable.{fmt}"
-                run([MOSAIC, "export", MANIFEST, "--lock", lock, "-s", store, "--keyring",
-                     key.keyring, "--format", fmt, "-o", out, *extra], env=env)
+                run([MOSAIC, "export", MANIFEST, "--lock", b.lock, "-s", b.store, "--keyring",
+                     b.keyring, "--format", fmt, "-o", out, *extra], env=b.env)
                 made[fmt, extra] = out
             return made[fmt, extra]
         yield export
-    finally:
-        key.close()  # its gpg-agent
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +219,7 @@ def bootable_raw(bootable):
 
 def boot_to_marker(image, tmp_path, *opts):
     """mosaic boot IMAGE OPTS --expect MARKER; returns the marker's root device."""
-    before = sha256(image)
+    before = file_sha256(image)
     env = dict(os.environ, TMPDIR=str(tmp_path))
     t0 = time.monotonic()
     p = boot(image, *opts, "--expect", MARKER, "--timeout", 300, env=env, timeout=400)
@@ -230,7 +231,7 @@ def boot_to_marker(image, tmp_path, *opts):
     m = re.search(MARKER + r" root=(\S+?)\r?$", console, re.M)
     assert m, console[-4000:]
     assert "Kernel panic" not in console
-    assert sha256(image) == before, "the image was written to"
+    assert file_sha256(image) == before, "the image was written to"
     print(f"booted to the marker in {took:.0f} s ({'KVM' if 'KVM' in err else 'TCG'}): "
           f"{m.group(0)}")
     return m.group(1)

@@ -24,11 +24,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import (CACHE, MOSAIC, cached_key, file_sha256, host_build, mosaic_mounted, run,
-                      walk_tree)
-from test_boot import MANIFEST, WORK
-from test_export_raw import (ESP_TYPE, MIB, MTOOLS_ENV, ROOT_TYPE, TYPES, debugfs,
-                             debugfs_entries, layout)
+from conftest import MOSAIC, file_sha256, mosaic_mounted, run, walk_tree
+from test_boot import MANIFEST, bootable_build
+from test_export_raw import (ESP_TYPE, MIB, MTOOLS_ENV, ROOT_TYPE, debugfs, debugfs_entries,
+                             entry_diffs, layout)
 from test_export_tar import view_snapshot
 
 pytestmark = pytest.mark.usefixtures("no_mount_leftovers")
@@ -40,25 +39,12 @@ SD_BOOT = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 
 @pytest.fixture(scope="module")
 def bootable():
-    """debian-bootable built from the host's apt sources as test_boot.py's `bootable` builds it
-    (same store, lock and key, so the build is cached), without its need for qemu."""
-    import minbase
-    if minbase.host_release() != "bookworm":
-        pytest.skip("the host is not Debian bookworm")
-    WORK.mkdir(parents=True, exist_ok=True)
-    key = cached_key(WORK, "mosaic boot")
-    try:
-        env = dict(os.environ, GNUPGHOME=str(key.home),
-                   MOSAIC_CACHE_DIR=str(CACHE / "mosaic-cache"))
-        env.pop("SOURCE_DATE_EPOCH", None)
-        lock, store = WORK / "debian-bootable.lock", WORK / "store"
-        host_build([MANIFEST, "--lock", lock, "-s", store, "--sign", key.fingerprint,
-                    "--keyring", key.keyring], env)
-        roles = [f["role"] for f in json.loads(lock.read_text()).get("fragments", [])]
+    """debian-bootable as test_boot.py builds it (same store, lock and key, so the build is
+    cached), without its need for qemu."""
+    with bootable_build() as b:
+        roles = [f["role"] for f in json.loads(b.lock.read_text()).get("fragments", [])]
         assert "config" in roles, roles
-        yield SimpleNamespace(lock=lock, store=store, keyring=key.keyring, env=env)
-    finally:
-        key.close()  # its gpg-agent
+        yield b
 
 
 @pytest.fixture(scope="module")
@@ -124,24 +110,7 @@ def read_back(img, want, links, tmp):
     got = debugfs_entries(fs, paths, tmp)
     t_stat = time.monotonic() - t0 - t_fsck
     in_group = {p: len(g) for g in links for p in g}
-    diff = []
-    for path in paths:
-        w, (g, xattrs) = want[path], got[path]
-        exp = dict(type=TYPES[w["type"]], mode=w["mode"], uid=w["uid"], gid=w["gid"],
-                   mtime=w["mtime"])
-        have = {k: g[k] for k in exp}
-        if w["type"] in (stat.S_IFREG, stat.S_IFLNK):
-            exp["size"] = w["size"] if w["type"] == stat.S_IFREG else len(w["link"].encode())
-            have["size"] = g["size"]
-        if w["type"] != stat.S_IFDIR:
-            # a hard link in the image is one in the view, and the other way round
-            exp["links"], have["links"] = in_group.get(path, 1), g["links"]
-        if "rdev" in w:
-            exp["rdev"], have["rdev"] = w["rdev"], g.get("rdev")
-        if xattrs != w["xattrs"]:
-            diff.append(f"/{path}: xattrs {xattrs} want {w['xattrs']}")
-        if have != exp:
-            diff.append(f"/{path}: ext4 {have}\n   view {exp}")
+    diff = entry_diffs(want, got, in_group)
     assert not diff, f"{len(diff)} differ\n" + "\n".join(diff[:20])
     # each hard link group is one inode (debugfs stat: "Inode: N   Type: ...")
     if links:

@@ -93,6 +93,31 @@ TYPES = {stat.S_IFREG: "regular", stat.S_IFDIR: "directory", stat.S_IFLNK: "syml
          stat.S_IFSOCK: "socket"}
 
 
+def entry_diffs(want, got, link_counts=None):
+    """What differs between a view_snapshot and the debugfs_entries of its paths: type, mode,
+    owners, mtime, size, device and xattrs, and with link_counts ({path: n} for hard-linked
+    paths) every non-directory's link count."""
+    diff = []
+    for path in sorted(want):
+        w, (g, xattrs) = want[path], got[path]
+        exp = dict(type=TYPES[w["type"]], mode=w["mode"], uid=w["uid"], gid=w["gid"],
+                   mtime=w["mtime"])
+        have = {k: g[k] for k in exp}
+        if w["type"] in (stat.S_IFREG, stat.S_IFLNK):
+            exp["size"] = w["size"] if w["type"] == stat.S_IFREG else len(w["link"].encode())
+            have["size"] = g["size"]
+        if link_counts is not None and w["type"] != stat.S_IFDIR:
+            # a hard link in the image is one in the view, and the other way round
+            exp["links"], have["links"] = link_counts.get(path, 1), g["links"]
+        if "rdev" in w:
+            exp["rdev"], have["rdev"] = w["rdev"], g.get("rdev")
+        if xattrs != w["xattrs"]:
+            diff.append(f"/{path}: xattrs {xattrs} want {w['xattrs']}")
+        if have != exp:
+            diff.append(f"/{path}: ext4 {have}\n   view {exp}")
+    return diff
+
+
 def check_root_against_view(img, want, want_links, tmp, part=2):
     """The disk's root partition (or another ext4 one), read without mounting, against a
     view_snapshot."""
@@ -101,21 +126,7 @@ def check_root_against_view(img, want, want_links, tmp, part=2):
     assert p.returncode == 0, p.stdout + p.stderr
     paths = sorted(want)
     got = debugfs_entries(fs, paths, tmp)
-    diff = []
-    for path in paths:
-        w, (g, xattrs) = want[path], got[path]
-        exp = dict(type=TYPES[w["type"]], mode=w["mode"], uid=w["uid"], gid=w["gid"],
-                   mtime=w["mtime"])
-        have = {k: g[k] for k in exp}
-        if w["type"] in (stat.S_IFREG, stat.S_IFLNK):
-            exp["size"] = w["size"] if w["type"] == stat.S_IFREG else len(w["link"].encode())
-            have["size"] = g["size"]
-        if "rdev" in w:
-            exp["rdev"], have["rdev"] = w["rdev"], g.get("rdev")
-        if xattrs != w["xattrs"]:
-            diff.append(f"/{path}: xattrs {xattrs} want {w['xattrs']}")
-        if have != exp:
-            diff.append(f"/{path}: ext4 {have}\n   view {exp}")
+    diff = entry_diffs(want, got)
     assert not diff, f"{len(diff)} differ\n" + "\n".join(diff[:20])
     # contents and symlink targets: rdump (root keeps owners) and compare as files
     dump = Path(tmp) / f"dump{part}"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CACHE, MOSAIC, REPO, host_build, mounts_under, object_path, run
+from conftest import CACHE, MOSAIC, REPO, file_sha256, host_build, mounts_under, object_path, run
 
 pytestmark = pytest.mark.usefixtures("no_mount_leftovers")
 
@@ -31,14 +31,6 @@ MANIFEST = REPO / "manifests" / "examples" / "debian-bootable.yaml"
 CACHED_LOCK = CACHE / "boot" / "debian-bootable.lock"
 EPOCH = "1700000000"
 FORMATS = ("tar", "raw", "iso")
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tar_entries(path):
@@ -221,7 +213,7 @@ def test_same_lock_on_clean_caches_gives_identical_exports(signer, work):
                  signer.keyring, "--format", fmt, "--source-date-epoch", EPOCH, "-o", out],
                 env=dict(b["env"], MOSAIC_CACHE_DIR=str(b["dir"] / "export-cache")))
             outs.append(out)
-        if sha256(outs[0]) != sha256(outs[1]):
+        if file_sha256(outs[0]) != file_sha256(outs[1]):
             mismatches.append((fmt, outs))
 
     if mismatches or configs[0] != configs[1]:
