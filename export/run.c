@@ -81,6 +81,11 @@ static int temp_commit(struct temp *t, struct mosaic_error *err)
 	return 0;
 }
 
+static json_object *string_or_null(const char *s)
+{
+	return s ? json_object_new_string(s) : NULL;
+}
+
 /* The raw disk's layout in its image manifest: the disk GUID, and each partition's number,
  * type GUID, partition UUID, name, start and size (bytes), filesystem and its UUID, and the
  * boot entry's kernel and initramfs. */
@@ -98,19 +103,15 @@ static void add_partitions(json_object *man, const struct export_raw_result *d)
 		json_object_object_add(o, "start", json_object_new_int64((int64_t)p->start));
 		json_object_object_add(o, "size", json_object_new_int64((int64_t)p->size));
 		json_object_object_add(o, "filesystem", json_object_new_string(p->filesystem));
-		json_object_object_add(o, "mountpoint",
-		                       p->mountpoint ? json_object_new_string(p->mountpoint) : NULL);
+		json_object_object_add(o, "mountpoint", string_or_null(p->mountpoint));
 		json_object_object_add(o, "fs_uuid", json_object_new_string(p->fs_uuid));
 		json_object_array_add(parts, o);
 	}
 	json_object_object_add(man, "partitions", parts);
 	json_object *boot = json_object_new_object();
-	json_object_object_add(boot, "kernel",
-	                       d->kernel ? json_object_new_string(d->kernel) : NULL);
-	json_object_object_add(boot, "initrd",
-	                       d->initrd ? json_object_new_string(d->initrd) : NULL);
-	json_object_object_add(boot, "loader",
-	                       d->bootloader ? json_object_new_string(d->bootloader) : NULL);
+	json_object_object_add(boot, "kernel", string_or_null(d->kernel));
+	json_object_object_add(boot, "initrd", string_or_null(d->initrd));
+	json_object_object_add(boot, "loader", string_or_null(d->bootloader));
 	json_object_object_add(man, "boot", boot);
 }
 
@@ -139,12 +140,9 @@ static void add_iso(json_object *man, const struct export_iso_result *d)
 	                       d->kernel ? json_object_new_string("/live/vmlinuz") : NULL);
 	json_object_object_add(boot, "initrd",
 	                       d->kernel ? json_object_new_string("/live/initrd.img") : NULL);
-	json_object_object_add(boot, "kernel_from",
-	                       d->kernel ? json_object_new_string(d->kernel) : NULL);
-	json_object_object_add(boot, "initrd_from",
-	                       d->initrd ? json_object_new_string(d->initrd) : NULL);
-	json_object_object_add(boot, "cmdline",
-	                       d->cmdline ? json_object_new_string(d->cmdline) : NULL);
+	json_object_object_add(boot, "kernel_from", string_or_null(d->kernel));
+	json_object_object_add(boot, "initrd_from", string_or_null(d->initrd));
+	json_object_object_add(boot, "cmdline", string_or_null(d->cmdline));
 	json_object_object_add(man, "boot", boot);
 }
 

@@ -20,7 +20,7 @@ packages=(
 	# qemu-img from qemu-utils, listed under mosaic boot)
 	xorriso grub-common grub-efi-amd64-bin grub-pc-bin
 	# test
-	python3 python3-pytest squashfuse squashfs-tools rpm dpkg-dev attr libcap2-bin
+	python3 python3-pytest squashfuse squashfs-tools rpm dpkg-dev attr libcap2-bin strace
 	util-linux kmod e2fsprogs runc xz-utils zstd bzip2 gzip
 	createrepo-c apt-utils fdisk
 	# mosaic boot (and its tests): qemu, UEFI firmware, qemu-img
