@@ -141,3 +141,7 @@ char *mosaic_cache_dir(void);
 /* A string setting: environment variable env if set, else key from the config file
  * ($MOSAIC_CONFIG or /etc/mosaic/config.json), else fallback. Caller frees; NULL if none. */
 char *mosaic_config_get(const char *env, const char *key, const char *fallback);
+/* $SOURCE_DATE_EPOCH, read in this one place: *out is its value, or -1 when it is unset or
+ * empty (each caller decides what that means for it). A value that is not seconds since 1970
+ * is -EINVAL with err saying so. */
+int mosaic_source_date_epoch(int64_t *out, struct mosaic_error *err);

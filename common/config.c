@@ -2,6 +2,7 @@
 #include "common/common.h"
 
 #include <json-c/json.h>
+#include <string.h>
 
 char *mosaic_cache_dir(void)
 {
@@ -31,4 +32,21 @@ char *mosaic_config_get(const char *env, const char *key, const char *fallback)
 	if (!v && fallback)
 		v = xstrdup(fallback);
 	return v;
+}
+
+int mosaic_source_date_epoch(int64_t *out, struct mosaic_error *err)
+{
+	const char *e = getenv("SOURCE_DATE_EPOCH");
+	*out = -1;
+	if (!e || !*e)
+		return 0;
+	/* Digits only: strtoll would take " 12", "+12" or "12abc", and a date that is not what
+	 * the user wrote must not quietly stamp a reproducible build. */
+	if (strspn(e, "0123456789") != strlen(e) || strlen(e) > 18)
+		return mosaic_errorf(err, -EINVAL,
+		                     "$SOURCE_DATE_EPOCH is not seconds since 1970: '%s' (unset it, "
+		                     "or give a number like 1700000000)",
+		                     e);
+	*out = strtoll(e, NULL, 10);
+	return 0;
 }

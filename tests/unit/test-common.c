@@ -365,6 +365,37 @@ static void test_config(void)
 	is_str(g, "/home/u/.cache/mosaic", "~/.cache/mosaic");
 }
 
+/* One reader of $SOURCE_DATE_EPOCH: unset and empty are "none", digits a date, the rest an
+ * error rather than 0 or a part of the number. */
+static void test_source_date_epoch(void)
+{
+	static const struct {
+		const char *value;
+		int r;
+		int64_t epoch;
+	} cases[] = {
+	    {NULL, 0, -1},       {"", 0, -1},          {"0", 0, 0},
+	    {"1700000000", 0, 1700000000}, {"abc", -EINVAL, -1}, {"12abc", -EINVAL, -1},
+	    {" 12", -EINVAL, -1}, {"-5", -EINVAL, -1},  {"+5", -EINVAL, -1},
+	    {"99999999999999999999", -EINVAL, -1},
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		if (cases[i].value)
+			setenv("SOURCE_DATE_EPOCH", cases[i].value, 1);
+		else
+			unsetenv("SOURCE_DATE_EPOCH");
+		struct mosaic_error err = {0};
+		int64_t v = 42;
+		int r = mosaic_source_date_epoch(&v, &err);
+		is_int(r, cases[i].r, cases[i].value ? cases[i].value : "(unset)");
+		is_int(v, cases[i].epoch, "its value");
+		if (r < 0)
+			ok(strstr(err.msg, "SOURCE_DATE_EPOCH") && strstr(err.msg, cases[i].value),
+			   "the error names the variable and the value");
+	}
+	unsetenv("SOURCE_DATE_EPOCH");
+}
+
 static void test_rm_tree(void)
 {
 	_cleanup_free_ char *top = path_join(tmpdir, "rm");
@@ -397,6 +428,7 @@ int main(void)
 	test_mkdir_p_empty();
 	test_errors();
 	test_config();
+	test_source_date_epoch();
 	test_rm_tree();
 	rm_tree(tmpdir);
 	free(tmpdir);
