@@ -53,6 +53,7 @@ static inline void fclosep(FILE **f)
 struct mosaic_error {
 	int code; /* negative errno */
 	char msg[1024];
+	bool located; /* msg is one or more "FILE:LINE:COL: problem" lines, to be shown as they are */
 };
 
 /* Formats msg into err (which may be NULL) and returns code (a negative errno). */

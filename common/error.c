@@ -11,6 +11,7 @@ int mosaic_errorf(struct mosaic_error *err, int code, const char *fmt, ...)
 		vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
 		va_end(ap);
 		err->code = code;
+		err->located = false;
 	}
 	return code;
 }
@@ -25,6 +26,7 @@ int mosaic_error_prefix(struct mosaic_error *err, const char *fmt, ...)
 	vsnprintf(prefix, sizeof(prefix), fmt, ap);
 	va_end(ap);
 	memcpy(old, err->msg, sizeof(old));
+	err->located = false;
 	size_t n = strlen(prefix);
 	if (n > sizeof(err->msg) - 3)
 		n = sizeof(err->msg) - 3;

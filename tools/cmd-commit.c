@@ -1,9 +1,7 @@
 /* mosaic commit: freezes a writable mount's upper layer into a signed config fragment, so that
  * the mount's fragments plus that one, without an upper, show what the mount shows now. */
-#include "fusefs/fusefs.h"
 #include "tools/cli.h"
 
-#include <fcntl.h>
 #include <string.h>
 
 static const char usage_commit[] =
@@ -28,32 +26,6 @@ static const char usage_commit[] =
 
 enum { OPT_NAME = 256, OPT_SIGN, OPT_SDE, OPT_JSON };
 
-static const char *status_string(json_object *s, const char *key)
-{
-	json_object *v;
-	return json_object_object_get_ex(s, key, &v) && v ? json_object_get_string(v) : NULL;
-}
-
-/* Overlay mode: the kernel writes through to the upper's files, so the upper already shows
- * every change; syncfs makes it durable before it is read. Fuse mode has no writeback cache:
- * every write is in the upper when write(2) returns, and the upper's syncfs covers the rest. */
-static int sync_mount(const char *mountpoint, const char *upper, bool overlay)
-{
-	if (overlay) {
-		_cleanup_close_ int fd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (fd < 0 || syncfs(fd) < 0) {
-			fprintf(stderr, "mosaic: syncing %s: %s\n", mountpoint, strerror(errno));
-			return EXIT_FAIL;
-		}
-	}
-	_cleanup_close_ int fd = open(upper, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || syncfs(fd) < 0) {
-		fprintf(stderr, "mosaic: upper %s: %s\n", upper, strerror(errno));
-		return EXIT_FAIL;
-	}
-	return 0;
-}
-
 static void print_result(const struct fragment_info *info, const char *mountpoint,
                          const char *upper, const char *mode, bool json)
 {
@@ -77,63 +49,16 @@ static void print_result(const struct fragment_info *info, const char *mountpoin
 	json_object_put(o);
 }
 
-int cli_commit(const char *mountpoint, const char *output, struct fragment_create_options *o,
-               struct fragment_info *info)
+static int commit(const char *mountpoint, const char *output,
+                  const struct fragment_create_options *o, bool json)
 {
 	struct mosaic_error err = {0};
-	json_object *st;
-	if (fusefs_status(mountpoint, &st, &err) < 0)
-		return cli_fail(&err);
-	int rc = EXIT_OK;
-	const char *upper = status_string(st, "upper"), *mode = status_string(st, "mode");
-	const char *real = status_string(st, "mountpoint");
-	json_object *v;
-	bool running = json_object_object_get_ex(st, "running", &v) && json_object_get_boolean(v);
-	if (!running) {
-		fprintf(
-		    stderr,
-		    "mosaic: the daemon serving %s is not running; 'mosaic umount %s' and mount "
-		    "it again before committing\n",
-		    mountpoint, mountpoint);
-		rc = EXIT_FAIL;
-	} else if (!upper || !mode || (strcmp(mode, "overlay") && strcmp(mode, "fuse"))) {
-		fprintf(stderr,
-		        "mosaic: %s is mounted read-only: there is no upper layer to commit (mount "
-		        "it with --upper DIR to make changes)\n",
-		        mountpoint);
-		rc = EXIT_USAGE;
-	} else {
-		rc = sync_mount(real ? real : mountpoint, upper, strcmp(mode, "overlay") == 0);
-	}
-	struct store *s = NULL;
-	if (rc == EXIT_OK)
-		rc = cli_open_store(output, true, &s);
-	if (rc == EXIT_OK && fragment_create(s, upper, o, info, &err) < 0)
-		rc = cli_fail(&err);
-	store_free(s);
-	json_object_put(st);
-	return rc;
-}
-
-static int commit(const char *mountpoint, const char *output, struct fragment_create_options *o,
-                  bool json)
-{
-	struct fragment_info info = {0};
-	int rc = cli_commit(mountpoint, output, o, &info);
-	if (rc != EXIT_OK)
-		return rc;
-	json_object *st;
-	struct mosaic_error err = {0};
-	if (fusefs_status(mountpoint, &st, &err) < 0) {
-		fragment_info_clear(&info);
-		return cli_fail(&err);
-	}
-	const char *real = status_string(st, "mountpoint");
-	print_result(&info, real ? real : mountpoint, status_string(st, "upper"),
-	             status_string(st, "mode"), json);
-	fragment_info_clear(&info);
-	json_object_put(st);
-	return EXIT_OK;
+	struct pipeline_commit_result res = {0};
+	int r = pipeline_commit(mountpoint, output, o, &res, &err);
+	if (r == 0)
+		print_result(&res.info, res.mountpoint, res.upper, res.mode, json);
+	pipeline_commit_result_clear(&res);
+	return r < 0 ? cli_fail(&err) : EXIT_OK;
 }
 
 int cmd_commit(int argc, char **argv)
@@ -157,13 +82,12 @@ int cmd_commit(int argc, char **argv)
 	const char *output = NULL, *sign = NULL;
 	bool json = false;
 	/* Reproducible by default: a config fragment is a pure function of the upper. */
-	const char *sde = getenv("SOURCE_DATE_EPOCH");
+	int r = cli_source_date_epoch(&o.source_date_epoch);
+	if (r)
+		return r;
+	if (o.source_date_epoch < 0)
+		o.source_date_epoch = 0;
 	char *end;
-	if (sde && *sde) {
-		o.source_date_epoch = strtoll(sde, &end, 10);
-		if (*end || o.source_date_epoch < 0)
-			return cli_usage(usage_commit, "bad $SOURCE_DATE_EPOCH '%s'", sde);
-	}
 	int c;
 	while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
 		switch (c) {

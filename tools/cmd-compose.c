@@ -24,51 +24,6 @@ static const char usage_compose[] =
     "      --keyring FILE   trusted public keys\n"
     "  -h, --help           show this help\n";
 
-void cli_inputs_free(struct cli_inputs *ci)
-{
-	for (size_t i = 0; i < ci->n; i++) {
-		free((char *)ci->in[i].image_path);
-		free((char *)ci->in[i].digest);
-		free((char *)ci->in[i].name);
-	}
-	free(ci->in);
-	memset(ci, 0, sizeof(*ci));
-}
-
-int cli_resolve_inputs(char **args, size_t n, const char *store, const char *keyring_path,
-                       struct cli_inputs *out)
-{
-	struct keyring *k;
-	int r = cli_open_keyring(keyring_path, &k);
-	if (r)
-		return r;
-	out->in = xcalloc(n, sizeof(*out->in));
-	out->n = 0;
-	for (size_t i = 0; i < n; i++) {
-		char *path = NULL;
-		if ((r = cli_fragment_path(args[i], store, &path)))
-			break;
-		struct mosaic_error err = {0};
-		struct fragment_descriptor d;
-		if (fragment_verify(k, path, &d, &err) < 0) {
-			free(path);
-			r = cli_fail(&err);
-			break;
-		}
-		out->in[out->n++] = (struct compose_input){
-		    .image_path = path,
-		    .digest = xstrdup(d.digest),
-		    .name = xstrdup(d.name),
-		    .package = d.kind == FRAGMENT_PACKAGE,
-		};
-		fragment_descriptor_clear(&d);
-	}
-	keyring_free(k);
-	if (r)
-		cli_inputs_free(out);
-	return r;
-}
-
 static int list_index(const char *path)
 {
 	struct mosaic_error err = {0};
@@ -146,38 +101,28 @@ int cmd_compose(int argc, char **argv)
 	if (!output && !conflicts)
 		return cli_usage(usage_compose, "no index given (-o INDEX)");
 
-	struct cli_inputs ci;
-	int r = cli_resolve_inputs(argv + optind, argc - optind, store, keyring, &ci);
-	if (r)
-		return r;
+	const struct pipeline_source src = {.args = argv + optind,
+	                                    .n_args = argc - optind,
+	                                    .store = store,
+	                                    .keyring = keyring};
 	struct mosaic_error err = {0};
-	struct compose_result res;
-	_cleanup_free_ char *scratch = NULL;
-	if (conflicts) {
-		_cleanup_free_ char *cache = mosaic_cache_dir();
-		scratch = xasprintf("%s/conflicts-%d.idx", cache, getpid());
-		mkdir_p(cache, 0700);
-	}
-	r = compose_index_build(ci.in, ci.n, strict && !conflicts, conflicts ? scratch : output,
-	                        &res, &err);
-	if (scratch)
-		unlink(scratch);
-	if (r < 0) {
+	struct compose_result res = {0};
+	_cleanup_strv_ char **names = NULL;
+	if (pipeline_compose(&src, conflicts ? NULL : output, strict && !conflicts, &res, &names,
+	                     &err) < 0) {
 		compose_result_clear(&res);
-		cli_inputs_free(&ci);
 		return cli_fail(&err);
 	}
 	if (conflicts) {
 		for (size_t i = 0; i < res.n_conflicts; i++)
-			printf("%s %s %s\n", res.conflicts[i].path,
-			       ci.in[res.conflicts[i].lower].name,
-			       ci.in[res.conflicts[i].upper].name);
+			printf("%s %s %s\n", res.conflicts[i].path, names[res.conflicts[i].lower],
+			       names[res.conflicts[i].upper]);
 	} else {
 		printf("%s: %zu fragments, %u inodes, %ju directory entries, %zu conflicts (higher "
 		       "fragment wins)\n",
-		       output, ci.n, res.inodes, (uintmax_t)res.dirents, res.n_conflicts);
+		       output, (size_t)(argc - optind), res.inodes, (uintmax_t)res.dirents,
+		       res.n_conflicts);
 	}
 	compose_result_clear(&res);
-	cli_inputs_free(&ci);
 	return EXIT_OK;
 }

@@ -1,7 +1,6 @@
 /* mosaic diff | origin: what a mount's upper changes against its fragments, and where a path of
  * the view comes from. Both read the mount's state, its index and its upper directory. */
 #include "compose/compose.h"
-#include "fusefs/fusefs.h"
 #include "tools/cli.h"
 
 #include <string.h>
@@ -77,20 +76,15 @@ int cmd_diff(int argc, char **argv)
 	int r = cli_flags(argc, argv, usage_diff, flags, 1, "exactly one MOUNTPOINT");
 	if (r >= 0)
 		return r;
-	_cleanup_(cli_mounted_clear) struct cli_mounted m = {0};
-	r = cli_mounted_open(argv[optind], &m);
-	if (r)
-		return r;
 	struct compose_diff_entry *v = NULL;
 	size_t n = 0;
-	if (!m.upper)
+	bool read_only = false;
+	struct mosaic_error err = {0};
+	if (pipeline_diff(argv[optind], all, &v, &n, &read_only, &err) < 0)
+		return cli_fail(&err);
+	if (read_only)
 		fprintf(stderr, "mosaic: %s is mounted read-only: no upper, no changes\n",
 		        argv[optind]);
-	else {
-		struct mosaic_error err = {0};
-		if (compose_diff(m.idx, m.images, m.upper, all, &v, &n, &err) < 0)
-			return cli_fail(&err);
-	}
 	if (json) {
 		json_object *a = json_object_new_array();
 		for (size_t i = 0; i < n; i++) {
@@ -120,40 +114,6 @@ int cmd_diff(int argc, char **argv)
 	return EXIT_OK;
 }
 
-/* The descriptor beside a fragment image (<hex>.sqfs -> <hex>.json), or NULL if unreadable. */
-static json_object *fragment_json(const char *image, json_object **package)
-{
-	*package = NULL;
-	size_t l = strlen(image);
-	if (l < 5 || strcmp(image + l - 5, ".sqfs") != 0)
-		return NULL;
-	_cleanup_free_ char *path = xasprintf("%.*s.json", (int)(l - 5), image);
-	_cleanup_free_ char *buf = NULL;
-	size_t len;
-	struct fragment_descriptor d = {0};
-	if (read_file(path, 16 << 20, &buf, &len) < 0 ||
-	    fragment_descriptor_parse(buf, len, &d, NULL) < 0)
-		return NULL;
-	json_object *o = json_object_new_object(), *v, *name;
-	json_object_object_add(o, "name", json_object_new_string(d.name));
-	json_object_object_add(o, "version", d.version ? json_object_new_string(d.version) : NULL);
-	json_object_object_add(o, "arch", d.arch ? json_object_new_string(d.arch) : NULL);
-	json_object_object_add(o, "kind", json_object_new_string(fragment_kind_to_string(d.kind)));
-	if (d.kind == FRAGMENT_PACKAGE) {
-		/* the package's own name: Debian's Package, RPM's name, else the fragment's */
-		if (json_object_object_get_ex(d.json, "deb", &v) &&
-		    json_object_object_get_ex(v, "Package", &name))
-			*package = json_object_get(name);
-		else if (json_object_object_get_ex(d.json, "rpm", &v) &&
-		         json_object_object_get_ex(v, "name", &name))
-			*package = json_object_get(name);
-		else
-			*package = json_object_new_string(d.name);
-	}
-	fragment_descriptor_clear(&d);
-	return o;
-}
-
 int cmd_origin(int argc, char **argv)
 {
 	bool json = false;
@@ -161,35 +121,16 @@ int cmd_origin(int argc, char **argv)
 	int r = cli_flags(argc, argv, usage_origin, flags, 2, "a MOUNTPOINT and a PATH");
 	if (r >= 0)
 		return r;
-	_cleanup_(cli_mounted_clear) struct cli_mounted m = {0};
-	r = cli_mounted_open(argv[optind], &m);
-	if (r)
-		return r;
 	struct mosaic_error err = {0};
-	struct compose_diff_entry e;
-	if (compose_diff_path(m.idx, m.images, m.upper, argv[optind + 1], &e, &err) < 0) {
-		fprintf(stderr, "mosaic: %s\n", err.msg);
-		return err.code == -EINVAL ? EXIT_USAGE : EXIT_FAIL;
-	}
-	_cleanup_free_ char *path = e.path;
-
-	json_object *o = json_object_new_object(), *frag = NULL, *package = NULL;
-	const struct compose_inode *in = e.ino ? compose_index_inode(m.idx, e.ino) : NULL;
-	if (in && in->fragment != COMPOSE_NO_FRAGMENT) {
-		char digest[65];
-		compose_index_fragment_digest(m.idx, in->fragment, digest);
-		frag = fragment_json(m.images[in->fragment], &package);
-		if (!frag)
-			frag = json_object_new_object();
-		json_object_object_add(frag, "digest", json_object_new_string(digest));
-		json_object_object_add(frag, "index", json_object_new_int(in->fragment));
-		json_object_object_add(frag, "image",
-		                       json_object_new_string(m.images[in->fragment]));
-	}
+	_cleanup_(pipeline_origin_clear) struct pipeline_origin e = {0};
+	if (pipeline_origin(argv[optind], argv[optind + 1], &e, &err) < 0)
+		return cli_fail(&err);
+	const char *path = e.path;
+	json_object *o = json_object_new_object(), *frag = e.fragment, *package = e.package;
 	json_object_object_add(o, "path", json_object_new_string(path));
 	json_object_object_add(o, "type", json_object_new_string(type_name(e.type)));
-	json_object_object_add(o, "fragment", frag);
-	json_object_object_add(o, "package", package);
+	json_object_object_add(o, "fragment", json_object_get(frag));
+	json_object_object_add(o, "package", json_object_get(package));
 	json_object_object_add(o, "upper", json_object_new_string(compose_change_name(e.change)));
 	if (e.change == COMPOSE_MODIFIED)
 		json_object_object_add(o, "what", what_json(e.what));
@@ -205,7 +146,7 @@ int cmd_origin(int argc, char **argv)
 			printf("fragment:  %s\n", GET(frag, "digest"));
 			printf("           %s %s (%s), layer %u of %zu from the bottom\n",
 			       GET(frag, "name"), GET(frag, "version"), GET(frag, "kind"),
-			       in->fragment + 1, m.n_images);
+			       e.layer + 1, e.n_fragments);
 			printf("image:     %s\n", GET(frag, "image"));
 		} else
 			printf("fragment:  none\n");
@@ -217,7 +158,7 @@ int cmd_origin(int argc, char **argv)
 		    [COMPOSE_MODIFIED] = "modified",
 		    [COMPOSE_DELETED] = "deleted (hidden by the upper)",
 		    [COMPOSE_UNCHANGED] = "unchanged copy-up (the same as the fragment's)"};
-		printf("upper:     %s", m.upper ? says[e.change] : "none (read-only mount)");
+		printf("upper:     %s", e.has_upper ? says[e.change] : "none (read-only mount)");
 		if (e.change == COMPOSE_MODIFIED) {
 			json_object *w = what_json(e.what);
 			for (size_t i = 0; i < json_object_array_length(w); i++)

@@ -1,9 +1,5 @@
 /* mosaic export: the composed view of a built manifest, an index, a running mount or a fragment
  * list frozen into an image with its SBOM, read straight from the index, fragments and upper. */
-#include "compose/compose.h"
-#include "export/export.h"
-#include "fusefs/fusefs.h"
-#include "providers/providers.h"
 #include "tools/cli.h"
 
 #include <string.h>
@@ -60,8 +56,6 @@ static const char usage_export[] =
 
 enum {
 	OPT_SDE = 256,
-	OPT_KEYRING,
-	OPT_LOCK,
 	OPT_UPPER,
 	OPT_SIZE,
 	OPT_FREE_SPACE,
@@ -90,111 +84,6 @@ static int parse_partition(const char *arg, struct export_partition_spec *p)
 	return 0;
 }
 
-static bool is_manifest(const char *path)
-{
-	size_t l = strlen(path);
-	return (l > 5 && strcmp(path + l - 5, ".yaml") == 0) ||
-	       (l > 4 && strcmp(path + l - 4, ".yml") == 0);
-}
-
-static bool is_fragment(const char *path)
-{
-	size_t l = strlen(path);
-	return l > 5 && strcmp(path + l - 5, ".sqfs") == 0;
-}
-
-/* What export reads: the index, the image of each of its fragments, the upper, the lock. */
-struct source {
-	struct compose_index *idx;
-	char **images;
-	size_t n_images;
-	json_object *state; /* a mount's; owns upper then */
-	const char *upper;
-	struct lock lock;
-	bool have_lock;
-	char *kernel_cmdline; /* the manifest's config.kernel_cmdline */
-	bool verified;        /* the images were verified on the way (else the reader verifies) */
-};
-
-static void source_clear(struct source *s)
-{
-	compose_index_close(s->idx);
-	strv_free(s->images, s->n_images);
-	json_object_put(s->state);
-	free(s->kernel_cmdline);
-	if (s->have_lock)
-		lock_clear(&s->lock);
-}
-
-/* The running mount's index, images and upper from its state (as 'mosaic diff' reads them). */
-static int from_mount(const char *mountpoint, struct source *s)
-{
-	struct cli_mounted m = {0};
-	int r = cli_mounted_open(mountpoint, &m);
-	/* The source owns what the mount's state gave, on failure too (source_clear frees it). */
-	s->state = m.state;
-	s->idx = m.idx;
-	s->images = m.images;
-	s->n_images = m.images ? m.n_images : 0;
-	s->upper = m.upper;
-	return r;
-}
-
-/* A prebuilt index: its fragments are found in the store by digest. */
-static int from_index(const char *path, const char *store, struct source *s)
-{
-	return cli_index_images(path, store, &s->idx, &s->images, &s->n_images);
-}
-
-/* Fragments (refs, digests or images; verified here): their index, built once and cached as
- * 'mosaic mount' caches it. */
-static int from_fragments(char **args, size_t n, const char *store, const char *keyring,
-                          struct source *s)
-{
-	struct cli_inputs ci = {0};
-	int r = cli_resolve_inputs(args, n, store, keyring, &ci);
-	if (r)
-		return r;
-	struct mosaic_error err = {0};
-	_cleanup_free_ char *cached = NULL;
-	r = cli_inputs_index(&ci, &cached);
-	if (!r && compose_index_open(cached, &s->idx, &err) < 0)
-		r = cli_fail(&err);
-	if (!r) {
-		s->n_images = ci.n;
-		s->images = xcalloc(ci.n ? ci.n : 1, sizeof(*s->images));
-		for (size_t i = 0; i < ci.n; i++)
-			s->images[i] = xstrdup(ci.in[i].image_path);
-		s->verified = true;
-	}
-	cli_inputs_free(&ci);
-	return r;
-}
-
-static int from_manifest(const char *manifest, const char *lock, const char *store,
-                         const char *keyring, struct source *s, char **lock_path)
-{
-	json_object *model = NULL, *facts = json_object_new_object();
-	int r = cli_manifest_load(manifest, facts, &model);
-	json_object_put(facts);
-	if (r)
-		return r;
-	*lock_path = lock ? xstrdup(lock) : cli_lock_path(manifest, model);
-	json_object *config, *cmdline;
-	if (json_object_object_get_ex(model, "config", &config) &&
-	    json_object_object_get_ex(config, "kernel_cmdline", &cmdline) &&
-	    json_object_is_type(cmdline, json_type_string))
-		s->kernel_cmdline = xstrdup(json_object_get_string(cmdline));
-	json_object_put(model);
-	char **digests;
-	size_t n;
-	if ((r = cli_manifest_fragments(manifest, *lock_path, &digests, &n)))
-		return r;
-	r = from_fragments(digests, n, store, keyring, s);
-	strv_free(digests, n);
-	return r;
-}
-
 static int parse_epoch(const char *s, int64_t *out)
 {
 	char *end;
@@ -206,15 +95,13 @@ static int parse_epoch(const char *s, int64_t *out)
 	return 0;
 }
 
-int cmd_export(int argc, char **argv)
+static int export_cmd(int argc, char **argv, struct pipeline_source *src)
 {
 	static const struct option opts[] = {
 	    {"format", required_argument, NULL, 'f'},
 	    {"output", required_argument, NULL, 'o'},
 	    {"source-date-epoch", required_argument, NULL, OPT_SDE},
-	    {"store", required_argument, NULL, 's'},
-	    {"keyring", required_argument, NULL, OPT_KEYRING},
-	    {"lock", required_argument, NULL, OPT_LOCK},
+	    CLI_SOURCE_OPTIONS,
 	    {"upper", required_argument, NULL, OPT_UPPER},
 	    {"size", required_argument, NULL, OPT_SIZE},
 	    {"free-space", required_argument, NULL, OPT_FREE_SPACE},
@@ -225,8 +112,7 @@ int cmd_export(int argc, char **argv)
 	    {"partition", required_argument, NULL, OPT_PARTITION},
 	    {"help", no_argument, NULL, 'h'},
 	    {}};
-	const char *format = NULL, *output = NULL, *store = NULL, *keyring_path = NULL;
-	const char *lock = NULL, *upper = NULL, *cmdline = NULL;
+	const char *format = NULL, *output = NULL, *upper = NULL, *cmdline = NULL;
 	const char *filesystem = NULL, *bootloader = NULL;
 	struct export_partition_spec parts[EXPORT_MAX_PARTITIONS];
 	size_t n_parts = 0;
@@ -235,6 +121,11 @@ int cmd_export(int argc, char **argv)
 	bool no_bootloader = false, disk_only = false, boot_option = false;
 	int c;
 	while ((c = getopt_long(argc, argv, "f:o:s:h", opts, NULL)) != -1) {
+		int taken = cli_source_option(c, optarg, src, usage_export);
+		if (taken == 1)
+			continue;
+		if (taken)
+			return taken;
 		switch (c) {
 		case 'f':
 			format = optarg;
@@ -248,15 +139,6 @@ int cmd_export(int argc, char **argv)
 				    usage_export,
 				    "--source-date-epoch takes seconds since 1970, not '%s'",
 				    optarg);
-			break;
-		case 's':
-			store = optarg;
-			break;
-		case OPT_KEYRING:
-			keyring_path = optarg;
-			break;
-		case OPT_LOCK:
-			lock = optarg;
 			break;
 		case OPT_UPPER:
 			upper = optarg;
@@ -333,56 +215,14 @@ int cmd_export(int argc, char **argv)
 		                 "qcow2, vmdk, vhdx and iso");
 	if (!output)
 		return cli_usage(usage_export, "give -o OUT");
-	const char *env_epoch = getenv("SOURCE_DATE_EPOCH");
-	if (epoch < 0 && env_epoch && *env_epoch && parse_epoch(env_epoch, &epoch) < 0)
-		return cli_usage(usage_export, "$SOURCE_DATE_EPOCH is not seconds since 1970: '%s'",
-		                 env_epoch);
-
-	char **args = argv + optind;
-	size_t n_args = argc - optind;
-	_cleanup_(source_clear) struct source s = {0};
-	_cleanup_free_ char *lock_path = lock ? xstrdup(lock) : NULL;
-	struct stat st;
 	int r;
-	if (n_args == 1 && is_manifest(args[0])) {
-		free(lock_path);
-		lock_path = NULL;
-		r = from_manifest(args[0], lock, store, keyring_path, &s, &lock_path);
-	} else if (n_args == 1 && stat(args[0], &st) == 0 && S_ISDIR(st.st_mode)) {
-		if (upper)
-			return cli_usage(usage_export,
-			                 "a MOUNTPOINT has its own upper: no --upper");
-		r = from_mount(args[0], &s);
-	} else if (n_args == 1 && !is_fragment(args[0]) && stat(args[0], &st) == 0 &&
-	           S_ISREG(st.st_mode))
-		r = from_index(args[0], store, &s);
-	else
-		r = from_fragments(args, n_args, store, keyring_path, &s);
-	if (r)
+	if (epoch < 0 && (r = cli_source_date_epoch(&epoch)))
 		return r;
-	if (upper)
-		s.upper = upper;
-
-	struct mosaic_error err = {0};
-	if (lock_path) {
-		if (lock_read(lock_path, &s.lock, &err) < 0)
-			return cli_fail(&err);
-		s.have_lock = true;
-	}
-	struct keyring *k = NULL;
-	if (!s.verified && (r = cli_open_keyring(keyring_path, &k)))
-		return r;
-	struct export_reader *reader;
-	const struct export_reader_options ro = {
-	    .idx = s.idx, .images = s.images, .upper = s.upper, .keyring = k};
-	if (export_reader_open(&ro, &reader, &err) < 0) {
-		keyring_free(k);
-		return cli_fail(&err);
-	}
+	src->args = argv + optind;
+	src->n_args = argc - optind;
 	const struct export_options o = {.format = format,
 	                                 .output = output,
 	                                 .source_date_epoch = epoch,
-	                                 .lock = s.have_lock ? &s.lock : NULL,
 	                                 .size = size,
 	                                 .free_space = free_space,
 	                                 .filesystem = filesystem,
@@ -390,14 +230,21 @@ int cmd_export(int argc, char **argv)
 	                                 .partitions = parts,
 	                                 .n_partitions = n_parts,
 	                                 .no_bootloader = no_bootloader,
-	                                 .kernel_cmdline = cmdline ? cmdline : s.kernel_cmdline};
+	                                 .kernel_cmdline = cmdline};
 	struct export_tar_result res;
-	r = export_run(reader, &o, &res, &err);
-	export_reader_free(reader);
-	keyring_free(k);
+	struct mosaic_error err = {0};
+	r = pipeline_export(src, upper, &o, &res, cli_events(), &err);
 	if (r < 0)
 		return cli_fail(&err);
 	printf("%s %s %ju bytes, %ju entries%s\n", output, res.sha256, (uintmax_t)res.size,
 	       (uintmax_t)res.entries, res.skipped ? " (sockets left out)" : "");
 	return EXIT_OK;
+}
+
+int cmd_export(int argc, char **argv)
+{
+	struct pipeline_source src = {0};
+	int r = export_cmd(argc, argv, &src);
+	cli_source_clear(&src);
+	return r;
 }

@@ -1,9 +1,7 @@
 /* mosaic manifest show|check */
-#include "manifests/manifest.h"
 #include "tools/cli.h"
 
 #include <string.h>
-#include <sys/utsname.h>
 
 static const char usage_manifest[] =
     "Usage: mosaic manifest COMMAND [OPTIONS] MANIFEST\n"
@@ -20,45 +18,6 @@ static const char usage_manifest[] =
     "Exit status: 0 ok, 1 the manifest could not be read, 2 bad usage or an invalid manifest.\n";
 
 enum { OPT_JSON = 256, OPT_FACT, OPT_ROLE };
-
-/* dpkg's name for the machine uname reports (what apt and the lock file call it). */
-static const char *host_arch(void)
-{
-	static struct utsname u;
-	static const struct {
-		const char *machine, *arch;
-	} map[] = {{"x86_64", "amd64"},    {"aarch64", "arm64"},      {"i386", "i386"},
-	           {"i486", "i386"},       {"i586", "i386"},          {"i686", "i386"},
-	           {"armv7l", "armhf"},    {"armv6l", "armel"},       {"ppc64le", "ppc64el"},
-	           {"ppc64", "ppc64"},     {"s390x", "s390x"},        {"riscv64", "riscv64"},
-	           {"mips64", "mips64el"}, {"loongarch64", "loong64"}};
-	if (uname(&u) < 0)
-		return NULL;
-	for (size_t i = 0; i < ARRAY_SIZE(map); i++)
-		if (strcmp(u.machine, map[i].machine) == 0)
-			return map[i].arch;
-	return u.machine;
-}
-
-int cli_fact_add(json_object *facts, const char *arg)
-{
-	const char *eq = strchr(arg, '=');
-	if (!eq || eq == arg)
-		return -EINVAL;
-	_cleanup_free_ char *key = xstrndup(arg, eq - arg);
-	json_object *value = json_object_new_string(eq + 1), *cur;
-	if (!json_object_object_get_ex(facts, key, &cur)) {
-		json_object_object_add(facts, key, value);
-	} else if (json_object_is_type(cur, json_type_array)) {
-		json_object_array_add(cur, value);
-	} else {
-		json_object *list = json_object_new_array();
-		json_object_array_add(list, json_object_get(cur));
-		json_object_array_add(list, value);
-		json_object_object_add(facts, key, list);
-	}
-	return 0;
-}
 
 static const char *str(json_object *o, const char *key)
 {
@@ -127,21 +86,6 @@ static void print_summary(json_object *m)
 			       str(json_object_array_get_idx(v, i), "format"));
 }
 
-int cli_manifest_load(const char *path, json_object *facts, json_object **model)
-{
-	const char *arch = host_arch();
-	if (arch && !json_object_object_get_ex(facts, "arch", NULL))
-		json_object_object_add(facts, "arch", json_object_new_string(arch));
-	struct mosaic_error err = {0};
-	if (manifest_load(path, facts, model, &err) == 0)
-		return 0;
-	if (err.code != -EINVAL)
-		return cli_fail(&err);
-	/* Validation errors go out as they are, one FILE:LINE:COL line each, like a compiler's. */
-	fprintf(stderr, "%s\n", err.msg);
-	return EXIT_USAGE;
-}
-
 int cmd_manifest(int argc, char **argv)
 {
 	if (argc < 2)
@@ -171,13 +115,13 @@ int cmd_manifest(int argc, char **argv)
 			json = true;
 			break;
 		case OPT_FACT:
-			if (cli_fact_add(facts, optarg) < 0)
+			if (pipeline_fact_add(facts, optarg) < 0)
 				r = cli_usage(usage_manifest, "--fact needs KEY=VALUE, not '%s'",
 				              optarg);
 			break;
 		case OPT_ROLE: {
 			_cleanup_free_ char *f = xasprintf("role=%s", optarg);
-			cli_fact_add(facts, f);
+			pipeline_fact_add(facts, f);
 			break;
 		}
 		case 'h':
@@ -199,10 +143,11 @@ int cmd_manifest(int argc, char **argv)
 	}
 	const char *path = argv[optind];
 	json_object *model;
-	r = cli_manifest_load(path, facts, &model);
+	struct mosaic_error err = {0};
+	r = pipeline_manifest_load(path, facts, &model, &err);
 	json_object_put(facts);
-	if (r)
-		return r;
+	if (r < 0)
+		return cli_fail(&err);
 	if (!show)
 		printf("%s: ok\n", path);
 	else if (json)

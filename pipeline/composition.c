@@ -1,0 +1,289 @@
+/* pipeline/: "a composition" opened from what a command was given: a built MANIFEST, a prebuilt
+ * INDEX, FRAGMENTs (refs, digests or images, verified) or the MOUNTPOINT of a running mount.
+ * Mount, export, configure, diff and commit all open theirs here. */
+#include "compose/compose.h"
+#include "pipeline/internal.h"
+
+#include <string.h>
+#include <sys/stat.h>
+
+void composition_free(struct composition *c)
+{
+	if (!c)
+		return;
+	free(c->index_path);
+	compose_index_close(c->idx);
+	strv_free(c->images, c->n_images);
+	free(c->upper);
+	free(c->mountpoint);
+	free(c->mode);
+	json_object_put(c->model);
+	free(c->lock_path);
+	free(c);
+}
+
+static int open_store(const char *path, bool create, struct store **out, struct mosaic_error *err)
+{
+	_cleanup_free_ char *def = path ? NULL : store_default_path();
+	return store_open(path ? path : def, create, out, err);
+}
+
+static int open_keyring(const char *path, struct keyring **out, struct mosaic_error *err)
+{
+	_cleanup_free_ char *def = path ? NULL : keyring_default_path();
+	return keyring_open(path ? path : def, out, err);
+}
+
+int pipeline_fragment_path(const char *arg, const char *store, char **out, struct mosaic_error *err)
+{
+	size_t l = strlen(arg);
+	if ((l > 5 && strcmp(arg + l - 5, ".sqfs") == 0) || strchr(arg, '/')) {
+		if (access(arg, F_OK) < 0)
+			return mosaic_errorf(err, -errno, "%s: %s", arg, strerror(errno));
+		*out = xstrdup(arg);
+		return 0;
+	}
+	struct store *s;
+	int r = open_store(store, false, &s, err);
+	if (r < 0)
+		return r;
+	char digest[SHA256_HEX_LEN + 1];
+	r = store_resolve(s, arg, digest, err);
+	if (r == 0)
+		*out = store_object_path(s, digest, ".sqfs");
+	store_free(s);
+	return r;
+}
+
+struct inputs {
+	struct compose_input *in;
+	size_t n;
+};
+
+static void inputs_clear(struct inputs *ci)
+{
+	for (size_t i = 0; i < ci->n; i++) {
+		free((char *)ci->in[i].image_path);
+		free((char *)ci->in[i].digest);
+		free((char *)ci->in[i].name);
+	}
+	free(ci->in);
+	*ci = (struct inputs){0};
+}
+
+/* The fragments args names, each verified against the keyring. */
+static int inputs_resolve(char *const *args, size_t n, const char *store, const char *keyring,
+                          struct inputs *out, struct mosaic_error *err)
+{
+	struct keyring *k;
+	int r = open_keyring(keyring, &k, err);
+	if (r < 0)
+		return r;
+	out->in = xcalloc(n ? n : 1, sizeof(*out->in));
+	out->n = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		char *path = NULL;
+		struct fragment_descriptor d;
+		if ((r = pipeline_fragment_path(args[i], store, &path, err)) < 0)
+			break;
+		if ((r = fragment_verify(k, path, &d, err)) < 0) {
+			free(path);
+			break;
+		}
+		out->in[out->n++] = (struct compose_input){
+		    .image_path = path,
+		    .digest = xstrdup(d.digest),
+		    .name = xstrdup(d.name),
+		    .package = d.kind == FRAGMENT_PACKAGE,
+		};
+		fragment_descriptor_clear(&d);
+	}
+	keyring_free(k);
+	if (r < 0)
+		inputs_clear(out);
+	return r;
+}
+
+/* The index of the fragment list, built once and cached by the list's hash. */
+static int inputs_index(const struct inputs *ci, char **index_path, struct mosaic_error *err)
+{
+	_cleanup_free_ char *cached = compose_index_cache_path(ci->in, ci->n);
+	if (access(cached, R_OK) < 0) {
+		_cleanup_free_ char *dir = xstrndup(cached, strrchr(cached, '/') - cached);
+		mkdir_p(dir, 0755);
+		int r = compose_index_build(ci->in, ci->n, false, cached, NULL, err);
+		if (r < 0)
+			return r;
+	}
+	*index_path = TAKE_PTR(cached);
+	return 0;
+}
+
+static int from_fragments(char *const *args, size_t n, const struct pipeline_source *src,
+                          struct composition *c, struct mosaic_error *err)
+{
+	struct inputs ci = {0};
+	int r = inputs_resolve(args, n, src->store, src->keyring, &ci, err);
+	if (r < 0)
+		return r;
+	r = inputs_index(&ci, &c->index_path, err);
+	if (r == 0) {
+		c->n_images = ci.n;
+		c->images = xcalloc(ci.n ? ci.n : 1, sizeof(*c->images));
+		for (size_t i = 0; i < ci.n; i++)
+			c->images[i] = xstrdup(ci.in[i].image_path);
+		c->verified = true;
+	}
+	inputs_clear(&ci);
+	return r;
+}
+
+/* A prebuilt index: its fragments are found in the store by digest, and verified by whoever
+ * reads them first. */
+static int from_index(const char *path, const struct pipeline_source *src, struct composition *c,
+                      struct mosaic_error *err)
+{
+	int r = compose_index_open(path, &c->idx, err);
+	if (r < 0)
+		return r;
+	c->index_path = xstrdup(path);
+	struct store *s;
+	if ((r = open_store(src->store, false, &s, err)) < 0)
+		return r;
+	c->n_images = compose_index_fragments(c->idx);
+	c->images = xcalloc(c->n_images ? c->n_images : 1, sizeof(*c->images));
+	for (size_t i = 0; i < c->n_images; i++) {
+		char dg[SHA256_HEX_LEN + 1];
+		compose_index_fragment_digest(c->idx, i, dg);
+		c->images[i] = store_object_path(s, dg, ".sqfs");
+	}
+	store_free(s);
+	return 0;
+}
+
+static const char *state_string(json_object *s, const char *key)
+{
+	json_object *v;
+	return json_object_object_get_ex(s, key, &v) && v ? json_object_get_string(v) : NULL;
+}
+
+/* A running mount: its index, its fragment images in index order and its upper, from the state
+ * the daemon keeps. */
+static int from_mount(const char *mountpoint, struct composition *c, struct mosaic_error *err)
+{
+	json_object *st;
+	int r = fusefs_status(mountpoint, &st, err);
+	if (r < 0)
+		return r;
+	json_object *v, *frags;
+	const char *index = state_string(st, "index");
+	if (!index || !json_object_object_get_ex(st, "fragments", &frags) ||
+	    !json_object_is_type(frags, json_type_array)) {
+		r = mosaic_errorf(err, -EBADMSG, "the state of %s names no index or fragments; remount it",
+		                  mountpoint);
+		goto out;
+	}
+	c->index_path = xstrdup(index);
+	c->mountpoint = xstrdup(state_string(st, "mountpoint") ? state_string(st, "mountpoint")
+	                                                     : mountpoint);
+	c->mode = state_string(st, "mode") ? xstrdup(state_string(st, "mode")) : NULL;
+	c->running = json_object_object_get_ex(st, "running", &v) && json_object_get_boolean(v);
+	if (state_string(st, "upper"))
+		c->upper = xstrdup(state_string(st, "upper"));
+	if ((r = compose_index_open(index, &c->idx, err)) < 0)
+		goto out;
+	size_t n = json_object_array_length(frags);
+	if (n != compose_index_fragments(c->idx)) {
+		r = mosaic_errorf(err, -EBADMSG, "%s: the index has %u fragments, the state names %zu",
+		                  mountpoint, compose_index_fragments(c->idx), n);
+		goto out;
+	}
+	c->n_images = n;
+	c->images = xcalloc(n ? n : 1, sizeof(*c->images));
+	for (size_t i = 0; i < n; i++)
+		c->images[i] = xstrdup(json_object_get_string(json_object_array_get_idx(frags, i)));
+out:
+	json_object_put(st);
+	return r;
+}
+
+static int from_manifest(const char *manifest, const struct pipeline_source *src,
+                         struct composition *c, struct pipeline_events *ev,
+                         struct mosaic_error *err)
+{
+	int r = pipeline_manifest_load(manifest, src->facts, &c->model, err);
+	if (r < 0)
+		return r;
+	c->lock_path = src->lock ? xstrdup(src->lock) : pipeline_lock_path(manifest, c->model);
+	struct lock l = {0};
+	if ((r = lock_read(c->lock_path, &l, err)) < 0)
+		return mosaic_error_prefix(err, "run 'mosaic build %s' first", manifest);
+	char **digests = NULL;
+	size_t n = 0;
+	r = pipeline_lock_mount_order(&l, c->lock_path, manifest, jbool(c->model, "merged_usr", false),
+	                              true, &digests, &n, ev, err);
+	lock_clear(&l);
+	if (r == 0)
+		r = from_fragments(digests, n, src, c, err);
+	strv_free(digests, n);
+	return r;
+}
+
+int pipeline_open(const struct pipeline_source *src, struct composition **out,
+                  struct pipeline_events *ev, struct mosaic_error *err)
+{
+	struct composition *c = xcalloc(1, sizeof(*c));
+	char *const *a = src->args;
+	struct stat st;
+	int r;
+	if (src->n_args == 0) {
+		r = mosaic_errorf(err, -EINVAL, "give a MANIFEST, INDEX or FRAGMENTs");
+	} else if (src->n_args == 1 && pipeline_is_manifest(a[0])) {
+		c->kind = PIPELINE_FROM_MANIFEST;
+		r = from_manifest(a[0], src, c, ev, err);
+	} else if (src->n_args == 1 && src->mountpoints && stat(a[0], &st) == 0 &&
+	           S_ISDIR(st.st_mode)) {
+		c->kind = PIPELINE_FROM_MOUNT;
+		r = from_mount(a[0], c, err);
+	} else if (src->n_args == 1 && pipeline_is_index(a[0])) {
+		c->kind = PIPELINE_FROM_INDEX;
+		r = from_index(a[0], src, c, err);
+	} else {
+		c->kind = PIPELINE_FROM_FRAGMENTS;
+		r = from_fragments(a, src->n_args, src, c, err);
+	}
+	if (r == 0 && !c->idx)
+		r = compose_index_open(c->index_path, &c->idx, err);
+	if (r < 0) {
+		composition_free(c);
+		return r;
+	}
+	*out = c;
+	return 0;
+}
+
+int pipeline_compose(const struct pipeline_source *src, const char *out_path, bool strict,
+                     struct compose_result *res, char ***names, struct mosaic_error *err)
+{
+	struct inputs ci = {0};
+	int r = inputs_resolve(src->args, src->n_args, src->store, src->keyring, &ci, err);
+	if (r < 0)
+		return r;
+	_cleanup_free_ char *scratch = NULL;
+	if (!out_path) {
+		_cleanup_free_ char *cache = mosaic_cache_dir();
+		scratch = xasprintf("%s/conflicts-%d.idx", cache, getpid());
+		mkdir_p(cache, 0700);
+	}
+	r = compose_index_build(ci.in, ci.n, strict, out_path ? out_path : scratch, res, err);
+	if (scratch)
+		unlink(scratch);
+	if (r == 0) {
+		char **v = xcalloc(ci.n + 1, sizeof(*v));
+		for (size_t i = 0; i < ci.n; i++)
+			v[i] = xstrdup(ci.in[i].name);
+		*names = v;
+	}
+	inputs_clear(&ci);
+	return r;
+}

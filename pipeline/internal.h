@@ -1,0 +1,86 @@
+/* pipeline/: what the steps of the build and the composition openers share inside the module:
+ * the event helpers, JSON accessors for the manifest model, and the build's state. */
+#pragma once
+
+#include "pipeline/pipeline.h"
+#include "providers/providers.h"
+
+/* ---- events (events.c) -------------------------------------------------------------------- */
+
+void pipeline_say(struct pipeline_events *ev, enum pipeline_event_kind kind, const char *step,
+                  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void pipeline_progress(struct pipeline_events *ev, const char *step, const char *item,
+                       uint64_t done, uint64_t total, uint64_t bytes, uint64_t total_bytes);
+
+/* ---- the manifest model (manifest.c) ------------------------------------------------------ */
+
+const char *jstr(json_object *o, const char *key);
+bool jbool(json_object *o, const char *key, bool def);
+json_object *jget(json_object *o, const char *key);
+/* NULL-terminated copy of an array of strings (NULL for none). */
+char **jstrv(json_object *a);
+/* Whether path is a composition index (its magic). */
+bool pipeline_is_index(const char *path);
+/* The number of CPUs online (at least 1). */
+unsigned pipeline_cpus(void);
+
+/* ---- the lock's fragments (order.c) ------------------------------------------------------- */
+
+/* The package fragments' digests in lock order (borrowed from the lock); caller frees the
+ * array. */
+const char **pipeline_package_digests(const struct lock *l);
+/* Where the rpm database goes in the composition, and the key it was made from. */
+const char *pipeline_rpm_dbpath(const struct lock *l);
+const char **pipeline_rpm_candidates(const struct lock *l, size_t *n);
+void pipeline_rpm_database_key(const struct lock *l, char key[SHA256_HEX_LEN + 1]);
+/* What a config fragment was made on: a key of the ordered digests under it. */
+void pipeline_base_key(char *const *digests, size_t n, char hex[SHA256_HEX_LEN + 1]);
+/* The lock's fragments in mount order (see pipeline_manifest_fragments); with_config false
+ * leaves the config fragment out. */
+int pipeline_lock_mount_order(const struct lock *l, const char *lock_path, const char *manifest,
+                              bool merged_usr, bool with_config, char ***digests, size_t *n,
+                              struct pipeline_events *ev, struct mosaic_error *err);
+
+/* ---- mounting (mount.c) ------------------------------------------------------------------- */
+
+/* A running writable mount's real mountpoint, upper and mode; -EINVAL for a read-only one,
+ * -ESRCH when its daemon is gone. what names the command for the messages. */
+int pipeline_writable_mount(const char *mountpoint, const char *what, char **real, char **upper,
+                            char **mode, struct mosaic_error *err);
+
+/* ---- the build (build.c and a file per step) ---------------------------------------------- */
+
+struct repos {
+	struct repo *r;
+	size_t n;
+	enum repo_type type;
+};
+
+struct build {
+	const struct pipeline_build_options *o;
+	struct pipeline_events *ev;
+	json_object *model;
+	char *lock_path;
+	char *sign_key;
+	int64_t epoch; /* $SOURCE_DATE_EPOCH, -1 when unset */
+	char *cache;
+	struct provider_ctx ctx;
+	struct repos rs;
+	struct lock lock;
+	struct store *store;
+	char **package_files; /* the downloaded package of each locked package */
+};
+
+int step_resolve(struct build *b, struct mosaic_error *err);
+int step_write_lock(struct build *b, struct mosaic_error *err);
+int step_download(struct build *b, struct mosaic_error *err);
+int step_package_fragments(struct build *b, struct mosaic_error *err);
+int step_extra_fragments(struct build *b, struct mosaic_error *err);
+int step_merged_usr(struct build *b, struct mosaic_error *err);
+int step_dpkg_database(struct build *b, struct mosaic_error *err);
+int step_rpm_database(struct build *b, struct mosaic_error *err);
+int step_configure(struct build *b, struct mosaic_error *err);
+int step_record_root(struct build *b, struct mosaic_error *err);
+int step_export(struct build *b, struct mosaic_error *err);
+
+void repos_clear(struct repos *rs);

@@ -1,0 +1,130 @@
+/* pipeline/: a manifest as the commands take it: facts from the command line, this host's
+ * architecture as the default one, and the lock beside it. */
+#include "manifests/manifest.h"
+#include "pipeline/internal.h"
+
+#include <string.h>
+#include <sys/utsname.h>
+
+const char *jstr(json_object *o, const char *key)
+{
+	json_object *v;
+	return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string) ?
+	           json_object_get_string(v) :
+	           NULL;
+}
+
+bool jbool(json_object *o, const char *key, bool def)
+{
+	json_object *v;
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_boolean(v) : def;
+}
+
+json_object *jget(json_object *o, const char *key)
+{
+	json_object *v;
+	return json_object_object_get_ex(o, key, &v) ? v : NULL;
+}
+
+char **jstrv(json_object *a)
+{
+	if (!a || !json_object_is_type(a, json_type_array))
+		return NULL;
+	size_t n = json_object_array_length(a);
+	char **v = xcalloc(n + 1, sizeof(*v));
+	for (size_t i = 0; i < n; i++)
+		v[i] = xstrdup(json_object_get_string(json_object_array_get_idx(a, i)));
+	return v;
+}
+
+unsigned pipeline_cpus(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n > 0 ? (unsigned)n : 1;
+}
+
+bool pipeline_is_manifest(const char *path)
+{
+	size_t l = strlen(path);
+	return (l > 5 && strcmp(path + l - 5, ".yaml") == 0) ||
+	       (l > 4 && strcmp(path + l - 4, ".yml") == 0);
+}
+
+bool pipeline_is_index(const char *path)
+{
+	char magic[8];
+	_cleanup_fclose_ FILE *f = fopen(path, "rb");
+	return f && fread(magic, 1, 8, f) == 8 && memcmp(magic, "MOSAICIX", 8) == 0;
+}
+
+/* dpkg's name for the machine uname reports (what apt and the lock file call it). */
+static const char *host_arch(void)
+{
+	static struct utsname u;
+	static const struct {
+		const char *machine, *arch;
+	} map[] = {{"x86_64", "amd64"},    {"aarch64", "arm64"},      {"i386", "i386"},
+	           {"i486", "i386"},       {"i586", "i386"},          {"i686", "i386"},
+	           {"armv7l", "armhf"},    {"armv6l", "armel"},       {"ppc64le", "ppc64el"},
+	           {"ppc64", "ppc64"},     {"s390x", "s390x"},        {"riscv64", "riscv64"},
+	           {"mips64", "mips64el"}, {"loongarch64", "loong64"}};
+	if (uname(&u) < 0)
+		return NULL;
+	for (size_t i = 0; i < ARRAY_SIZE(map); i++)
+		if (strcmp(u.machine, map[i].machine) == 0)
+			return map[i].arch;
+	return u.machine;
+}
+
+int pipeline_fact_add(json_object *facts, const char *arg)
+{
+	const char *eq = strchr(arg, '=');
+	if (!eq || eq == arg)
+		return -EINVAL;
+	_cleanup_free_ char *key = xstrndup(arg, eq - arg);
+	json_object *value = json_object_new_string(eq + 1), *cur;
+	if (!json_object_object_get_ex(facts, key, &cur)) {
+		json_object_object_add(facts, key, value);
+	} else if (json_object_is_type(cur, json_type_array)) {
+		json_object_array_add(cur, value);
+	} else {
+		json_object *list = json_object_new_array();
+		json_object_array_add(list, json_object_get(cur));
+		json_object_array_add(list, value);
+		json_object_object_add(facts, key, list);
+	}
+	return 0;
+}
+
+int pipeline_manifest_load(const char *path, json_object *facts_in, json_object **model,
+                           struct mosaic_error *err)
+{
+	json_object *facts = json_object_new_object();
+	if (facts_in) {
+		json_object_object_foreach(facts_in, k, v)
+		{
+			json_object_object_add(facts, k, json_object_get(v));
+		}
+	}
+	const char *arch = host_arch();
+	if (arch && !json_object_object_get_ex(facts, "arch", NULL))
+		json_object_object_add(facts, "arch", json_object_new_string(arch));
+	int r = manifest_load(path, facts, model, err);
+	json_object_put(facts);
+	/* Validation errors are shown as they are, one FILE:LINE:COL line each, like a
+	 * compiler's. */
+	if (r == -EINVAL && err)
+		err->located = true;
+	return r;
+}
+
+char *pipeline_lock_path(const char *manifest, json_object *model)
+{
+	_cleanup_free_ char *dir = xstrdup(manifest);
+	char *slash = strrchr(dir, '/');
+	const char *name = jstr(model, "name");
+	if (!slash)
+		return xasprintf("%s.lock", name);
+	*slash = 0;
+	return xasprintf("%s/%s.lock", dir, name);
+}
