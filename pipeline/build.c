@@ -65,7 +65,9 @@ static int build_open(struct build *b, struct mosaic_error *err)
 	    .cache_dir = b->cache,
 	    .arch = jstr(b->model, "arch"),
 	    .offline = b->o->offline,
-	    .dl = {.parallel = b->o->downloads, .progress = b->o->progress},
+	    .dl = {.parallel = b->o->downloads,
+	           .progress = b->o->progress ? pipeline_download_progress : NULL,
+	           .progress_data = b},
 	};
 	return 0;
 }

@@ -4,6 +4,12 @@
 
 #include <string.h>
 
+void pipeline_download_progress(const struct download_progress *p, void *data)
+{
+	struct build *b = data;
+	pipeline_progress(b->ev, "download", p->what, p->done, p->n_files, p->bytes, p->total_bytes);
+}
+
 /* The summary line of a download run, as providers/ words it. */
 static void say_summary(struct build *b, const struct download_stats *st)
 {
@@ -50,7 +56,6 @@ int step_download(struct build *b, struct mosaic_error *err)
 	} else {
 		struct download_options dl = b->ctx.dl;
 		dl.what = "packages";
-		dl.progress = b->o->progress;
 		struct download_stats st = {0};
 		r = download_run(items, n, &dl, &st, err);
 		say_summary(b, &st);

@@ -74,6 +74,8 @@ struct build {
 int step_resolve(struct build *b, struct mosaic_error *err);
 int step_write_lock(struct build *b, struct mosaic_error *err);
 int step_download(struct build *b, struct mosaic_error *err);
+/* Download progress (data: the build) as PIPELINE_PROGRESS events of the download step. */
+void pipeline_download_progress(const struct download_progress *p, void *data);
 int step_package_fragments(struct build *b, struct mosaic_error *err);
 int step_extra_fragments(struct build *b, struct mosaic_error *err);
 int step_merged_usr(struct build *b, struct mosaic_error *err);

@@ -64,9 +64,7 @@ struct run {
 	struct download_stats *st;
 	double start;
 
-	/* The progress line. */
-	bool tty;
-	bool drawn;
+	/* Progress reports. */
 	double last_draw;
 	uint64_t total, finished_bytes, last_bytes, transferred;
 	double rate;
@@ -80,7 +78,7 @@ static void curl_init(void)
 	curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-static void format_size(char *buf, size_t len, double bytes)
+void download_format_size(char *buf, size_t len, double bytes)
 {
 	if (bytes < 1000)
 		snprintf(buf, len, "%.0f B", bytes);
@@ -685,17 +683,11 @@ static void job_finish(struct run *rn, struct job *j, CURLcode cc)
 	job_succeed(rn, j);
 }
 
-static void progress_draw(struct run *rn, bool final)
+static void progress_report(struct run *rn, bool final)
 {
 	double now = now_s();
-	if (!rn->tty || (!final && now - rn->last_draw < PROGRESS_INTERVAL))
+	if (!rn->o || !rn->o->progress || (!final && now - rn->last_draw < PROGRESS_INTERVAL))
 		return;
-	if (final) {
-		if (rn->drawn)
-			fputs("\r\033[K", stderr);
-		return;
-	}
-
 	uint64_t done = rn->finished_bytes, transferred = 0;
 	for (size_t i = 0; i < rn->n; i++) {
 		struct job *j = &rn->jobs[i];
@@ -708,15 +700,15 @@ static void progress_draw(struct run *rn, bool final)
 	rn->rate = rn->rate > 0 ? 0.7 * rn->rate + 0.3 * inst : inst;
 	rn->transferred = transferred;
 	rn->last_draw = now;
-
-	char d[32], t[32], s[32];
-	format_size(d, sizeof(d), done);
-	format_size(t, sizeof(t), rn->total > done ? rn->total : done);
-	format_size(s, sizeof(s), rn->rate);
-	fprintf(stderr, "\r\033[K%s: %u/%zu files, %s/%s, %s/s",
-	        rn->o && rn->o->what ? rn->o->what : "download", rn->done, rn->n, d, t, s);
-	fflush(stderr);
-	rn->drawn = true;
+	const struct download_progress p = {
+	    .what = rn->o->what ? rn->o->what : "download",
+	    .done = rn->done,
+	    .n_files = rn->n,
+	    .bytes = done,
+	    .total_bytes = rn->total > done ? rn->total : done,
+	    .rate = rn->rate,
+	};
+	rn->o->progress(&p, rn->o->progress_data);
 }
 
 /* Starts what may start now; returns the seconds until the next waiting job may, or -1. */
@@ -764,7 +756,6 @@ int download_run(struct download_item *items, size_t n, const struct download_op
 	rn.connect_timeout =
 	    o && o->connect_timeout > 0 ? o->connect_timeout : DEFAULT_CONNECT_TIMEOUT;
 	rn.low_speed_time = o && o->low_speed_time > 0 ? o->low_speed_time : DEFAULT_LOW_SPEED_TIME;
-	rn.tty = o && o->progress && isatty(STDERR_FILENO);
 	rn.start = now_s();
 
 	for (size_t i = 0; i < n; i++) {
@@ -809,20 +800,20 @@ int download_run(struct download_item *items, size_t n, const struct download_op
 			job_finish(&rn, j, msg->data.result);
 			finished = true;
 		}
-		progress_draw(&rn, false);
+		progress_report(&rn, false);
 		if (rn.done == n)
 			break;
 		if (finished)
 			continue; /* free slots: fill them before waiting */
 
 		int timeout = 1000;
-		if (rn.tty)
+		if (o && o->progress)
 			timeout = PROGRESS_INTERVAL * 1000;
 		if (wait >= 0 && wait * 1000 < timeout)
 			timeout = (int)(wait * 1000) + 1;
 		curl_multi_poll(rn.multi, NULL, 0, timeout, NULL);
 	}
-	progress_draw(&rn, true);
+	progress_report(&rn, true);
 	curl_multi_cleanup(rn.multi);
 
 	int first = 0;
@@ -865,8 +856,8 @@ int download_run(struct download_item *items, size_t n, const struct download_op
 void download_print_summary(FILE *f, const struct download_stats *st, const char *what)
 {
 	char size[32], rate[32];
-	format_size(size, sizeof(size), st->bytes);
-	format_size(rate, sizeof(rate), st->seconds > 0 ? st->bytes / st->seconds : 0);
+	download_format_size(size, sizeof(size), st->bytes);
+	download_format_size(rate, sizeof(rate), st->seconds > 0 ? st->bytes / st->seconds : 0);
 	fprintf(f, "%s: %s in %.1f s (%s/s), %u fetched, %u cached", what ? what : "download", size,
 	        st->seconds, rate, st->fetched, st->cached);
 	if (st->resumed)

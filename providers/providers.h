@@ -31,13 +31,23 @@ struct download_item {
 	unsigned attempts;
 };
 
+struct download_progress {
+	const char *what;
+	size_t done, n_files;
+	uint64_t bytes, total_bytes;
+	double rate; /* bytes per second, smoothed */
+};
+
 struct download_options {
 	unsigned parallel;          /* concurrent transfers; 0: 6 */
 	unsigned retries;           /* further attempts after a failure; 0: 4 (backoff 0.5 s, 1, 2..) */
 	long connect_timeout;       /* seconds; 0: 30 */
 	long low_speed_time;        /* abort a transfer under 1 KiB/s for this long; 0: 60 */
-	bool progress;              /* progress bar on stderr when it is a terminal */
-	const char *what;           /* "packages", "metadata": for the progress line and summary */
+	const char *what;           /* "packages", "metadata": names the run in the summary */
+	/* Progress, for the caller to show (may be NULL): called at most five times a second while
+	 * files move, with files done of n_files and bytes done of total_bytes (0: unknown). */
+	void (*progress)(const struct download_progress *p, void *data);
+	void *progress_data;
 };
 
 struct download_stats {
@@ -58,6 +68,8 @@ struct download_stats {
  * else the first failure's code with err naming every failed URL. */
 int download_run(struct download_item *items, size_t n, const struct download_options *o,
                  struct download_stats *st, struct mosaic_error *err);
+/* "12.3 kB", "4.1 MB": a size as the download summary and progress write it. */
+void download_format_size(char *buf, size_t len, double bytes);
 /* "12.3 MB in 4.1 s (3.0 MB/s), 40 files, 2 cached, 1 resumed" to f (when not quiet). */
 void download_print_summary(FILE *f, const struct download_stats *st, const char *what);
 

@@ -125,26 +125,51 @@ static void clear_line(void)
 	}
 }
 
+static void format_size(char *buf, size_t len, uint64_t bytes)
+{
+	if (bytes < 1000)
+		snprintf(buf, len, "%ju B", (uintmax_t)bytes);
+	else if (bytes < 1000000)
+		snprintf(buf, len, "%.1f kB", bytes / 1e3);
+	else if (bytes < 1000000000)
+		snprintf(buf, len, "%.1f MB", bytes / 1e6);
+	else
+		snprintf(buf, len, "%.2f GB", bytes / 1e9);
+}
+
 static void progress(const struct pipeline_event *e)
 {
 	if (e->total == 0)
 		return;
 	if (is_tty()) {
-		/* Redrawn at most ten times a second, and always at the end. */
+		/* Redrawn at most ten times a second; cleared when the work is done. */
 		double now = now_s();
-		if (e->done < e->total && now - out.last < 0.1)
+		if (e->done == e->total) {
+			clear_line();
+			return;
+		}
+		if (now - out.last < 0.1)
 			return;
 		out.last = now;
+		char bytes[64] = "";
+		if (e->total_bytes) {
+			char b[24], t[24];
+			format_size(b, sizeof(b), e->bytes);
+			format_size(t, sizeof(t), e->total_bytes);
+			snprintf(bytes, sizeof(bytes), " %s/%s", b, t);
+		}
 		int width = 30, filled = (int)(width * e->done / e->total);
-		fprintf(stderr, "\r\033[K%s [%.*s%*s] %ju/%ju %-.40s", e->step, filled,
+		fprintf(stderr, "\r\033[K%s [%.*s%*s] %ju/%ju%s %-.40s", e->step, filled,
 		        "##############################", width - filled, "", (uintmax_t)e->done,
-		        (uintmax_t)e->total, e->item ? e->item : "");
+		        (uintmax_t)e->total, bytes, e->item ? e->item : "");
+		fflush(stderr);
 		out.line = true;
-		if (e->done == e->total)
-			clear_line();
 		return;
 	}
-	/* In a log: a line at every tenth of the work, not one per item. */
+	/* In a log: a line at every tenth of the items, not one per item; the byte counts of a
+	 * download only in its summary. */
+	if (e->total_bytes)
+		return;
 	uint64_t every = e->total < 10 ? 1 : e->total / 10;
 	if (e->done % every == 0 || e->done == e->total)
 		fprintf(stderr, "%s: %ju of %ju\n", e->step, (uintmax_t)e->done, (uintmax_t)e->total);

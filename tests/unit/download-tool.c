@@ -30,6 +30,30 @@ static int open_fds(void)
 	return n;
 }
 
+/* The progress line on a terminal, as the mosaic command draws it: redrawn in place, cleared
+ * when the run ends. */
+static bool drawn;
+static void draw_progress(const struct download_progress *p, void *data)
+{
+	(void)data;
+	if (!isatty(STDERR_FILENO))
+		return;
+	if (p->done == p->n_files) {
+		if (drawn)
+			fputs("\r\033[K", stderr);
+		drawn = false;
+		return;
+	}
+	char d[32], t[32], r[32];
+	download_format_size(d, sizeof(d), p->bytes);
+	download_format_size(t, sizeof(t), p->total_bytes);
+	download_format_size(r, sizeof(r), p->rate);
+	fprintf(stderr, "\r\033[K%s: %zu/%zu files, %s/%s, %s/s", p->what, p->done, p->n_files, d,
+	        t, r);
+	fflush(stderr);
+	drawn = true;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -64,7 +88,7 @@ int main(int argc, char **argv)
 			conditional = true;
 			break;
 		case 'P':
-			o.progress = true;
+			o.progress = draw_progress;
 			break;
 		case 'h':
 			fputs(usage, stdout);
