@@ -1,9 +1,10 @@
 /* The last steps of mosaic build: the composition mounted with a scratch upper, configured in a
- * chroot (tools/cmd-configure.c), and the upper frozen into a signed config fragment. The
- * fragment is a function of the fragments under it and of the manifest's config: and run:, so
+ * chroot (configure/, through configure_mount), and the upper frozen into a signed config fragment.
+ * The fragment is a function of the fragments under it and of the manifest's config: and run:, so
  * it is made once per such key and found again by it: a second build runs no script. */
 #include "tools/build-configure.h"
 #include "compose/compose.h"
+#include "configure/configure.h"
 
 #include <fcntl.h>
 #include <ftw.h>
@@ -11,90 +12,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* Bumped when configure would make another upper from the same inputs. */
-#define CONFIGURE_VERSION 2
-
-/* $SOURCE_DATE_EPOCH when it is a date (seconds since 1970), else NULL: reproducible mode, as
- * configure itself decides it (tools/cmd-configure.c). */
-static const char *source_date_epoch(void)
-{
-	const char *e = getenv("SOURCE_DATE_EPOCH");
-	return e && *e && strspn(e, "0123456789") == strlen(e) ? e : NULL;
-}
-
-/* A copy of v without the keys that only say where a run: step is written (a comment added
- * above it moves its line, not what it does). */
-static json_object *without_positions(json_object *v)
-{
-	json_object *copy = NULL;
-	if (!v || json_object_deep_copy(v, &copy, NULL) < 0)
-		return NULL;
-	for (size_t i = 0;
-	     json_object_is_type(copy, json_type_array) && i < json_object_array_length(copy);
-	     i++) {
-		json_object *step = json_object_array_get_idx(copy, i);
-		json_object_object_del(step, "file");
-		json_object_object_del(step, "line");
-	}
-	return copy;
-}
-
 void build_base_key(char *const *digests, size_t n, char hex[SHA256_HEX_LEN + 1])
 {
 	compose_digests_key("", (const char *const *)digests, n, hex);
-}
-
-static void hash_json(struct sha256 *h, const char *what, json_object *v)
-{
-	const char *s = v ? json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN) : "null";
-	sha256_update(h, what, strlen(what) + 1);
-	sha256_update(h, s, strlen(s) + 1);
-}
-
-int build_config_key(json_object *model, char *const *digests, size_t n,
-                     char hex[SHA256_HEX_LEN + 1], struct mosaic_error *err)
-{
-	struct sha256 *h = sha256_new();
-	_cleanup_free_ char *salt = xasprintf("mosaic configure v%d\n", CONFIGURE_VERSION);
-	sha256_update(h, salt, strlen(salt));
-	/* In reproducible mode the fragment is a function of the date too: its mtimes are
-	 * clamped to it and the initramfs is dated by it. */
-	const char *sde = source_date_epoch();
-	if (sde) {
-		_cleanup_free_ char *line = xasprintf("epoch %s\n", sde);
-		sha256_update(h, line, strlen(line));
-	}
-	for (size_t i = 0; i < n; i++) {
-		sha256_update(h, digests[i], strlen(digests[i]));
-		sha256_update(h, "\n", 1);
-	}
-	json_object *config = NULL, *run = NULL, *files = NULL;
-	json_object_object_get_ex(model, "config", &config);
-	json_object_object_get_ex(model, "run", &run);
-	hash_json(h, "config", config);
-	json_object *steps = without_positions(run);
-	hash_json(h, "run", steps);
-	json_object_put(steps);
-	/* A file given by source: is part of the configuration by its content. */
-	if (config)
-		json_object_object_get_ex(config, "files", &files);
-	for (size_t i = 0; files && i < json_object_array_length(files); i++) {
-		json_object *src;
-		if (!json_object_object_get_ex(json_object_array_get_idx(files, i), "source", &src))
-			continue;
-		const char *path = json_object_get_string(src);
-		_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-		char content[SHA256_HEX_LEN + 1];
-		if (fd < 0 || sha256_fd(fd, content) < 0) {
-			int e = errno;
-			char discard[SHA256_HEX_LEN + 1];
-			sha256_final(h, discard);
-			return mosaic_errorf(err, -e, "config.files: %s: %s", path, strerror(e));
-		}
-		sha256_update(h, content, SHA256_HEX_LEN + 1);
-	}
-	sha256_final(h, hex);
-	return 0;
 }
 
 /* The fragment a key was made into, if the store still has it. */
@@ -144,13 +64,13 @@ static int clamp_visit(const char *path, const struct stat *st, int type, struct
 	return 0;
 }
 
-/* Reproducible mode ($SOURCE_DATE_EPOCH set, as for the rest of the build): what the scripts
- * wrote is dated when they ran, so every mtime in the upper later than the epoch becomes the
- * epoch, as GNU tar's --clamp-mtime does. Older mtimes (copied up from a package) are kept.
- * Without it, the upper is committed as it is. */
+/* Reproducible mode (epoch >= 0: $SOURCE_DATE_EPOCH set, as for the rest of the build): what
+ * the scripts wrote is dated when they ran, so every mtime in the upper later than the epoch
+ * becomes the epoch, as GNU tar's --clamp-mtime does. Older mtimes (copied up from a package)
+ * are kept. Without it, the upper is committed as it is. */
 static int clamp_mtimes(const char *upper, int64_t epoch)
 {
-	if (!source_date_epoch())
+	if (epoch < 0)
 		return EXIT_OK;
 	clamp_to = (struct timespec){.tv_sec = epoch};
 	return nftw(upper, clamp_visit, 32, FTW_PHYS) == 0 ? EXIT_OK : EXIT_FAIL;
@@ -160,7 +80,8 @@ static int clamp_mtimes(const char *upper, int64_t epoch)
  * the upper. The upper stays when configure fails, so the next build carries on from it; it
  * goes once its fragment is in the store. */
 static int configure_and_commit(const struct build_config *c, struct store *s, char *const *digests,
-                                size_t n, const char *work, char digest[SHA256_HEX_LEN + 1])
+                                size_t n, int64_t epoch, const char *work,
+                                char digest[SHA256_HEX_LEN + 1])
 {
 	_cleanup_free_ char *mnt = path_join(work, "mnt");
 	_cleanup_free_ char *upper = path_join(work, "upper");
@@ -188,7 +109,7 @@ static int configure_and_commit(const struct build_config *c, struct store *s, c
 			r = u;
 	}
 	if (r == EXIT_OK)
-		r = clamp_mtimes(upper, c->source_date_epoch);
+		r = clamp_mtimes(upper, epoch);
 	struct fragment_info info = {0};
 	if (r == EXIT_OK) {
 		long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -222,7 +143,9 @@ int build_config_fragment(const struct build_config *c, struct store *s, char *c
 {
 	struct mosaic_error err = {0};
 	char key[SHA256_HEX_LEN + 1], base[SHA256_HEX_LEN + 1], digest[SHA256_HEX_LEN + 1];
-	if (build_config_key(c->model, digests, n, key, &err) < 0)
+	int64_t epoch;
+	if (mosaic_source_date_epoch(&epoch, &err) < 0 ||
+	    configure_key(c->model, digests, n, epoch, key, &err) < 0)
 		return cli_fail(&err);
 	build_base_key(digests, n, base);
 	_cleanup_free_ char *cache = mosaic_cache_dir();
@@ -233,7 +156,7 @@ int build_config_fragment(const struct build_config *c, struct store *s, char *c
 		fprintf(stderr, "configuration: %.12s already in the store; no script runs\n",
 		        digest);
 	} else {
-		r = configure_and_commit(c, s, digests, n, work, digest);
+		r = configure_and_commit(c, s, digests, n, epoch, work, digest);
 		if (r == EXIT_OK) {
 			compose_generated_remember("configure", key, digest);
 			int e = rm_tree(work);

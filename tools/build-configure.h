@@ -14,11 +14,6 @@ struct build_config {
 
 /* What a config fragment was made on: a key of the ordered digests under it. */
 void build_base_key(char *const *digests, size_t n, char hex[SHA256_HEX_LEN + 1]);
-/* What a config fragment is a function of: the digests under it (mount order), the manifest's
- * config: (with the content of each file given by source:), its run: steps without their
- * positions, the version of configure, and $SOURCE_DATE_EPOCH when it is set. */
-int build_config_key(json_object *model, char *const *digests, size_t n,
-                     char hex[SHA256_HEX_LEN + 1], struct mosaic_error *err);
 /* The config fragment of the composition digests: found by its key (the cache, or the lock of an
  * earlier build) in the store, or made: mounted with a scratch upper, configured, committed,
  * unmounted. *entry receives the lock's fragments entry {"role": "config", "source": key,

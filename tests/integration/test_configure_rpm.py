@@ -1,6 +1,6 @@
 """The RPM half of a composition: the rpm database mosaic build makes from the RPM fragments'
 headers (compose/rpm-db.c), and mosaic configure running their %pre/%post scriptlets in rpm's
-order (tools/configure-rpm.c).
+order (configure/rpm.c).
 
 A Debian manifest resolves from Debian repositories only, so its RPM packages come in as the
 manifest's extra fragments (`mosaic fragment create` of .rpm files built here, repos.py
