@@ -1,6 +1,6 @@
-/* The pure parts of configure's config: (tools/config-apply.c): passwd/group lookups, owners,
+/* The pure parts of configure's config: (configure/config.c): passwd/group lookups, owners,
  * the /etc/hosts line, and the chained keys that record run: steps. */
-#include "tools/config-apply.h"
+#include "configure/internal.h"
 #include "tap.h"
 
 static const char passwd[] = "root:x:0:0:root:/root:/bin/bash\n"

@@ -1,16 +1,11 @@
-/* tools/: config: and run: of a manifest, applied inside mosaic configure's chroot session with
- * the composition's own tools (useradd, systemctl, locale-gen), each step checked before it writes
+/* configure/: config: and run: of a manifest, applied inside the chroot session with the
+ * composition's own tools (useradd, systemctl, locale-gen), each step checked before it writes
  * so that a second run changes nothing, and run: steps recorded so that a re-run carries on. */
-#include "tools/config-apply.h"
-#include "tools/chroot-run.h"
-#include "tools/cli.h"
+#include "configure/internal.h"
 
 #include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
-
-/* Lines of a failed command's output shown in its report. */
-#define REPORT_LINES 12
 
 struct config_file {
 	const char *path, *owner; /* borrowed from the model */
@@ -275,7 +270,8 @@ char *config_hosts_text(const char *hosts, const char *hostname)
 
 /* ---- files, checked before they are written ------------------------------------------------ */
 
-static int read_text(const char *path, char **out)
+/* A file of the composition; a missing one reads as empty. */
+static int read_text(const char *path, char **out, struct mosaic_error *err)
 {
 	size_t len;
 	int r = read_file(path, 64 << 20, out, &len);
@@ -283,11 +279,13 @@ static int read_text(const char *path, char **out)
 		*out = xstrdup("");
 		return 0;
 	}
-	return r;
+	if (r < 0)
+		return mosaic_errorf(err, r, "configure: %s: %s", path, strerror(-r));
+	return 0;
 }
 
 /* mkdir -p of path's parents, root-owned 0755 as packages make them. */
-static int make_parents(const char *path)
+static int make_parents(const char *path, struct mosaic_error *err)
 {
 	_cleanup_free_ char *dir = xstrdup(path);
 	char *slash = strrchr(dir, '/');
@@ -296,8 +294,8 @@ static int make_parents(const char *path)
 	*slash = 0;
 	int r = mkdir_p(dir, 0755);
 	if (r < 0)
-		fprintf(stderr, "mosaic: configure: making %s: %s\n", dir, strerror(-r));
-	return r;
+		return mosaic_errorf(err, r, "configure: making %s: %s", dir, strerror(-r));
+	return 0;
 }
 
 static int fix_attrs(const char *path, const struct stat *st, mode_t mode, uid_t uid, gid_t gid)
@@ -312,8 +310,8 @@ static int fix_attrs(const char *path, const struct stat *st, mode_t mode, uid_t
 
 /* Makes path hold exactly data with mode and owner. Nothing is written when it already does;
  * otherwise a temporary file beside it, owned and moded before it is renamed into place. */
-static int put_file(const char *path, const char *data, size_t len, mode_t mode, uid_t uid,
-                    gid_t gid)
+static int put_file(const struct configure_ctx *ctx, const char *path, const char *data, size_t len,
+                    mode_t mode, uid_t uid, gid_t gid, struct mosaic_error *err)
 {
 	struct stat st;
 	if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && (size_t)st.st_size == len) {
@@ -323,19 +321,18 @@ static int put_file(const char *path, const char *data, size_t len, mode_t mode,
 		    memcmp(cur, data, len) == 0) {
 			int r = fix_attrs(path, &st, mode, uid, gid);
 			if (r < 0)
-				fprintf(stderr, "mosaic: configure: %s: %s\n", path, strerror(-r));
-			return r;
+				return mosaic_errorf(err, r, "configure: %s: %s", path,
+				                     strerror(-r));
+			return 0;
 		}
 	}
-	int r = make_parents(path);
+	int r = make_parents(path, err);
 	if (r < 0)
 		return r;
 	_cleanup_free_ char *tmp = xasprintf("%s.mosaic-XXXXXX", path);
 	_cleanup_close_ int fd = mkostemp(tmp, O_CLOEXEC);
-	if (fd < 0) {
-		fprintf(stderr, "mosaic: configure: writing %s: %s\n", path, strerror(errno));
-		return -errno;
-	}
+	if (fd < 0)
+		return mosaic_errorf(err, -errno, "configure: writing %s: %m", path);
 	r = write_all(fd, data, len);
 	if (r == 0 && (fchown(fd, uid, gid) < 0 || fchmod(fd, mode) < 0 || fsync(fd) < 0))
 		r = -errno;
@@ -343,31 +340,33 @@ static int put_file(const char *path, const char *data, size_t len, mode_t mode,
 		r = -errno;
 	if (r < 0) {
 		unlink(tmp);
-		fprintf(stderr, "mosaic: configure: writing %s: %s\n", path, strerror(-r));
-		return r;
+		return mosaic_errorf(err, r, "configure: writing %s: %s", path, strerror(-r));
 	}
-	fprintf(stderr, "mosaic: configure: wrote %s\n", path);
+	configure_say(ctx, CONFIGURE_INFO, NULL, "wrote %s", path);
 	return 0;
 }
 
 /* A directory with mode and owner; fix: also correct them on one that exists. */
-static int put_dir(const char *path, mode_t mode, uid_t uid, gid_t gid, bool fix)
+static int put_dir(const char *path, mode_t mode, uid_t uid, gid_t gid, bool fix,
+                   struct mosaic_error *err)
 {
 	struct stat st;
 	int r = 0;
 	if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
 		if (fix)
 			r = fix_attrs(path, &st, mode, uid, gid);
-	} else if ((r = make_parents(path)) == 0) {
-		if (mkdir(path, mode) < 0 || chown(path, uid, gid) < 0 || chmod(path, mode) < 0)
-			r = -errno;
+	} else if ((r = make_parents(path, err)) < 0) {
+		return r;
+	} else if (mkdir(path, mode) < 0 || chown(path, uid, gid) < 0 || chmod(path, mode) < 0) {
+		r = -errno;
 	}
 	if (r < 0)
-		fprintf(stderr, "mosaic: configure: directory %s: %s\n", path, strerror(-r));
-	return r;
+		return mosaic_errorf(err, r, "configure: directory %s: %s", path, strerror(-r));
+	return 0;
 }
 
-static int put_symlink(const char *path, const char *target)
+static int put_symlink(const struct configure_ctx *ctx, const char *path, const char *target,
+                       struct mosaic_error *err)
 {
 	char cur[4096];
 	ssize_t n = readlink(path, cur, sizeof(cur) - 1);
@@ -381,22 +380,18 @@ static int put_symlink(const char *path, const char *target)
 	if (symlink(target, tmp) < 0 || rename(tmp, path) < 0) {
 		int r = -errno;
 		unlink(tmp);
-		fprintf(stderr, "mosaic: configure: linking %s: %s\n", path, strerror(-r));
-		return r;
+		return mosaic_errorf(err, r, "configure: linking %s: %s", path, strerror(-r));
 	}
-	fprintf(stderr, "mosaic: configure: linked %s -> %s\n", path, target);
+	configure_say(ctx, CONFIGURE_INFO, NULL, "linked %s -> %s", path, target);
 	return 0;
 }
 
 /* ---- the composition's tools ------------------------------------------------------------- */
 
-struct runner {
-	char *const *env;
-	unsigned timeout;
-};
-
-/* Runs argv in the chroot; out (if not NULL) gets its output. Reports a failure. */
-static int tool(const struct runner *rn, char **argv, const char *input, bool quiet, char **out)
+/* Runs argv in the chroot; out (if not NULL) gets its output, whatever its exit status.
+ * Otherwise a failure is reported: -EIO. */
+static int tool(const struct configure_ctx *ctx, char **argv, const char *input, bool quiet,
+                char **out, struct mosaic_error *err)
 {
 	size_t n = 0;
 	while (argv[n])
@@ -405,35 +400,29 @@ static int tool(const struct runner *rn, char **argv, const char *input, bool qu
 	    n > 1 ? xasprintf("%s %s", argv[0], argv[n - 1]) : xstrdup(argv[0]);
 	const struct chroot_step s = {.name = name,
 	                              .argv = argv,
-	                              .envp = rn->env,
-	                              .timeout = rn->timeout,
+	                              .envp = ctx->env,
+	                              .timeout = ctx->o->timeout,
 	                              .input = input,
 	                              .quiet = quiet};
 	struct chroot_result res;
-	int r = chroot_run_step("/", &s, &res);
-	if (r < 0) {
-		fprintf(stderr, "mosaic: configure: '%s' could not start: %s\n", name,
-		        strerror(-r));
-		return EXIT_FAIL;
-	}
-	int rc = EXIT_OK;
+	int r = chroot_run_step(ctx, "/", &s, &res);
+	if (r < 0)
+		return mosaic_errorf(err, r, "configure: '%s' could not start: %s", name,
+		                     strerror(-r));
 	if (out) {
 		*out = res.tail;
 		res.tail = NULL;
 	} else if (res.timed_out || res.status != 0) {
-		if (res.timed_out)
-			fprintf(stderr,
-			        "mosaic: configure: '%s' ran past --step-timeout %u s and was "
-			        "killed\n",
-			        name, rn->timeout);
-		else
-			fprintf(stderr, "mosaic: configure: '%s' failed with exit status %d\n",
-			        name, res.status);
-		chroot_print_tail(res.tail, REPORT_LINES);
-		rc = EXIT_FAIL;
+		_cleanup_free_ char *what =
+		    res.timed_out ? xasprintf("'%s' ran past --step-timeout %u s and was killed",
+		                              name, ctx->o->timeout)
+		                  : xasprintf("'%s' failed with exit status %d", name, res.status);
+		configure_say(ctx, CONFIGURE_ERROR, name, "%s", what);
+		configure_say_tail(ctx, name, res.tail, CONFIGURE_REPORT_LINES);
+		r = mosaic_errorf(err, -EIO, "configure: %s", what);
 	}
 	free(res.tail);
-	return rc;
+	return r;
 }
 
 static void argv_push(char ***v, size_t *n, const char *s)
@@ -452,14 +441,16 @@ static void argv_pushf(char ***v, size_t *n, const char *opt, unsigned long id)
 
 /* ---- users and groups ------------------------------------------------------------------- */
 
-static int apply_groups(const struct runner *rn, json_object *groups)
+static int apply_groups(const struct configure_ctx *ctx, json_object *groups,
+                        struct mosaic_error *err)
 {
 	for (size_t i = 0; i < jlen(groups); i++) {
 		json_object *g = jidx(groups, i), *gid = jget(g, "gid");
 		const char *name = jstr(g, "name");
 		_cleanup_free_ char *text = NULL;
-		if (read_text("/etc/group", &text) < 0)
-			return EXIT_FAIL;
+		int r = read_text("/etc/group", &text, err);
+		if (r < 0)
+			return r;
 		_cleanup_free_ char *cur = config_db_field(text, name, 2);
 		_cleanup_strv_ char **argv = NULL;
 		size_t n = 0;
@@ -478,12 +469,12 @@ static int apply_groups(const struct runner *rn, json_object *groups)
 			continue;
 		}
 		argv_push(&argv, &n, name);
-		if (tool(rn, argv, NULL, false, NULL) != EXIT_OK)
-			return EXIT_FAIL;
-		fprintf(stderr, "mosaic: configure: group %s %s\n", name,
-		        cur ? "changed" : "added");
+		if ((r = tool(ctx, argv, NULL, false, NULL, err)) < 0)
+			return r;
+		configure_say(ctx, CONFIGURE_INFO, NULL, "group %s %s", name,
+		              cur ? "changed" : "added");
 	}
-	return EXIT_OK;
+	return 0;
 }
 
 /* The supplementary groups a user asks for, sudo included; NULL-terminated. */
@@ -513,11 +504,12 @@ static char *strv_join_comma(char **v)
 }
 
 /* Every group a user names must exist before useradd or usermod is asked for it. */
-static int check_user_groups(json_object *users)
+static int check_user_groups(json_object *users, struct mosaic_error *err)
 {
 	_cleanup_free_ char *group = NULL;
-	if (read_text("/etc/group", &group) < 0)
-		return EXIT_FAIL;
+	int r = read_text("/etc/group", &group, err);
+	if (r < 0)
+		return r;
 	for (size_t i = 0; i < jlen(users); i++) {
 		json_object *u = jidx(users, i);
 		_cleanup_strv_ char **groups = user_groups(u);
@@ -526,31 +518,30 @@ static int check_user_groups(json_object *users)
 			if (f)
 				continue;
 			if (strcmp(*g, "sudo") == 0 && jbool(u, "sudo"))
-				fprintf(
-				    stderr,
-				    "mosaic: configure: user %s: 'sudo: true' needs the group "
-				    "sudo, "
-				    "which the composition does not have (add the package sudo)\n",
-				    jstr(u, "name"));
-			else
-				fprintf(
-				    stderr,
-				    "mosaic: configure: user %s: no group '%s' in the composition "
-				    "(add it under config.groups)\n",
-				    jstr(u, "name"), *g);
-			return EXIT_FAIL;
+				return mosaic_errorf(err, -ENOENT,
+				                     "configure: user %s: 'sudo: true' needs the "
+				                     "group sudo, which the composition does not "
+				                     "have (add the package sudo)",
+				                     jstr(u, "name"));
+			return mosaic_errorf(err, -ENOENT,
+			                     "configure: user %s: no group '%s' in the "
+			                     "composition (add it under config.groups)",
+			                     jstr(u, "name"), *g);
 		}
 	}
-	return EXIT_OK;
+	return 0;
 }
 
-static int add_or_change_user(const struct runner *rn, json_object *u)
+static int add_or_change_user(const struct configure_ctx *ctx, json_object *u,
+                              struct mosaic_error *err)
 {
 	const char *name = jstr(u, "name"), *shell = jstr(u, "shell"), *home = jstr(u, "home");
 	json_object *uid = jget(u, "uid"), *gid = jget(u, "gid");
 	_cleanup_free_ char *passwd = NULL, *group = NULL;
-	if (read_text("/etc/passwd", &passwd) < 0 || read_text("/etc/group", &group) < 0)
-		return EXIT_FAIL;
+	int r;
+	if ((r = read_text("/etc/passwd", &passwd, err)) < 0 ||
+	    (r = read_text("/etc/group", &group, err)) < 0)
+		return r;
 	_cleanup_strv_ char **groups = user_groups(u);
 	_cleanup_strv_ char **argv = NULL;
 	size_t n = 0;
@@ -611,61 +602,59 @@ static int add_or_change_user(const struct runner *rn, json_object *u)
 			strv_freev(missing);
 		}
 		if (n == 1)
-			return EXIT_OK;
+			return 0;
 	}
 	argv_push(&argv, &n, name);
-	if (tool(rn, argv, NULL, false, NULL) != EXIT_OK)
-		return EXIT_FAIL;
-	fprintf(stderr, "mosaic: configure: user %s %s\n", name, cur_uid ? "changed" : "added");
-	return EXIT_OK;
+	if ((r = tool(ctx, argv, NULL, false, NULL, err)) < 0)
+		return r;
+	configure_say(ctx, CONFIGURE_INFO, NULL, "user %s %s", name, cur_uid ? "changed" : "added");
+	return 0;
 }
 
 /* The hash goes through a file on the session's /run (a tmpfs that vanishes with it), never on a
  * command line. */
-static int set_password(const struct runner *rn, json_object *u)
+static int set_password(const struct configure_ctx *ctx, json_object *u, struct mosaic_error *err)
 {
 	const char *name = jstr(u, "name"), *password = jstr(u, "password");
 	if (!password)
-		return EXIT_OK;
+		return 0;
 	_cleanup_free_ char *shadow = NULL;
-	if (read_text("/etc/shadow", &shadow) < 0)
-		return EXIT_FAIL;
+	int r = read_text("/etc/shadow", &shadow, err);
+	if (r < 0)
+		return r;
 	_cleanup_free_ char *cur = config_db_field(shadow, name, 1);
 	if (cur && strcmp(cur, password) == 0)
-		return EXIT_OK;
+		return 0;
 	static const char input[] = "/run/mosaic-chpasswd";
 	_cleanup_free_ char *line = xasprintf("%s:%s\n", name, password);
 	_cleanup_close_ int fd = open(input, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0 || write_all(fd, line, strlen(line)) < 0) {
-		fprintf(stderr, "mosaic: configure: %s: %s\n", input, strerror(errno));
-		return EXIT_FAIL;
-	}
+	if (fd < 0 || (r = write_all(fd, line, strlen(line))) < 0)
+		return mosaic_errorf(err, fd < 0 ? -errno : r, "configure: %s: %s", input,
+		                     strerror(fd < 0 ? errno : -r));
 	char *argv[] = {"chpasswd", "--encrypted", NULL};
-	int rc = tool(rn, argv, input, false, NULL);
+	r = tool(ctx, argv, input, false, NULL, err);
 	unlink(input);
-	if (rc == EXIT_OK)
-		fprintf(stderr, "mosaic: configure: user %s: password set\n", name);
-	return rc;
+	if (r == 0)
+		configure_say(ctx, CONFIGURE_INFO, NULL, "user %s: password set", name);
+	return r;
 }
 
-static int put_ssh_keys(json_object *u)
+static int put_ssh_keys(const struct configure_ctx *ctx, json_object *u, struct mosaic_error *err)
 {
 	json_object *keys = jget(u, "ssh_keys");
 	const char *name = jstr(u, "name");
 	if (!keys)
-		return EXIT_OK;
+		return 0;
 	_cleanup_free_ char *passwd = NULL;
-	if (read_text("/etc/passwd", &passwd) < 0)
-		return EXIT_FAIL;
+	int r = read_text("/etc/passwd", &passwd, err);
+	if (r < 0)
+		return r;
 	_cleanup_free_ char *home = config_db_field(passwd, name, 5);
 	uid_t uid;
 	gid_t gid;
-	struct mosaic_error err = {0};
-	if (!home || !*home || config_owner_resolve(name, passwd, "", &uid, &gid, &err) < 0) {
-		fprintf(stderr, "mosaic: configure: user %s: no home directory for ssh_keys\n",
-		        name);
-		return EXIT_FAIL;
-	}
+	if (!home || !*home || config_owner_resolve(name, passwd, "", &uid, &gid, NULL) < 0)
+		return mosaic_errorf(err, -ENOENT,
+		                     "configure: user %s: no home directory for ssh_keys", name);
 	size_t len = 0;
 	for (size_t i = 0; i < jlen(keys); i++)
 		len += strlen(json_object_get_string(jidx(keys, i))) + 1;
@@ -676,53 +665,57 @@ static int put_ssh_keys(json_object *u)
 	_cleanup_free_ char *ssh = path_join(home, ".ssh");
 	_cleanup_free_ char *auth = path_join(ssh, "authorized_keys");
 	/* sshd's StrictModes refuses keys that others can write, or a directory they can enter. */
-	if (put_dir(home, 0755, uid, gid, false) < 0 || put_dir(ssh, 0700, uid, gid, true) < 0 ||
-	    put_file(auth, text, len, 0600, uid, gid) < 0)
-		return EXIT_FAIL;
-	return EXIT_OK;
+	if ((r = put_dir(home, 0755, uid, gid, false, err)) < 0 ||
+	    (r = put_dir(ssh, 0700, uid, gid, true, err)) < 0 ||
+	    (r = put_file(ctx, auth, text, len, 0600, uid, gid, err)) < 0)
+		return r;
+	return 0;
 }
 
-static int apply_users(const struct runner *rn, json_object *users)
+static int apply_users(const struct configure_ctx *ctx, json_object *users,
+                       struct mosaic_error *err)
 {
-	if (check_user_groups(users) != EXIT_OK)
-		return EXIT_FAIL;
+	int r = check_user_groups(users, err);
+	if (r < 0)
+		return r;
 	for (size_t i = 0; i < jlen(users); i++) {
 		json_object *u = jidx(users, i);
 		/* Debian's base-passwd has the group sudo in every system; the command comes with
 		 * the package. */
 		if (jbool(u, "sudo") && access("/usr/bin/sudo", X_OK) < 0)
-			fprintf(stderr,
-			        "mosaic: configure: warning: user %s is in the group sudo, but the "
-			        "composition has no sudo command (add the package sudo)\n",
-			        jstr(u, "name"));
-		if (add_or_change_user(rn, u) != EXIT_OK || set_password(rn, u) != EXIT_OK ||
-		    put_ssh_keys(u) != EXIT_OK)
-			return EXIT_FAIL;
+			configure_say(ctx, CONFIGURE_INFO, NULL,
+			              "warning: user %s is in the group sudo, but the composition "
+			              "has no sudo command (add the package sudo)",
+			              jstr(u, "name"));
+		if ((r = add_or_change_user(ctx, u, err)) < 0 ||
+		    (r = set_password(ctx, u, err)) < 0 || (r = put_ssh_keys(ctx, u, err)) < 0)
+			return r;
 	}
-	return EXIT_OK;
+	return 0;
 }
 
 /* ---- hostname, timezone, locale ------------------------------------------------------------ */
 
-static int put_text(const char *path, const char *text)
+static int put_text(const struct configure_ctx *ctx, const char *path, const char *text,
+                    struct mosaic_error *err)
 {
-	return put_file(path, text, strlen(text), 0644, 0, 0) < 0 ? EXIT_FAIL : EXIT_OK;
+	return put_file(ctx, path, text, strlen(text), 0644, 0, 0, err);
 }
 
-static int apply_hostname(const char *hostname)
+static int apply_hostname(const struct configure_ctx *ctx, const char *hostname,
+                          struct mosaic_error *err)
 {
 	_cleanup_free_ char *line = xasprintf("%s\n", hostname);
-	if (put_text("/etc/hostname", line) != EXIT_OK)
-		return EXIT_FAIL;
+	int r = put_text(ctx, "/etc/hostname", line, err);
+	if (r < 0)
+		return r;
 	_cleanup_free_ char *hosts = NULL;
 	size_t len;
-	int r = read_file("/etc/hosts", 16 << 20, &hosts, &len);
-	if (r < 0 && r != -ENOENT) {
-		fprintf(stderr, "mosaic: configure: /etc/hosts: %s\n", strerror(-r));
-		return EXIT_FAIL;
-	}
+	r = read_file("/etc/hosts", 16 << 20, &hosts, &len);
+	if (r < 0 && r != -ENOENT)
+		return mosaic_errorf(err, r, "configure: /etc/hosts: %s", strerror(-r));
 	_cleanup_free_ char *text = config_hosts_text(r < 0 ? NULL : hosts, hostname);
-	return put_text("/etc/hosts", text);
+	return put_text(ctx, "/etc/hosts", text, err);
 }
 
 static bool zone_name_ok(const char *zone)
@@ -738,28 +731,29 @@ static bool zone_name_ok(const char *zone)
 	return true;
 }
 
-static int apply_timezone(const char *zone)
+static int apply_timezone(const struct configure_ctx *ctx, const char *zone,
+                          struct mosaic_error *err)
 {
 	_cleanup_free_ char *file = path_join("/usr/share/zoneinfo", zone);
 	struct stat st;
-	if (!zone_name_ok(zone) || stat(file, &st) < 0 || !S_ISREG(st.st_mode)) {
-		fprintf(
-		    stderr,
-		    "mosaic: configure: timezone '%s' is not in the composition's "
-		    "/usr/share/zoneinfo (is tzdata installed? zones look like Europe/Berlin)\n",
-		    zone);
-		return EXIT_FAIL;
-	}
+	if (!zone_name_ok(zone) || stat(file, &st) < 0 || !S_ISREG(st.st_mode))
+		return mosaic_errorf(err, -ENOENT,
+		                     "configure: timezone '%s' is not in the composition's "
+		                     "/usr/share/zoneinfo (is tzdata installed? zones look like "
+		                     "Europe/Berlin)",
+		                     zone);
 	/* What tzdata's own postinst and timedatectl make. */
 	_cleanup_free_ char *line = xasprintf("%s\n", zone);
-	if (put_symlink("/etc/localtime", file) < 0 || put_text("/etc/timezone", line) != EXIT_OK)
-		return EXIT_FAIL;
-	return EXIT_OK;
+	int r;
+	if ((r = put_symlink(ctx, "/etc/localtime", file, err)) < 0 ||
+	    (r = put_text(ctx, "/etc/timezone", line, err)) < 0)
+		return r;
+	return 0;
 }
 
 /* ---- the state file ------------------------------------------------------------------------ */
 
-static json_object *state_read(const char *path)
+static json_object *state_read(const struct configure_ctx *ctx, const char *path)
 {
 	_cleanup_free_ char *text = NULL;
 	size_t len;
@@ -768,10 +762,10 @@ static json_object *state_read(const char *path)
 		s = json_tokener_parse(text);
 		if (!s || !json_object_is_type(s, json_type_object) ||
 		    json_object_get_int(jget(s, "version")) != 1) {
-			fprintf(stderr,
-			        "mosaic: configure: %s is not a state file this mosaic reads; "
-			        "every run: step runs again\n",
-			        path);
+			configure_say(ctx, CONFIGURE_INFO, NULL,
+			              "%s is not a state file this mosaic reads; every run: step "
+			              "runs again",
+			              path);
 			json_object_put(s);
 			s = NULL;
 		}
@@ -786,7 +780,7 @@ static json_object *state_read(const char *path)
 }
 
 /* Written only when it changes, with nothing in it that differs between runs (no times). */
-static int state_write(const char *path, json_object *s)
+static int state_write(const char *path, json_object *s, struct mosaic_error *err)
 {
 	const char *text = json_object_to_json_string_ext(s, JSON_C_TO_STRING_PRETTY |
 	                                                         JSON_C_TO_STRING_NOSLASHESCAPE);
@@ -795,9 +789,9 @@ static int state_write(const char *path, json_object *s)
 	size_t len;
 	if (read_file(path, 16 << 20, &cur, &len) == 0 && strcmp(cur, line) == 0)
 		return 0;
-	int r = make_parents(path);
+	int r = make_parents(path, err);
 	if (r == 0 && (r = write_file_atomic(path, line, strlen(line), 0644)) < 0)
-		fprintf(stderr, "mosaic: configure: writing %s: %s\n", path, strerror(-r));
+		return mosaic_errorf(err, r, "configure: writing %s: %s", path, strerror(-r));
 	return r;
 }
 
@@ -813,7 +807,7 @@ static bool is_c_locale(const char *l)
 static char *supported_line(const char *locale)
 {
 	_cleanup_free_ char *text = NULL;
-	if (read_text("/usr/share/i18n/SUPPORTED", &text) < 0)
+	if (read_text("/usr/share/i18n/SUPPORTED", &text, NULL) < 0)
 		return NULL;
 	size_t n = strlen(locale);
 	for (const char *l = text; *l;) {
@@ -854,81 +848,82 @@ static char *locale_gen_text(const char *text, const char *line)
 	return out;
 }
 
-static int apply_locale(const struct runner *rn, const char *locale, json_object *state)
+static int apply_locale(const struct configure_ctx *ctx, const char *locale, json_object *state,
+                        struct mosaic_error *err)
 {
 	_cleanup_free_ char *lang = xasprintf("LANG=%s\n", locale);
-	if (put_text("/etc/default/locale", lang) != EXIT_OK)
-		return EXIT_FAIL;
+	int r = put_text(ctx, "/etc/default/locale", lang, err);
+	if (r < 0)
+		return r;
 	if (is_c_locale(locale))
-		return EXIT_OK; /* built into glibc (C.UTF-8 since 2.35) */
+		return 0; /* built into glibc (C.UTF-8 since 2.35) */
 	if (access("/usr/sbin/locale-gen", X_OK) < 0) {
-		fprintf(stderr,
-		        "mosaic: configure: warning: locale %s: the composition has no locale-gen "
-		        "(package locales) to generate it; only /etc/default/locale is set\n",
-		        locale);
-		return EXIT_OK;
+		configure_say(ctx, CONFIGURE_INFO, NULL,
+		              "warning: locale %s: the composition has no locale-gen (package "
+		              "locales) to generate it; only /etc/default/locale is set",
+		              locale);
+		return 0;
 	}
 	_cleanup_free_ char *line = supported_line(locale);
-	if (!line) {
-		fprintf(stderr,
-		        "mosaic: configure: locale '%s' is not in the composition's "
-		        "/usr/share/i18n/SUPPORTED\n",
-		        locale);
-		return EXIT_FAIL;
-	}
+	if (!line)
+		return mosaic_errorf(err, -ENOENT,
+		                     "configure: locale '%s' is not in the composition's "
+		                     "/usr/share/i18n/SUPPORTED",
+		                     locale);
 	_cleanup_free_ char *gen = NULL;
-	if (read_text("/etc/locale.gen", &gen) < 0)
-		return EXIT_FAIL;
+	if ((r = read_text("/etc/locale.gen", &gen, err)) < 0)
+		return r;
 	_cleanup_free_ char *want = locale_gen_text(gen, line);
-	if (put_text("/etc/locale.gen", want) != EXIT_OK)
-		return EXIT_FAIL;
+	if ((r = put_text(ctx, "/etc/locale.gen", want, err)) < 0)
+		return r;
 	/* locale-gen rebuilds the whole archive, so it runs only when locale.gen changed since it
 	 * last ran here. */
 	char key[SHA256_HEX_LEN + 1];
 	sha256_buffer(want, strlen(want), key);
 	const char *done = jstr(state, "locale_gen");
 	if (done && strcmp(done, key) == 0 && access("/usr/lib/locale/locale-archive", F_OK) == 0)
-		return EXIT_OK;
+		return 0;
 	char *argv[] = {"locale-gen", NULL};
-	if (tool(rn, argv, NULL, false, NULL) != EXIT_OK)
-		return EXIT_FAIL;
+	if ((r = tool(ctx, argv, NULL, false, NULL, err)) < 0)
+		return r;
 	json_object_object_add(state, "locale_gen", json_object_new_string(key));
-	return state_write("/" CONFIG_STATE_PATH, state) < 0 ? EXIT_FAIL : EXIT_OK;
+	return state_write("/" CONFIG_STATE_PATH, state, err);
 }
 
 /* ---- files, services, kernel command line ------------------------------------------------ */
 
-static int apply_files(const struct config_plan *p)
+static int apply_files(const struct configure_ctx *ctx, const struct config_plan *p,
+                       struct mosaic_error *err)
 {
+	int r;
 	for (size_t i = 0; i < p->n_files; i++) {
 		const struct config_file *f = &p->files[i];
 		uid_t uid = 0;
 		gid_t gid = 0;
 		if (f->owner) {
 			_cleanup_free_ char *passwd = NULL, *group = NULL;
-			struct mosaic_error err = {0};
-			if (read_text("/etc/passwd", &passwd) < 0 ||
-			    read_text("/etc/group", &group) < 0)
-				return EXIT_FAIL;
-			if (config_owner_resolve(f->owner, passwd, group, &uid, &gid, &err) < 0) {
-				fprintf(stderr, "mosaic: configure: file %s: %s\n", f->path,
-				        err.msg);
-				return EXIT_FAIL;
+			if ((r = read_text("/etc/passwd", &passwd, err)) < 0 ||
+			    (r = read_text("/etc/group", &group, err)) < 0)
+				return r;
+			r = config_owner_resolve(f->owner, passwd, group, &uid, &gid, err);
+			if (r < 0) {
+				mosaic_error_prefix(err, "configure: file %s", f->path);
+				return r;
 			}
 		}
-		if (put_file(f->path, f->data, f->len, f->mode, uid, gid) < 0)
-			return EXIT_FAIL;
+		if ((r = put_file(ctx, f->path, f->data, f->len, f->mode, uid, gid, err)) < 0)
+			return r;
 	}
-	return EXIT_OK;
+	return 0;
 }
 
 /* systemctl is-enabled's word for unit ("enabled", "disabled", "static", ...), or "" when the
  * unit is unknown. Caller frees. */
-static char *unit_state(const struct runner *rn, const char *unit)
+static char *unit_state(const struct configure_ctx *ctx, const char *unit)
 {
 	char *argv[] = {"systemctl", "is-enabled", (char *)unit, NULL};
 	char *out = NULL;
-	if (tool(rn, argv, NULL, true, &out) != EXIT_OK || !out)
+	if (tool(ctx, argv, NULL, true, &out, NULL) < 0 || !out)
 		return xstrdup("");
 	out[strcspn(out, "\n")] = 0;
 	return out;
@@ -944,16 +939,16 @@ static bool word_in(const char *w, const char *const *list)
 
 /* systemctl in a chroot works on the unit files offline and starts nothing (systemd's
  * running_in_chroot()), the same as systemctl --root. */
-static int apply_services(const struct runner *rn, json_object *services)
+static int apply_services(const struct configure_ctx *ctx, json_object *services,
+                          struct mosaic_error *err)
 {
 	json_object *enable = jget(services, "enable"), *disable = jget(services, "disable");
 	if (!jlen(enable) && !jlen(disable))
-		return EXIT_OK;
-	if (access("/usr/bin/systemctl", X_OK) < 0 && access("/bin/systemctl", X_OK) < 0) {
-		fprintf(stderr, "mosaic: configure: config.services needs systemd, but the "
-		                "composition has no systemctl (add the package systemd)\n");
-		return EXIT_FAIL;
-	}
+		return 0;
+	if (access("/usr/bin/systemctl", X_OK) < 0 && access("/bin/systemctl", X_OK) < 0)
+		return mosaic_errorf(err, -ENOENT,
+		                     "configure: config.services needs systemd, but the "
+		                     "composition has no systemctl (add the package systemd)");
 	/* Left alone: already so, or nothing enable/disable could change. */
 	static const char *const enabled[] = {"enabled",   "static",    "alias",
 	                                      "generated", "transient", NULL};
@@ -963,54 +958,56 @@ static int apply_services(const struct runner *rn, json_object *services)
 		json_object *units = pass ? disable : enable;
 		for (size_t i = 0; i < jlen(units); i++) {
 			const char *unit = json_object_get_string(jidx(units, i));
-			_cleanup_free_ char *st = unit_state(rn, unit);
+			_cleanup_free_ char *st = unit_state(ctx, unit);
 			if (word_in(st, pass ? disabled : enabled))
 				continue;
 			char *argv[] = {"systemctl", pass ? "disable" : "enable", (char *)unit,
 			                NULL};
-			if (tool(rn, argv, NULL, false, NULL) != EXIT_OK)
-				return EXIT_FAIL;
-			fprintf(stderr, "mosaic: configure: service %s %s\n", unit,
-			        pass ? "disabled" : "enabled");
+			int r = tool(ctx, argv, NULL, false, NULL, err);
+			if (r < 0)
+				return r;
+			configure_say(ctx, CONFIGURE_INFO, NULL, "service %s %s", unit,
+			              pass ? "disabled" : "enabled");
 		}
 	}
-	return EXIT_OK;
+	return 0;
 }
 
-static int apply_kernel_cmdline(const char *cmdline)
+static int apply_kernel_cmdline(const struct configure_ctx *ctx, const char *cmdline,
+                                struct mosaic_error *err)
 {
 	/* Where kernel-install and mosaic export read the command line from. */
 	_cleanup_free_ char *text = xasprintf("%s\n", cmdline);
-	return put_text("/etc/kernel/cmdline", text);
+	return put_text(ctx, "/etc/kernel/cmdline", text, err);
 }
 
-int config_apply(const struct config_plan *p, char *const *env, unsigned timeout)
+int config_apply(const struct configure_ctx *ctx, const struct config_plan *p,
+                 struct mosaic_error *err)
 {
 	json_object *c = p->config;
 	if (!c || json_object_object_length(c) == 0)
-		return EXIT_OK;
-	const struct runner rn = {env, timeout};
-	fprintf(stderr, "mosaic: configure: applying config:\n");
-	json_object *state = state_read("/" CONFIG_STATE_PATH);
-	int rc = EXIT_OK;
-	if (rc == EXIT_OK && jget(c, "groups"))
-		rc = apply_groups(&rn, jget(c, "groups"));
-	if (rc == EXIT_OK && jget(c, "users"))
-		rc = apply_users(&rn, jget(c, "users"));
-	if (rc == EXIT_OK && jstr(c, "hostname"))
-		rc = apply_hostname(jstr(c, "hostname"));
-	if (rc == EXIT_OK && jstr(c, "timezone"))
-		rc = apply_timezone(jstr(c, "timezone"));
-	if (rc == EXIT_OK && jstr(c, "locale"))
-		rc = apply_locale(&rn, jstr(c, "locale"), state);
-	if (rc == EXIT_OK)
-		rc = apply_files(p);
-	if (rc == EXIT_OK && jget(c, "services"))
-		rc = apply_services(&rn, jget(c, "services"));
-	if (rc == EXIT_OK && jstr(c, "kernel_cmdline"))
-		rc = apply_kernel_cmdline(jstr(c, "kernel_cmdline"));
+		return 0;
+	configure_say(ctx, CONFIGURE_INFO, NULL, "applying config:");
+	json_object *state = state_read(ctx, "/" CONFIG_STATE_PATH);
+	int r = 0;
+	if (r == 0 && jget(c, "groups"))
+		r = apply_groups(ctx, jget(c, "groups"), err);
+	if (r == 0 && jget(c, "users"))
+		r = apply_users(ctx, jget(c, "users"), err);
+	if (r == 0 && jstr(c, "hostname"))
+		r = apply_hostname(ctx, jstr(c, "hostname"), err);
+	if (r == 0 && jstr(c, "timezone"))
+		r = apply_timezone(ctx, jstr(c, "timezone"), err);
+	if (r == 0 && jstr(c, "locale"))
+		r = apply_locale(ctx, jstr(c, "locale"), state, err);
+	if (r == 0)
+		r = apply_files(ctx, p, err);
+	if (r == 0 && jget(c, "services"))
+		r = apply_services(ctx, jget(c, "services"), err);
+	if (r == 0 && jstr(c, "kernel_cmdline"))
+		r = apply_kernel_cmdline(ctx, jstr(c, "kernel_cmdline"), err);
 	json_object_put(state);
-	return rc;
+	return r;
 }
 
 /* ---- run: steps ----------------------------------------------------------------------------- */
@@ -1045,16 +1042,17 @@ static char *step_label(json_object *step, bool short_form)
 	return n < strlen(cmd) ? xasprintf("%.*s...", (int)n, cmd) : xstrdup(cmd);
 }
 
-int config_run_steps(const struct config_plan *p, char *const *env, unsigned timeout)
+int config_run_steps(const struct configure_ctx *ctx, const struct config_plan *p,
+                     struct mosaic_error *err)
 {
 	if (p->n_run == 0)
-		return EXIT_OK;
+		return 0;
 	static const char path[] = "/" CONFIG_STATE_PATH;
-	json_object *state = state_read(path);
+	json_object *state = state_read(ctx, path);
 	json_object *done = jget(state, "run");
 	size_t ran = 0, skipped = 0;
-	int rc = EXIT_OK;
-	for (size_t i = 0; i < p->n_run && rc == EXIT_OK; i++) {
+	int r = 0;
+	for (size_t i = 0; i < p->n_run && r == 0; i++) {
 		json_object *step = jidx(p->run, i);
 		if (i < jlen(done) &&
 		    strcmp(json_object_get_string(jidx(done, i)), p->keys[i]) == 0) {
@@ -1066,48 +1064,51 @@ int config_run_steps(const struct config_plan *p, char *const *env, unsigned tim
 			json_object_array_del_idx(done, i, jlen(done) - i);
 		_cleanup_free_ char *label = step_label(step, false);
 		_cleanup_free_ char *prefix = step_label(step, true);
+		/* manifest_load gives every step its place; a model made otherwise may not. */
+		const char *file = jstr(step, "file");
+		_cleanup_free_ char *where = xasprintf("%s:%d", file ? file : "manifest",
+		                                       json_object_get_int(jget(step, "line")));
+		_cleanup_free_ char *title =
+		    xasprintf("run step %zu of %zu: %s", i + 1, p->n_run, label);
 		char *argv[] = {"/bin/sh", "-c", (char *)jstr(step, "command"), NULL};
 		const struct chroot_step s = {
-		    .name = prefix, .argv = argv, .envp = env, .timeout = timeout};
+		    .name = prefix, .argv = argv, .envp = ctx->env, .timeout = ctx->o->timeout};
 		struct chroot_result res;
-		fprintf(stderr, "mosaic: configure: run step %zu of %zu: %s\n", i + 1, p->n_run,
-		        label);
-		int r = chroot_run_step("/", &s, &res);
+		configure_step(ctx, title, i + 1, p->n_run);
+		r = chroot_run_step(ctx, "/", &s, &res);
 		if (r < 0) {
-			fprintf(stderr, "%s:%d: run step '%s' could not start: %s\n",
-			        jstr(step, "file"), json_object_get_int(jget(step, "line")), label,
-			        strerror(-r));
-			rc = EXIT_FAIL;
+			r = mosaic_errorf(err, r,
+			                  "configure: %s: run step '%s' could not start: %s", where,
+			                  label, strerror(-r));
 			break;
 		}
 		if (res.timed_out || res.status != 0) {
-			if (res.timed_out)
-				fprintf(stderr,
-				        "%s:%d: run step '%s' ran past --step-timeout %u s and was "
-				        "killed\n",
-				        jstr(step, "file"), json_object_get_int(jget(step, "line")),
-				        label, timeout);
-			else
-				fprintf(stderr, "%s:%d: run step '%s' failed with exit status %d\n",
-				        jstr(step, "file"), json_object_get_int(jget(step, "line")),
-				        label, res.status);
-			fprintf(stderr, "  last lines of its output:\n");
-			chroot_print_tail(res.tail, REPORT_LINES);
-			fprintf(stderr,
-			        "  the steps before it are recorded as done; fix it and run "
-			        "mosaic configure again to carry on from it\n");
-			rc = EXIT_FAIL;
+			_cleanup_free_ char *what =
+			    res.timed_out
+			        ? xasprintf("%s: run step '%s' ran past --step-timeout %u s and "
+			                    "was killed",
+			                    where, label, ctx->o->timeout)
+			        : xasprintf("%s: run step '%s' failed with exit status %d", where,
+			                    label, res.status);
+			configure_say(ctx, CONFIGURE_ERROR, prefix, "%s", what);
+			configure_say(ctx, CONFIGURE_DETAIL, prefix, "  last lines of its output:");
+			configure_say_tail(ctx, prefix, res.tail, CONFIGURE_REPORT_LINES);
+			configure_say(ctx, CONFIGURE_DETAIL, prefix,
+			              "  the steps before it are recorded as done; fix it and run "
+			              "mosaic configure again to carry on from it");
+			r = mosaic_errorf(err, -EIO, "configure: %s", what);
 		} else {
 			json_object_array_add(done, json_object_new_string(p->keys[i]));
 			ran++;
 		}
 		free(res.tail);
-		if (state_write(path, state) < 0)
-			rc = EXIT_FAIL;
+		/* Also after a failure: the steps before it stay recorded. */
+		struct mosaic_error e = {0};
+		configure_keep_first(ctx, state_write(path, state, &e), &e, &r, err);
 	}
 	json_object_put(state);
-	if (rc == EXIT_OK)
-		fprintf(stderr, "mosaic: configure: run: %zu step%s ran, %zu already done\n", ran,
-		        ran == 1 ? "" : "s", skipped);
-	return rc;
+	if (r == 0)
+		configure_say(ctx, CONFIGURE_INFO, NULL, "run: %zu step%s ran, %zu already done",
+		              ran, ran == 1 ? "" : "s", skipped);
+	return r;
 }

@@ -1,6 +1,6 @@
-/* tools/: the namespace and chroot runner for configure: a child in private mount and PID
+/* configure/: the namespace session and its step runner: a child in private mount and PID
  * namespaces mounts what package scripts need under the root, and runs steps with a timeout. */
-#include "tools/chroot-run.h"
+#include "configure/internal.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -59,30 +59,71 @@ static char *tail_take(struct tail *t)
 #define LINE_MAX_BYTES 4096
 
 struct line_buf {
-	char buf[LINE_MAX_BYTES];
+	char buf[LINE_MAX_BYTES + 1]; /* + the NUL an event's text ends with */
 	size_t len;
 };
 
-static void emit_line(const struct chroot_step *s, const char *line, size_t len, struct tail *t)
+struct step_output {
+	const struct configure_ctx *ctx;
+	const struct chroot_step *s;
+	bool live; /* each line goes out as an event as it comes */
+	struct tail tail;
+	struct line_buf lb;
+};
+
+static void output_event(const struct step_output *so, const char *line)
 {
-	if (!s->quiet)
-		printf("[%s] %.*s\n", s->name, (int)len, line);
-	tail_push(t, line, len);
+	const struct configure_ctx *ctx = so->ctx;
+	if (ctx->o->event)
+		ctx->o->event(&(struct configure_event){.kind = CONFIGURE_OUTPUT,
+		                                        .step = so->s->name,
+		                                        .text = line},
+		              ctx->o->data);
 }
 
-static void feed(struct line_buf *lb, const struct chroot_step *s, const char *data, size_t n,
-                 struct tail *t)
+static void emit_line(struct step_output *so)
 {
+	struct line_buf *lb = &so->lb;
+	lb->buf[lb->len] = 0;
+	if (so->live)
+		output_event(so, lb->buf);
+	tail_push(&so->tail, lb->buf, lb->len);
+	lb->len = 0;
+}
+
+static void feed(struct step_output *so, const char *data, size_t n)
+{
+	struct line_buf *lb = &so->lb;
 	for (size_t i = 0; i < n; i++) {
-		if (data[i] == '\n' || lb->len == sizeof(lb->buf)) {
-			emit_line(s, lb->buf, lb->len, t);
-			lb->len = 0;
+		if (data[i] == '\n' || lb->len == LINE_MAX_BYTES) {
+			emit_line(so);
 			if (data[i] == '\n')
 				continue;
 		}
 		lb->buf[lb->len++] = data[i];
 	}
-	fflush(stdout);
+}
+
+/* With o->quiet, a step that failed has its lines (those the tail kept) go out once it ended. */
+static void replay(const struct step_output *so, const char *tail)
+{
+	for (const char *l = tail; *l;) {
+		const char *nl = strchrnul(l, '\n');
+		_cleanup_free_ char *line = xstrndup(l, (size_t)(nl - l));
+		output_event(so, line);
+		l = *nl ? nl + 1 : nl;
+	}
+}
+
+/* In a step's child, before exec: what went wrong ("PREFIXWHAT: strerror"), written to the
+ * step's own output (fd 2 is its pipe by then), where it becomes a line of the step's output and
+ * of its report. No allocation: this is a fork's child. */
+static void child_says(const char *prefix, const char *what, int e)
+{
+	char msg[4200];
+	int n = snprintf(msg, sizeof(msg), "%s%s: %s\n", prefix, what, strerror(e));
+	if (n > 0)
+		write_all(2, msg, (size_t)n < sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
 }
 
 static _Noreturn void exec_step(const char *root, const struct chroot_step *s, int out_fd)
@@ -92,14 +133,14 @@ static _Noreturn void exec_step(const char *root, const struct chroot_step *s, i
 	if (null < 0 || dup2(null, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(out_fd, 2) < 0)
 		_exit(127);
 	if (chroot(root) < 0 || chdir("/") < 0) {
-		dprintf(2, "chroot %s: %s\n", root, strerror(errno));
+		child_says("chroot ", root, errno);
 		_exit(127);
 	}
 	/* Opened inside the root, so the path means what the step would take it to mean. */
 	if (s->input) {
 		int in = open(s->input, O_RDONLY | O_CLOEXEC);
 		if (in < 0 || dup2(in, 0) < 0) {
-			dprintf(2, "%s: %s\n", s->input, strerror(errno));
+			child_says("", s->input, errno);
 			_exit(127);
 		}
 	}
@@ -110,16 +151,18 @@ static _Noreturn void exec_step(const char *root, const struct chroot_step *s, i
 		putenv(*e);
 	signal(SIGPIPE, SIG_DFL);
 	execvp(s->argv[0], s->argv);
-	dprintf(2, "%s: %s\n", s->argv[0], strerror(errno));
+	child_says("", s->argv[0], errno);
 	_exit(127);
 }
 
-int chroot_run_step(const char *root, const struct chroot_step *s, struct chroot_result *res)
+int chroot_run_step(const struct configure_ctx *ctx, const char *root, const struct chroot_step *s,
+                    struct chroot_result *res)
 {
 	*res = (struct chroot_result){0};
 	int fds[2];
 	if (pipe2(fds, O_CLOEXEC) < 0)
 		return -errno;
+	/* What the event callback left in stdio's buffers is not to be written twice by a child. */
 	fflush(stdout);
 	fflush(stderr);
 	pid_t pid = fork();
@@ -134,8 +177,10 @@ int chroot_run_step(const char *root, const struct chroot_step *s, struct chroot
 	setpgid(pid, pid); /* both sides set it, so neither races the other */
 	close(fds[1]);
 
-	struct tail t = {0};
-	struct line_buf *lb = xcalloc(1, sizeof(*lb));
+	struct step_output *so = xcalloc(1, sizeof(*so));
+	so->ctx = ctx;
+	so->s = s;
+	so->live = !s->quiet && !ctx->o->quiet;
 	int64_t deadline = s->timeout ? now_ms() + (int64_t)s->timeout * 1000 : 0;
 	bool exited = false, eof = false;
 	int64_t drain_until = 0;
@@ -147,7 +192,7 @@ int chroot_run_step(const char *root, const struct chroot_step *s, struct chroot
 			char buf[8192];
 			ssize_t n = read(fds[0], buf, sizeof(buf));
 			if (n > 0)
-				feed(lb, s, buf, (size_t)n, &t);
+				feed(so, buf, (size_t)n);
 			else if (n == 0 || errno != EINTR)
 				eof = true;
 		}
@@ -175,29 +220,42 @@ int chroot_run_step(const char *root, const struct chroot_step *s, struct chroot
 		if (exited && !eof && now_ms() > drain_until)
 			break;
 	}
-	if (lb->len)
-		emit_line(s, lb->buf, lb->len, &t);
-	fflush(stdout);
-	free(lb);
+	if (so->lb.len)
+		emit_line(so);
 	close(fds[0]);
 	res->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
-	res->tail = tail_take(&t);
+	res->tail = tail_take(&so->tail);
+	if (!s->quiet && !so->live && (res->status != 0 || res->timed_out))
+		replay(so, res->tail);
+	free(so);
 	return 0;
 }
 
 /* ---- the session -------------------------------------------------------------------------- */
 
-/* The child cannot fill the caller's error: it writes "ERRNO MESSAGE" to this pipe instead. */
-static _Noreturn void setup_failed(int err_fd, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static _Noreturn void setup_failed(int err_fd, int code, const char *fmt, ...)
+/* The child cannot fill the caller's error: it writes "ERRNO MESSAGE" to this pipe instead, the
+ * message complete (send_error), or for a failed setup "ROOT: " and what failed. */
+static void send_error(int err_fd, const struct mosaic_error *err)
 {
-	char msg[900];
+	char msg[sizeof(err->msg) + 16];
+	int n = snprintf(msg, sizeof(msg), "%d %s", err->code < 0 ? err->code : -EIO,
+	                 err->msg[0] ? err->msg : strerror(err->code < 0 ? -err->code : EIO));
+	if (n > 0)
+		write_all(err_fd, msg, (size_t)n < sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
+}
+
+static _Noreturn void setup_failed(const char *root, int err_fd, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static _Noreturn void setup_failed(const char *root, int err_fd, int code, const char *fmt, ...)
+{
+	struct mosaic_error err = {.code = code};
+	char what[900];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	vsnprintf(what, sizeof(what), fmt, ap);
 	va_end(ap);
-	dprintf(err_fd, "%d %s", code, msg);
+	snprintf(err.msg, sizeof(err.msg), "%s: %s", root, what);
+	send_error(err_fd, &err);
 	_exit(255);
 }
 
@@ -236,42 +294,41 @@ static void setup_mounts(const char *root, int err_fd)
 {
 	const unsigned long hard = MS_NOSUID | MS_NODEV | MS_NOEXEC;
 	if (mount_at(root, "proc", "proc", hard, NULL) < 0)
-		setup_failed(err_fd, -errno, "mounting proc on %s/proc: %m", root);
+		setup_failed(root, err_fd, -errno, "mounting proc on %s/proc: %m", root);
 	if (mount_at(root, "sys", "sysfs", hard | MS_RDONLY, NULL) < 0)
-		setup_failed(err_fd, -errno, "mounting sysfs on %s/sys: %m", root);
+		setup_failed(root, err_fd, -errno, "mounting sysfs on %s/sys: %m", root);
 	if (mount_at(root, "dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=4m") < 0)
-		setup_failed(err_fd, -errno, "mounting a tmpfs on %s/dev: %m", root);
+		setup_failed(root, err_fd, -errno, "mounting a tmpfs on %s/dev: %m", root);
 	_cleanup_free_ char *dev = path_join(root, "dev");
 	umask(0);
 	for (size_t i = 0; i < ARRAY_SIZE(dev_nodes); i++) {
 		_cleanup_free_ char *p = path_join(dev, dev_nodes[i].name);
 		if (mknod(p, S_IFCHR | 0666, makedev(dev_nodes[i].major, dev_nodes[i].minor)) < 0)
-			setup_failed(err_fd, -errno, "mknod %s: %m", p);
+			setup_failed(root, err_fd, -errno, "mknod %s: %m", p);
 	}
 	for (size_t i = 0; i < ARRAY_SIZE(dev_links); i++) {
 		_cleanup_free_ char *p = path_join(dev, dev_links[i][0]);
 		if (symlink(dev_links[i][1], p) < 0)
-			setup_failed(err_fd, -errno, "symlink %s: %m", p);
+			setup_failed(root, err_fd, -errno, "symlink %s: %m", p);
 	}
 	_cleanup_free_ char *pts = path_join(dev, "pts"), *shm = path_join(dev, "shm");
 	if (mkdir(pts, 0755) < 0 || mkdir(shm, 01777) < 0)
-		setup_failed(err_fd, -errno, "mkdir in %s: %m", dev);
+		setup_failed(root, err_fd, -errno, "mkdir in %s: %m", dev);
 	if (mount("devpts", pts, "devpts", MS_NOSUID | MS_NOEXEC,
 	          "newinstance,ptmxmode=0666,mode=0620,gid=5") < 0)
-		setup_failed(err_fd, -errno, "mounting devpts on %s: %m", pts);
+		setup_failed(root, err_fd, -errno, "mounting devpts on %s: %m", pts);
 	if (mount_at(root, "run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0)
-		setup_failed(err_fd, -errno, "mounting a tmpfs on %s/run: %m", root);
+		setup_failed(root, err_fd, -errno, "mounting a tmpfs on %s/run: %m", root);
 	if (mount_at(root, "tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
-		setup_failed(err_fd, -errno, "mounting a tmpfs on %s/tmp: %m", root);
+		setup_failed(root, err_fd, -errno, "mounting a tmpfs on %s/tmp: %m", root);
 	umask(022);
 }
 
-/* The namespace's init: mounts, runs fn, and exits with its result. When it exits, the kernel
- * kills whatever is left in the PID namespace, and the mounts go with the mount namespace. */
 static bool at_or_below(const char *path, const char *top)
 {
 	size_t l = strlen(top);
-	return strncmp(path, top, l) == 0 && (path[l] == 0 || path[l] == '/' || strcmp(top, "/") == 0);
+	return strncmp(path, top, l) == 0 &&
+	       (path[l] == 0 || path[l] == '/' || strcmp(top, "/") == 0);
 }
 
 /* A mountinfo path with its \ooo escapes (space, tab, newline, backslash) decoded in place. */
@@ -338,34 +395,43 @@ static void release_other_mounts(const char *root)
 	free(drop);
 }
 
-static _Noreturn void session_init(const char *root, int (*fn)(const char *, void *), void *data,
-                                   int err_fd)
+typedef int session_fn(const char *root, void *data, struct mosaic_error *err);
+
+/* The namespace's init: mounts, runs fn, and exits with its result, which goes back to the
+ * caller through err_fd. When it exits, the kernel kills whatever is left in the PID namespace,
+ * and the mounts go with the mount namespace. */
+static _Noreturn void session_init(const char *root, session_fn *fn, void *data, int err_fd)
 {
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	setup_mounts(root, err_fd);
-	close(err_fd);
-	int rc = fn(root, data);
+	struct mosaic_error err = {0};
+	int r = fn(root, data, &err);
+	if (r < 0) {
+		err.code = r;
+		send_error(err_fd, &err);
+	}
+	/* The event callback prints in this process: what it buffered goes out before _exit. */
 	fflush(stdout);
 	fflush(stderr);
-	_exit(rc < 0 || rc > 255 ? 1 : rc);
+	_exit(r < 0 ? 1 : 0);
 }
 
-static _Noreturn void session_child(const char *root, int (*fn)(const char *, void *), void *data,
-                                    int err_fd, pid_t parent)
+static _Noreturn void session_child(const char *root, session_fn *fn, void *data, int err_fd,
+                                    pid_t parent)
 {
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != parent) /* the parent died before PDEATHSIG was armed */
 		_exit(255);
 	if (unshare(CLONE_NEWNS | CLONE_NEWPID) < 0)
-		setup_failed(err_fd, -errno, "unshare (mount and PID namespaces): %m");
+		setup_failed(root, err_fd, -errno, "unshare (mount and PID namespaces): %m");
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
-		setup_failed(err_fd, -errno, "making mounts private: %m");
+		setup_failed(root, err_fd, -errno, "making mounts private: %m");
 	release_other_mounts(root);
 	/* The first child in the new PID namespace is its init. It cannot check its parent is
 	 * still there (getppid is 0 across the namespace), but this one waits for it. */
 	pid_t pid = fork();
 	if (pid < 0)
-		setup_failed(err_fd, -errno, "fork: %m");
+		setup_failed(root, err_fd, -errno, "fork: %m");
 	if (pid == 0)
 		session_init(root, fn, data, err_fd);
 	close(err_fd);
@@ -376,8 +442,7 @@ static _Noreturn void session_child(const char *root, int (*fn)(const char *, vo
 	_exit(WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws));
 }
 
-int chroot_session(const char *root, int (*fn)(const char *root, void *data), void *data,
-                   struct mosaic_error *err)
+int chroot_session(const char *root, session_fn *fn, void *data, struct mosaic_error *err)
 {
 	for (size_t i = 0; i < ARRAY_SIZE(mount_points); i++) {
 		_cleanup_free_ char *p = path_join(root, mount_points[i].dir);
@@ -407,7 +472,8 @@ int chroot_session(const char *root, int (*fn)(const char *root, void *data), vo
 		session_child(root, fn, data, efd[1], parent);
 	}
 	close(efd[1]);
-	char msg[1024];
+	/* Open in the session until its init ends: a failed setup or fn's error, or nothing. */
+	char msg[sizeof(err->msg) + 32];
 	size_t len = 0;
 	ssize_t n;
 	while (len < sizeof(msg) - 1 && ((n = read(efd[0], msg + len, sizeof(msg) - 1 - len)) > 0 ||
@@ -422,31 +488,14 @@ int chroot_session(const char *root, int (*fn)(const char *root, void *data), vo
 	if (len) {
 		char *rest;
 		long code = strtol(msg, &rest, 10);
-		return mosaic_errorf(err, code < 0 ? (int)code : -EIO, "%s: %s", root,
+		return mosaic_errorf(err, code < 0 ? (int)code : -EIO, "%s",
 		                     *rest ? rest + 1 : "setting up the chroot failed");
 	}
 	if (!WIFEXITED(ws))
 		return mosaic_errorf(err, -EINTR, "the configure session was killed by signal %d",
 		                     WTERMSIG(ws));
-	return WEXITSTATUS(ws);
-}
-
-void chroot_print_tail(const char *tail, int max)
-{
-	const char *text = tail ? tail : "";
-	const char *start = text + strlen(text);
-	while (start > text && start[-1] == '\n')
-		start--;
-	const char *end = start;
-	for (int k = 0; start > text; start--)
-		if (start[-1] == '\n' && ++k == max)
-			break;
-	if (end == start)
-		fprintf(stderr, "    (none)\n");
-	while (start < end) {
-		const char *nl = memchr(start, '\n', end - start);
-		size_t len = nl ? (size_t)(nl - start) : (size_t)(end - start);
-		fprintf(stderr, "    %.*s\n", (int)len, start);
-		start += len + (nl ? 1 : 0);
-	}
+	if (WEXITSTATUS(ws) != 0)
+		return mosaic_errorf(err, -EIO, "the configure session ended with exit status %d",
+		                     WEXITSTATUS(ws));
+	return 0;
 }
