@@ -15,7 +15,7 @@ static const char usage_boot[] =
     "Usage: mosaic boot IMAGE [--iso] [--bios] [--timeout S] [--expect TEXT] [--memory M]\n"
     "\n"
     "Boots IMAGE (a raw or qcow2 disk from mosaic export, or an ISO with --iso) in\n"
-    "qemu-system-x86_64: KVM when /dev/kvm is usable, else TCG; UEFI with OVMF (a throwaway\n"
+    "qemu-system-x86_64: KVM when /dev/kvm works, else TCG; UEFI with OVMF (a throwaway\n"
     "copy of its variables) unless --bios; the disk as virtio in snapshot mode (IMAGE is never\n"
     "written); the first serial port (ttyS0) on this terminal. Interactively, Ctrl-A X quits\n"
     "qemu. With --expect, --timeout or output that is not a terminal, the console is watched:\n"
@@ -162,6 +162,49 @@ static void argv_add(struct argv_buf *a, const char *fmt, ...)
 
 /* The qemu child: its own process group unless it shares the terminal (a background group
  * reading the tty would be stopped by SIGTTIN), killed when mosaic dies. */
+/* Whether qemu can run a guest with KVM here. Some hosts have a /dev/kvm that opens while qemu
+ * aborts as the first vCPU is reset ("failed to set MSR 0x10a", seen with nested KVM): qemu is
+ * started once, stopped (-S) with its monitor on stdin, which says "quit" at once; it exits 0
+ * in a fraction of a second where KVM works, and dies of SIGABRT where it does not. */
+static bool kvm_works(const char *qemu)
+{
+	int in[2];
+	if (pipe2(in, O_CLOEXEC) < 0)
+		return false;
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0) {
+		close(in[0]);
+		close(in[1]);
+		return false;
+	}
+	if (pid == 0) {
+		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+		dup2(in[0], 0);
+		dup2(null, 1);
+		dup2(null, 2);
+		char *argv[] = {(char *)qemu, "-machine", "q35", "-accel", "kvm", "-cpu", "host",
+		                "-nodefaults", "-no-user-config", "-display", "none", "-S",
+		                "-monitor", "stdio", NULL};
+		execv(qemu, argv);
+		_exit(127);
+	}
+	close(in[0]);
+	(void)!write(in[1], "quit\n", 5);
+	close(in[1]);
+	int status = 0;
+	int64_t deadline = now_ms() + 20000;
+	pid_t got;
+	while ((got = waitpid(pid, &status, WNOHANG)) == 0 && now_ms() < deadline)
+		usleep(20000);
+	if (got == 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		return false;
+	}
+	return got == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
 static _Noreturn void exec_qemu(char **argv, const char *tmpdir, bool interactive, int out_fd,
                                 pid_t parent)
 {
@@ -345,11 +388,17 @@ int cmd_boot(int argc, char **argv)
 			return EXIT_FAIL;
 		}
 	}
-	/* KVM only when this user can open it: a /dev/kvm without access would make qemu fail. */
+	/* KVM only when this user can open it (a /dev/kvm without access would make qemu fail)
+	 * and qemu can really run a vCPU with it; else TCG, which is slower but always works. */
 	int kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	bool kvm = kvm_fd >= 0;
 	if (kvm_fd >= 0)
 		close(kvm_fd);
+	if (kvm && !kvm_works(qemu)) {
+		fprintf(stderr, "mosaic: /dev/kvm opens but qemu cannot run a guest with it here; "
+		                "using TCG\n");
+		kvm = false;
+	}
 
 	const char *base = getenv("TMPDIR");
 	_cleanup_free_ char *tmpdir =
