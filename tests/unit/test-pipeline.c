@@ -1,0 +1,186 @@
+/* Unit tests for pipeline/: the order a lock's fragments mount in (and the stale locks it
+ * refuses), facts from the command line, manifests by name, validation errors marked to be
+ * shown as they are, and events reaching the caller. Files go to a temp directory removed at
+ * the end. */
+#include "compose/compose.h"
+#include "pipeline/internal.h"
+#include "tap.h"
+
+#include <string.h>
+
+static char *tmpdir;
+
+struct seen {
+	int warnings;
+	char last[512];
+};
+
+static void record(const struct pipeline_event *e, void *data)
+{
+	struct seen *s = data;
+	if (e->kind == PIPELINE_WARNING) {
+		s->warnings++;
+		snprintf(s->last, sizeof(s->last), "%s", e->text);
+	}
+}
+
+static void digest_of(const char *what, char out[SHA256_HEX_LEN + 1])
+{
+	sha256_buffer(what, strlen(what), out);
+}
+
+static json_object *entry(const char *role, const char *source, const char *digest)
+{
+	json_object *e = json_object_new_object();
+	json_object_object_add(e, "role", json_object_new_string(role));
+	json_object_object_add(e, "source", json_object_new_string(source));
+	json_object_object_add(e, "digest", json_object_new_string(digest));
+	return e;
+}
+
+/* A lock of two packages with every kind of generated fragment, listed out of order. */
+static void make_lock(struct lock *l, char d[8][SHA256_HEX_LEN + 1])
+{
+	static const char *const names[] = {"pkg-a", "pkg-b", "merged", "base",
+	                                    "db",    "extra", "config", "rpmdb"};
+	for (int i = 0; i < 8; i++)
+		digest_of(names[i], d[i]);
+	*l = (struct lock){.name = xstrdup("t"), .arch = xstrdup("amd64")};
+	l->packages = xcalloc(2, sizeof(*l->packages));
+	l->n_packages = 2;
+	for (int i = 0; i < 2; i++) {
+		l->packages[i].name = xstrdup(names[i]);
+		memcpy(l->packages[i].fragment, d[i], SHA256_HEX_LEN + 1);
+	}
+	char key[SHA256_HEX_LEN + 1];
+	const char *pk[] = {d[0], d[1]};
+	compose_dpkg_key(pk, 2, "amd64", key);
+	l->fragments = json_object_new_array();
+	json_object_array_add(l->fragments, entry("extra", "./dir", d[5]));
+	json_object_array_add(l->fragments, entry("database", key, d[4]));
+	json_object_array_add(l->fragments, entry("base", "base.tar", d[3]));
+	json_object_array_add(l->fragments, entry("merged-usr", "amd64", d[2]));
+}
+
+static void test_mount_order(void)
+{
+	struct lock l;
+	char d[8][SHA256_HEX_LEN + 1];
+	make_lock(&l, d);
+	struct mosaic_error err = {0};
+	struct seen seen = {0};
+	struct pipeline_events ev = {record, &seen};
+	char **v = NULL;
+	size_t n = 0;
+	is_int(pipeline_lock_mount_order(&l, "t.lock", "t.yaml", true, true, &v, &n, &ev, &err), 0,
+	       "a complete lock has a mount order");
+	is_int(n, 6, "every fragment once");
+	/* merged /usr lowest, then the base, the packages, their database, the extras */
+	static const int want[] = {2, 3, 0, 1, 4, 5};
+	bool in_order = n == 6;
+	for (size_t i = 0; in_order && i < n; i++)
+		in_order = strcmp(v[i], d[want[i]]) == 0;
+	ok(in_order, "merged-usr, base, packages in lock order, database, extras");
+
+	/* The config fragment goes on top when it was made on exactly those fragments. */
+	char base[SHA256_HEX_LEN + 1];
+	pipeline_base_key(v, n, base);
+	strv_free(v, n);
+	json_object *config = entry("config", "key", d[6]);
+	json_object_object_add(config, "base", json_object_new_string(base));
+	json_object_array_add(l.fragments, config);
+	is_int(pipeline_lock_mount_order(&l, "t.lock", "t.yaml", true, true, &v, &n, &ev, &err), 0,
+	       "with a config fragment");
+	ok(n == 7 && strcmp(v[6], d[6]) == 0, "the config fragment is on top");
+	strv_free(v, n);
+	is_int(pipeline_lock_mount_order(&l, "t.lock", "t.yaml", true, false, &v, &n, &ev, &err), 0,
+	       "without it, for the configure step");
+	is_int(n, 6, "the config fragment left out");
+	strv_free(v, n);
+	is_int(seen.warnings, 0, "no warning so far");
+
+	/* Made on other fragments: mounted unconfigured, with a warning saying why. */
+	json_object_object_add(config, "base", json_object_new_string(d[7]));
+	is_int(pipeline_lock_mount_order(&l, "t.lock", "t.yaml", true, true, &v, &n, &ev, &err), 0,
+	       "a config fragment for other fragments still mounts");
+	is_int(n, 6, "unconfigured");
+	strv_free(v, n);
+	ok(seen.warnings == 1 && strstr(seen.last, "configuration was made for other fragments"),
+	   "and says so: %s", seen.last);
+
+	/* A database made for other packages is refused, as is a package without fragment. */
+	json_object *db = json_object_array_get_idx(l.fragments, 1);
+	json_object_object_add(db, "source", json_object_new_string(d[7]));
+	v = NULL;
+	is_int(pipeline_lock_mount_order(&l, "t.lock", "t.yaml", true, true, &v, &n, &ev, &err),
+	       -ESTALE, "a database of other packages is stale");
+	ok(strstr(err.msg, "dpkg database is not the one of its packages") &&
+	       strstr(err.msg, "mosaic build t.yaml"),
+	   "the error names the fix: %s", err.msg);
+	ok(v == NULL, "nothing is returned");
+	l.packages[1].fragment[0] = 0;
+	is_int(pipeline_lock_mount_order(&l, "t.lock", "t.yaml", false, true, &v, &n, &ev, &err),
+	       -ESTALE, "a package without a fragment");
+	ok(strstr(err.msg, "has no fragment for pkg-b"), "names the package: %s", err.msg);
+	json_object_array_del_idx(l.fragments, 3, 1);
+	is_int(pipeline_lock_mount_order(&l, "t.lock", "t.yaml", true, true, &v, &n, &ev, &err),
+	       -ESTALE, "merged /usr asked for but not built");
+	ok(strstr(err.msg, "without merged /usr"), "says so: %s", err.msg);
+	lock_clear(&l);
+}
+
+static void test_facts_and_names(void)
+{
+	json_object *f = json_object_new_object();
+	is_int(pipeline_fact_add(f, "role=web"), 0, "KEY=VALUE");
+	is_int(pipeline_fact_add(f, "role=db"), 0, "the same key again");
+	is_str(json_object_to_json_string_ext(f, JSON_C_TO_STRING_PLAIN), "{\"role\":[\"web\",\"db\"]}",
+	       "a key given twice becomes a list");
+	is_int(pipeline_fact_add(f, "=x"), -EINVAL, "no key");
+	is_int(pipeline_fact_add(f, "novalue"), -EINVAL, "no '='");
+	json_object_put(f);
+	ok(pipeline_is_manifest("a/b.yaml") && pipeline_is_manifest("b.yml"), "yaml and yml");
+	ok(!pipeline_is_manifest(".yaml") && !pipeline_is_manifest("b.sqfs") &&
+	       !pipeline_is_manifest("yaml"),
+	   "not a bare suffix, an image or a word");
+	json_object *model = json_object_new_object();
+	json_object_object_add(model, "name", json_object_new_string("web"));
+	_cleanup_free_ char *a = pipeline_lock_path("dir/m.yaml", model);
+	_cleanup_free_ char *b = pipeline_lock_path("m.yaml", model);
+	is_str(a, "dir/web.lock", "the lock is NAME.lock beside the manifest");
+	is_str(b, "web.lock", "in the current directory too");
+	json_object_put(model);
+}
+
+static void test_manifest_errors(void)
+{
+	_cleanup_free_ char *path = path_join(tmpdir, "bad.yaml");
+	const char *yaml = "name: bad\npakages: [a]\n";
+	write_file_atomic(path, yaml, strlen(yaml), 0644);
+	struct mosaic_error err = {0};
+	json_object *model = NULL;
+	is_int(pipeline_manifest_load(path, NULL, &model, &err), -EINVAL, "an invalid manifest");
+	ok(err.located, "its errors are FILE:LINE:COL lines, shown as they are");
+	ok(strstr(err.msg, "bad.yaml:2:") != NULL, "naming the line: %s", err.msg);
+	mosaic_error_prefix(&err, "context");
+	ok(!err.located, "a prefixed message is not a bare list any more");
+	_cleanup_free_ char *missing = path_join(tmpdir, "missing.yaml");
+	is_int(pipeline_manifest_load(missing, NULL, &model, &err), -ENOENT, "a missing manifest");
+	ok(!err.located, "is an ordinary error");
+}
+
+int main(void)
+{
+	const char *t = getenv("TMPDIR");
+	tmpdir = xasprintf("%s/mosaic-test-pipeline-XXXXXX", t && *t ? t : "/tmp");
+	if (!mkdtemp(tmpdir)) {
+		perror("mkdtemp");
+		return 99;
+	}
+	test_mount_order();
+	test_facts_and_names();
+	test_manifest_errors();
+	rm_tree(tmpdir);
+	free(tmpdir);
+	return done();
+}
