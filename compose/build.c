@@ -561,9 +561,11 @@ void compose_result_clear(struct compose_result *r)
 	memset(r, 0, sizeof(*r));
 }
 
-int compose_index_build(const struct compose_input *in, size_t n, bool strict, const char *out_path,
+int compose_index_build(const struct compose_input *in, size_t n,
+                        const struct compose_build_options *o, const char *out_path,
                         struct compose_result *res, struct mosaic_error *err)
 {
+	bool strict = o && o->strict;
 	struct compose_result local = {0};
 	struct builder b = {.in = in, .n_in = n, .res = res ? res : &local, .err = err};
 	memset(b.res, 0, sizeof(*b.res));
@@ -579,6 +581,8 @@ int compose_index_build(const struct compose_input *in, size_t n, bool strict, c
 		if (b.links)
 			memset(b.links, 0, b.cap_links * sizeof(*b.links));
 		r = fragment_walk(in[i].image_path, merge_entry, &b, err);
+		if (r == 0 && o && o->progress)
+			o->progress(i + 1, n, b.n_nodes, o->data);
 	}
 	if (r == 0 && strict && b.res->n_conflicts > 0) {
 		const struct compose_conflict *c = &b.res->conflicts[0];

@@ -60,9 +60,16 @@ struct compose_result {
 };
 void compose_result_clear(struct compose_result *r);
 
-/* Builds the index for the inputs into out_path (atomically). With strict, a conflict fails
- * the build (-EEXIST) and err names the first ones. */
-int compose_index_build(const struct compose_input *in, size_t n, bool strict, const char *out_path,
+struct compose_build_options {
+	bool strict; /* a conflict fails the build (-EEXIST) and err names the first ones */
+	/* Called after each fragment is merged (may be NULL): fragments done of n, and the
+	 * entries the view has so far. */
+	void (*progress)(size_t done, size_t n, uint64_t entries, void *data);
+	void *data;
+};
+/* Builds the index for the inputs into out_path (atomically); o may be NULL (the defaults). */
+int compose_index_build(const struct compose_input *in, size_t n,
+                        const struct compose_build_options *o, const char *out_path,
                         struct compose_result *res, struct mosaic_error *err);
 
 /* ---- reading an index -------------------------------------------------------------------- */

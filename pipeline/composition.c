@@ -104,14 +104,23 @@ static int inputs_resolve(char *const *args, size_t n, const char *store, const 
 	return r;
 }
 
-/* The index of the fragment list, built once and cached by the list's hash. */
-static int inputs_index(const struct inputs *ci, char **index_path, struct mosaic_error *err)
+static void index_progress(size_t done, size_t n, uint64_t entries, void *data)
 {
+	char item[48];
+	snprintf(item, sizeof(item), "%ju entries", (uintmax_t)entries);
+	pipeline_progress(data, "index", item, done, n, 0, 0);
+}
+
+/* The index of the fragment list, built once and cached by the list's hash. */
+static int inputs_index(const struct inputs *ci, char **index_path, struct pipeline_events *ev,
+                        struct mosaic_error *err)
+{
+	const struct compose_build_options o = {.progress = index_progress, .data = ev};
 	_cleanup_free_ char *cached = compose_index_cache_path(ci->in, ci->n);
 	if (access(cached, R_OK) < 0) {
 		_cleanup_free_ char *dir = xstrndup(cached, strrchr(cached, '/') - cached);
 		mkdir_p(dir, 0755);
-		int r = compose_index_build(ci->in, ci->n, false, cached, NULL, err);
+		int r = compose_index_build(ci->in, ci->n, &o, cached, NULL, err);
 		if (r < 0)
 			return r;
 	}
@@ -120,13 +129,14 @@ static int inputs_index(const struct inputs *ci, char **index_path, struct mosai
 }
 
 static int from_fragments(char *const *args, size_t n, const struct pipeline_source *src,
-                          struct composition *c, struct mosaic_error *err)
+                          struct composition *c, struct pipeline_events *ev,
+                          struct mosaic_error *err)
 {
 	struct inputs ci = {0};
 	int r = inputs_resolve(args, n, src->store, src->keyring, &ci, err);
 	if (r < 0)
 		return r;
-	r = inputs_index(&ci, &c->index_path, err);
+	r = inputs_index(&ci, &c->index_path, ev, err);
 	if (r == 0) {
 		c->n_images = ci.n;
 		c->images = xcalloc(ci.n ? ci.n : 1, sizeof(*c->images));
@@ -224,7 +234,7 @@ static int from_manifest(const char *manifest, const struct pipeline_source *src
 	                              true, &digests, &n, ev, err);
 	lock_clear(&l);
 	if (r == 0)
-		r = from_fragments(digests, n, src, c, err);
+		r = from_fragments(digests, n, src, c, ev, err);
 	strv_free(digests, n);
 	return r;
 }
@@ -250,7 +260,7 @@ int pipeline_open(const struct pipeline_source *src, struct composition **out,
 		r = from_index(a[0], src, c, err);
 	} else {
 		c->kind = PIPELINE_FROM_FRAGMENTS;
-		r = from_fragments(a, src->n_args, src, c, err);
+		r = from_fragments(a, src->n_args, src, c, ev, err);
 	}
 	if (r == 0 && !c->idx)
 		r = compose_index_open(c->index_path, &c->idx, err);
@@ -275,7 +285,8 @@ int pipeline_compose(const struct pipeline_source *src, const char *out_path, bo
 		scratch = xasprintf("%s/conflicts-%d.idx", cache, getpid());
 		mkdir_p(cache, 0700);
 	}
-	r = compose_index_build(ci.in, ci.n, strict, out_path ? out_path : scratch, res, err);
+	const struct compose_build_options o = {.strict = strict};
+	r = compose_index_build(ci.in, ci.n, &o, out_path ? out_path : scratch, res, err);
 	if (scratch)
 		unlink(scratch);
 	if (r == 0) {
@@ -286,4 +297,17 @@ int pipeline_compose(const struct pipeline_source *src, const char *out_path, bo
 	}
 	inputs_clear(&ci);
 	return r;
+}
+
+int pipeline_open_mount(const char *mountpoint, struct composition **out, struct mosaic_error *err)
+{
+	struct composition *c = xcalloc(1, sizeof(*c));
+	c->kind = PIPELINE_FROM_MOUNT;
+	int r = from_mount(mountpoint, c, err);
+	if (r < 0) {
+		composition_free(c);
+		return r;
+	}
+	*out = c;
+	return 0;
 }

@@ -5,23 +5,11 @@
 
 #include <string.h>
 
-static int open_mount(const char *mountpoint, struct composition **c, struct mosaic_error *err)
-{
-	const struct pipeline_source src = {
-	    .args = (char *const[]){(char *)mountpoint}, .n_args = 1, .mountpoints = true};
-	int r = pipeline_open(&src, c, NULL, err);
-	if (r == 0 && (*c)->kind != PIPELINE_FROM_MOUNT) {
-		composition_free(*c);
-		return mosaic_errorf(err, -EINVAL, "%s is not a mosaic mount", mountpoint);
-	}
-	return r;
-}
-
 int pipeline_diff(const char *mountpoint, bool all, struct compose_diff_entry **out, size_t *n,
                   bool *read_only, struct mosaic_error *err)
 {
 	struct composition *c;
-	int r = open_mount(mountpoint, &c, err);
+	int r = pipeline_open_mount(mountpoint, &c, err);
 	if (r < 0)
 		return r;
 	*out = NULL;
@@ -81,7 +69,7 @@ int pipeline_origin(const char *mountpoint, const char *path, struct pipeline_or
 {
 	*out = (struct pipeline_origin){0};
 	struct composition *c;
-	int r = open_mount(mountpoint, &c, err);
+	int r = pipeline_open_mount(mountpoint, &c, err);
 	if (r < 0)
 		return r;
 	struct compose_diff_entry e;

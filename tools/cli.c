@@ -166,11 +166,11 @@ static void progress(const struct pipeline_event *e)
 		out.line = true;
 		return;
 	}
-	/* In a log: a line at every tenth of the items, not one per item; the byte counts of a
-	 * download only in its summary. */
-	if (e->total_bytes)
+	/* In a log: a line at every tenth of the items of a long step, not one per item; the
+	 * byte counts of a download only in its summary. */
+	if (e->total_bytes || e->total < 10)
 		return;
-	uint64_t every = e->total < 10 ? 1 : e->total / 10;
+	uint64_t every = e->total / 10;
 	if (e->done % every == 0 || e->done == e->total)
 		fprintf(stderr, "%s: %ju of %ju\n", e->step, (uintmax_t)e->done, (uintmax_t)e->total);
 }

@@ -73,7 +73,7 @@ static struct compose_index *build(const struct compose_input *in, size_t n,
 	_cleanup_free_ char *out = path_join(tmpdir, "test.idx");
 	struct mosaic_error err = {0};
 	struct compose_index *idx = NULL;
-	if (compose_index_build(in, n, false, out, res, &err) < 0 ||
+	if (compose_index_build(in, n, NULL, out, res, &err) < 0 ||
 	    compose_index_open(out, &idx, &err) < 0)
 		diag("building the index: %s", err.msg);
 	return idx;

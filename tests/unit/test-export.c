@@ -364,7 +364,7 @@ static void test_squashfs(struct compose_index *idx, char *const *images)
 	struct compose_index *bidx = NULL;
 	char *bimages[1] = {big};
 	const struct export_reader_options bo = {.images = bimages};
-	if (compose_index_build(&in, 1, false, ip, NULL, &err) == 0 &&
+	if (compose_index_build(&in, 1, NULL, ip, NULL, &err) == 0 &&
 	    compose_index_open(ip, &bidx, &err) == 0) {
 		struct export_reader_options bo2 = bo;
 		bo2.idx = bidx;
@@ -419,7 +419,7 @@ int main(void)
 	}
 	_cleanup_free_ char *ip = path_join(tmpdir, "test.idx");
 	struct compose_index *idx = NULL;
-	if (compose_index_build(in, 2, false, ip, NULL, &err) < 0 ||
+	if (compose_index_build(in, 2, NULL, ip, NULL, &err) < 0 ||
 	    compose_index_open(ip, &idx, &err) < 0) {
 		diag("index: %s", err.msg);
 		return 99;
