@@ -158,6 +158,31 @@ json_object *export_sbom(const struct export_sbom_input *in);
 /* The image manifest: version, format, image, size, sha256. Caller puts. */
 json_object *export_image_manifest(const struct export_sbom_input *in);
 
+/* ---- UUIDs (uuid.c) ----------------------------------------------------------------------- */
+
+/* A UUID derived from a 32-byte seed and a label: the first 16 bytes of SHA-256(seed, label)
+ * marked as a version 4 (random) UUID, as systemd-repart derives its UUIDs. */
+void export_derive_uuid(const uint8_t seed[SHA256_LEN], const char *label, uint8_t out[16]);
+void export_uuid_string(const uint8_t u[16], char out[37]);
+
+/* ---- host tools (host-tools.c) ----------------------------------------------------------- */
+
+#define EXPORT_GRUB_DIR "/usr/lib/grub"
+
+/* Runs argv[0] (looked up in PATH, then /usr/sbin and /sbin) with stdin and stdout on
+ * /dev/null, LC_ALL=C, TZ=UTC, MTOOLS_SKIP_CHECK=1 and the NULL-terminated "NAME=VALUE"s of
+ * env; its stderr becomes the error message. A missing tool is an error naming package. */
+int export_run_tool(char *const argv[], const char *package, char *const env[],
+                    struct mosaic_error *err);
+
+/* GRUB as one image (grub-mkimage from the host's GRUB, format "x86_64-efi" or
+ * "i386-pc-eltorito") with the modules a mosaic image boots with, extra ones and the early
+ * configuration early built in. */
+int export_grub_mkimage(const char *format, const char *early, const char *out,
+                        const char *const extra[], size_t n_extra, struct mosaic_error *err);
+/* Converts the raw disk image raw into fmt ("qcow2", "vmdk", "vhdx") at out with qemu-img. */
+int export_convert(const char *raw, const char *fmt, const char *out, struct mosaic_error *err);
+
 /* ---- ext4 (ext4.c) ------------------------------------------------------------------------ */
 
 #define EXPORT_EXT4_BLOCK 4096u
@@ -195,11 +220,6 @@ int export_ext4_write(struct export_reader *r, const struct export_ext4_options 
 /* ---- raw disk (disk.c) -------------------------------------------------------------------- */
 
 #define EXPORT_MIB (1024ull * 1024)
-
-/* A UUID derived from a 32-byte seed and a label: the first 16 bytes of SHA-256(seed, label)
- * marked as a version 4 (random) UUID, as systemd-repart derives its UUIDs. */
-void export_derive_uuid(const uint8_t seed[SHA256_LEN], const char *label, uint8_t out[16]);
-void export_uuid_string(const uint8_t u[16], char out[37]);
 
 /* At most: the ESP, the root and 14 more. */
 #define EXPORT_MAX_PARTITIONS 16
@@ -274,13 +294,7 @@ struct export_squashfs_result {
 int export_squashfs(struct export_reader *r, const struct export_squashfs_options *o,
                     struct export_squashfs_result *res, struct mosaic_error *err);
 
-/* ---- ISO and converted disks (iso.c) ------------------------------------------------------ */
-
-/* Runs argv[0] (looked up in PATH, then /usr/sbin and /sbin) with stdin and stdout on
- * /dev/null, LC_ALL=C, TZ=UTC, MTOOLS_SKIP_CHECK=1 and the NULL-terminated "NAME=VALUE"s of
- * env; its stderr becomes the error message. A missing tool is an error naming package. */
-int export_run_tool(char *const argv[], const char *package, char *const env[],
-                    struct mosaic_error *err);
+/* ---- ISO (iso.c) ------------------------------------------------------------------------- */
 
 struct export_iso_options {
 	const char *path;           /* a fresh empty file to write the ISO into */
@@ -306,13 +320,6 @@ void export_iso_result_clear(struct export_iso_result *res);
  * have live-boot's initramfs script. The same view and epoch give the same bytes. */
 int export_iso(struct export_reader *r, const struct export_iso_options *o,
                struct export_iso_result *res, struct mosaic_error *err);
-/* GRUB as one image (grub-mkimage from the host's GRUB, format "x86_64-efi" or
- * "i386-pc-eltorito") with the modules a mosaic image boots with, extra ones and the early
- * configuration early built in. */
-int export_grub_mkimage(const char *format, const char *early, const char *out,
-                        const char *const extra[], size_t n_extra, struct mosaic_error *err);
-/* Converts the raw disk image raw into fmt ("qcow2", "vmdk", "vhdx") at out with qemu-img. */
-int export_convert(const char *raw, const char *fmt, const char *out, struct mosaic_error *err);
 
 /* ---- one export (run.c) ------------------------------------------------------------------- */
 
