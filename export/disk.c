@@ -2,7 +2,7 @@
  * mkfs.vfat at its offset and filled by mtools, so nothing is mounted) and the root as ext4
  * written from the view (ext4.c). Sizes come from one walk of the view; every UUID derives
  * from a seed that walk hashes, so the same view gives the same disk. See docs/export.md. */
-#include "export/export.h"
+#include "export/internal.h"
 
 #include "compose/compose.h"
 

@@ -1,7 +1,7 @@
 /* Running the host's tools for the disk and ISO writers (mkfs.vfat, mtools, mkswap, xorriso,
  * qemu-img) with a fixed environment and their stderr as the error, and GRUB built into one
  * image by grub-mkimage. Below disk.c and iso.c, which both use it. */
-#include "export/export.h"
+#include "export/internal.h"
 
 #include <fcntl.h>
 #include <spawn.h>

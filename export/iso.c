@@ -3,7 +3,7 @@
  * and GRUB for BIOS and UEFI, assembled by xorriso as a hybrid image (El Torito for a CD, an
  * MBR and a GPT for a disk), the way grub-mkrescue assembles one, but with every input fixed so
  * the bytes repeat. See docs/export.md. */
-#include "export/export.h"
+#include "export/internal.h"
 
 #include "compose/compose.h"
 

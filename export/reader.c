@@ -2,7 +2,7 @@
  * images the content, and an upper directory (overlayfs format) what configuration changed, with
  * the overlay rules compose_diff applies, so export and 'mosaic diff' never disagree. */
 #include "compose/compose.h"
-#include "export/export.h"
+#include "export/internal.h"
 #include "fragments/fragment.h"
 
 #include <fcntl.h>

@@ -1,6 +1,6 @@
 /* The UUIDs of an image (disk, partitions, filesystems, the ISO's marker), derived from the
  * seed a scan of the view hashes, so the same view gives the same UUIDs. */
-#include "export/export.h"
+#include "export/internal.h"
 
 #include <stdio.h>
 #include <string.h>
