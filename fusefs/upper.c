@@ -537,7 +537,9 @@ static void dir_changed(struct upper *up, fuse_ino_t dir)
 		__atomic_store_n(&n->nlink, 0, __ATOMIC_RELAXED);
 }
 
-fuse_ino_t upper_lower_nodeid(struct daemon *d, fuse_ino_t ino, fuse_ino_t dir, uint32_t pos)
+/* The node id that index inode ino, found at position pos of index directory dir, has in the
+ * view: ino, but for a file with several links, whose each name has a node of its own. */
+static fuse_ino_t upper_lower_nodeid(struct daemon *d, fuse_ino_t ino, fuse_ino_t dir, uint32_t pos)
 {
 	struct upper *up = d->up;
 	const struct compose_inode *in = compose_index_inode(d->idx, ino);
@@ -561,7 +563,9 @@ fuse_ino_t upper_lower_nodeid(struct daemon *d, fuse_ino_t ino, fuse_ino_t dir, 
 	return r;
 }
 
-void upper_index_looked_up(struct daemon *d, fuse_ino_t ino, fuse_ino_t dir, uint32_t pos)
+/* A lookup (or readdirplus entry) handed the kernel node id ino (upper_lower_nodeid of the
+ * entry at position pos of index directory dir): one more reference. */
+static void upper_index_looked_up(struct daemon *d, fuse_ino_t ino, fuse_ino_t dir, uint32_t pos)
 {
 	struct upper *up = d->up;
 	if (is_index(up, ino)) {
@@ -2081,13 +2085,20 @@ static void up_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		free(h);
 }
 
+/* An index directory listed with readdirplus hands each entry to the kernel under the node id it
+ * has in the merged view, with one more lookup reference. */
+static const struct fusefs_readdir_hooks index_hooks = {
+    .nodeid = upper_lower_nodeid,
+    .looked_up = upper_index_looked_up,
+};
+
 static void up_readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                               struct fuse_file_info *fi, bool plus)
 {
 	struct daemon *d = D(req);
 	struct node *n = node_get(d->up, ino);
 	if (!n)
-		return fusefs_index_readdir(req, ino, size, off, plus, true);
+		return fusefs_index_readdir(req, ino, size, off, plus, &index_hooks);
 	_cleanup_close_ int dfd = node_fd(d->up, n);
 	if (dfd < 0)
 		return reply_err(req, dfd);
