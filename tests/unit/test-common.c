@@ -389,7 +389,7 @@ static void test_source_date_epoch(void)
 		struct mosaic_error err = {0};
 		int64_t v = 42;
 		int r = mosaic_source_date_epoch(&v, &err);
-		is_int(r, cases[i].r, cases[i].value ? cases[i].value : "(unset)");
+		is_int(r, cases[i].r, "%s", cases[i].value ? cases[i].value : "(unset)");
 		is_int(v, cases[i].epoch, "its value");
 		if (r < 0)
 			ok(strstr(err.msg, "SOURCE_DATE_EPOCH") && strstr(err.msg, cases[i].value),
