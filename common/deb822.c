@@ -1,5 +1,6 @@
 /* A parser for Debian control paragraphs (deb822): "Field: value" lines, continuation lines
- * starting with a space or tab, '#' comments. Input is untrusted (a .deb, a repository). */
+ * starting with a space or tab (trimmed, or kept verbatim as dpkg keeps them), '#' comments.
+ * Input is untrusted (a .deb, a repository). */
 #include "common/deb822.h"
 
 #include <ctype.h>
@@ -40,8 +41,8 @@ static char *trim(const char *s, size_t n)
 /* Parses one paragraph starting at text[*pos], counting lines in *line; stops after the blank
  * line that ends it (or at the end) and leaves *pos there. A paragraph of comments only gives
  * out->n == 0. */
-static int parse_one(const char *text, size_t len, size_t *pos, size_t *line, struct deb822 *out,
-                     struct mosaic_error *err)
+static int parse_one(const char *text, size_t len, enum deb822_mode mode, size_t *pos, size_t *line,
+                     struct deb822 *out, struct mosaic_error *err)
 {
 	struct deb822 p = {0};
 	size_t cap = 0, vlen = 0, vcap = 0; /* length and room of the last value */
@@ -76,7 +77,8 @@ static int parse_one(const char *text, size_t len, size_t *pos, size_t *line, st
 				                     *line);
 			}
 			struct deb822_field *f = &p.fields[p.n - 1];
-			_cleanup_free_ char *t = trim(s, n);
+			_cleanup_free_ char *t =
+			    mode == DEB822_VERBATIM ? xstrndup(s, n) : trim(s, n);
 			size_t tl = strlen(t);
 			if (vlen + tl + 2 > vcap) {
 				vcap = (vlen + tl + 2) * 2;
@@ -115,7 +117,10 @@ static int parse_one(const char *text, size_t len, size_t *pos, size_t *line, st
 				p.fields = xrealloc(p.fields, cap * sizeof(*p.fields));
 			}
 			p.fields[p.n].name = TAKE_PTR(name);
-			p.fields[p.n].value = trim(colon + 1, eol - colon - 1);
+			/* Verbatim: trimmed as a whole once the paragraph is read. */
+			p.fields[p.n].value = mode == DEB822_VERBATIM
+			                          ? xstrndup(colon + 1, eol - colon - 1)
+			                          : trim(colon + 1, eol - colon - 1);
 			vlen = strlen(p.fields[p.n].value);
 			vcap = vlen + 1;
 			p.n++;
@@ -123,12 +128,19 @@ static int parse_one(const char *text, size_t len, size_t *pos, size_t *line, st
 		}
 		s = nl ? nl + 1 : end;
 	}
+	if (mode == DEB822_VERBATIM)
+		for (size_t i = 0; i < p.n; i++) {
+			char *v = p.fields[i].value;
+			p.fields[i].value = trim(v, strlen(v));
+			free(v);
+		}
 	*pos = s - text;
 	*out = p;
 	return 0;
 }
 
-int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic_error *err)
+int deb822_parse_mode(const char *text, size_t len, enum deb822_mode mode, struct deb822 *out,
+                      struct mosaic_error *err)
 {
 	/* Real control paragraphs are a few KiB; the limits keep hostile input linear. */
 	if (len > DEB822_MAX_BYTES)
@@ -136,13 +148,18 @@ int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic
 		                     DEB822_MAX_BYTES);
 	size_t pos = 0, line = 0;
 	struct deb822 p = {0};
-	int r = parse_one(text, len, &pos, &line, &p, err);
+	int r = parse_one(text, len, mode, &pos, &line, &p, err);
 	if (r < 0)
 		return r;
 	if (p.n == 0)
 		return mosaic_errorf(err, -EINVAL, "empty control paragraph");
 	*out = p;
 	return 0;
+}
+
+int deb822_parse(const char *text, size_t len, struct deb822 *out, struct mosaic_error *err)
+{
+	return deb822_parse_mode(text, len, DEB822_TRIM, out, err);
 }
 
 void deb822_free_all(struct deb822 *p, size_t n)
@@ -161,7 +178,7 @@ int deb822_parse_all(const char *text, size_t len, struct deb822 **out, size_t *
 	size_t count = 0, pos = 0, line = 0;
 	while (pos < len) {
 		struct deb822 p = {0};
-		int r = parse_one(text, len, &pos, &line, &p, err);
+		int r = parse_one(text, len, DEB822_TRIM, &pos, &line, &p, err);
 		if (r < 0) {
 			deb822_free_all(all, count);
 			return r;

@@ -88,6 +88,10 @@ void compose_index_fragment_digest(const struct compose_index *idx, uint32_t i, 
 uint32_t compose_index_inodes(const struct compose_index *idx);
 /* Inode ino (1..inodes), or NULL when out of range. */
 const struct compose_inode *compose_index_inode(const struct compose_index *idx, uint64_t ino);
+/* The position of name among directory dir's entries (compose_index_dirents) by binary search,
+ * or -1. */
+int64_t compose_index_find(const struct compose_index *idx, uint64_t dir, const char *name,
+                           size_t len);
 /* Looks name up in directory dir by binary search; returns the ino or 0. */
 uint32_t compose_index_lookup(const struct compose_index *idx, uint64_t dir, const char *name,
                               size_t len);

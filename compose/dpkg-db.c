@@ -1,5 +1,6 @@
 /* The dpkg database of a composition: status, available, info/format and the trigger interest
  * files that `dpkg --unpack` of the same packages would leave, made into a fragment. */
+#include "common/deb822.h"
 #include "compose/compose.h"
 #include "fragments/fragment.h"
 
@@ -13,117 +14,9 @@
 #define DPKG_DB_VERSION 2
 #define MD5_HEX_LEN     32
 
-/* ---- control paragraphs -------------------------------------------------------------------- */
-
-struct cfield {
-	char *name, *value;
-};
-
-struct cpara {
-	struct cfield *f;
-	size_t n;
-};
-
-static void cpara_clear(struct cpara *p)
-{
-	for (size_t i = 0; i < p->n; i++) {
-		free(p->f[i].name);
-		free(p->f[i].value);
-	}
-	free(p->f);
-	*p = (struct cpara){0};
-}
-
-static const char *cpara_get(const struct cpara *p, const char *name)
-{
-	for (size_t i = 0; i < p->n; i++)
-		if (strcasecmp(p->f[i].name, name) == 0)
-			return p->f[i].value;
-	return NULL;
-}
-
 static bool is_space(char c)
 {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
-}
-
-/* Splits the first paragraph of text into fields with values as dpkg keeps them: continuation
- * lines verbatim (indentation included), leading and trailing whitespace of the whole value
- * dropped. common/deb822.c trims every line, which would lose a description's verbatim lines. */
-static int cpara_parse(const char *text, size_t len, struct cpara *out, struct mosaic_error *err)
-{
-	struct cpara p = {0};
-	size_t cap = 0, line = 0;
-	const char *s = text, *end = text + len;
-	const char *vstart = NULL, *vend = NULL; /* the value being collected */
-
-	for (;;) {
-		const char *nl = s < end ? memchr(s, '\n', end - s) : NULL;
-		const char *eol = s < end ? (nl ? nl : end) : end;
-		bool at_end = s >= end;
-		size_t n = eol - s;
-		bool blank = true;
-		for (size_t i = 0; i < n; i++)
-			if (!is_space(s[i]))
-				blank = false;
-		bool cont = !at_end && !blank && (s[0] == ' ' || s[0] == '\t');
-		if (vstart && !cont && !(!at_end && s[0] == '#')) {
-			while (vstart < vend && is_space(*vstart))
-				vstart++;
-			while (vend > vstart && is_space(vend[-1]))
-				vend--;
-			p.f[p.n - 1].value = xstrndup(vstart, vend - vstart);
-			vstart = NULL;
-		}
-		if (at_end || (blank && p.n > 0))
-			break;
-		line++;
-		if (memchr(s, '\0', n)) {
-			cpara_clear(&p);
-			return mosaic_errorf(err, -EINVAL, "line %zu: NUL byte", line);
-		}
-		if (blank || s[0] == '#') {
-			/* blank lines before the paragraph, comments */
-		} else if (cont) {
-			if (!vstart) {
-				cpara_clear(&p);
-				return mosaic_errorf(err, -EINVAL,
-				                     "line %zu: continuation line before any field",
-				                     line);
-			}
-			vend = eol;
-		} else {
-			const char *colon = memchr(s, ':', n);
-			if (!colon || colon == s) {
-				cpara_clear(&p);
-				return mosaic_errorf(err, -EINVAL,
-				                     "line %zu: expected 'Field: value'", line);
-			}
-			for (const char *c = s; c < colon; c++)
-				if ((unsigned char)*c <= ' ' || (unsigned char)*c >= 0x7f) {
-					cpara_clear(&p);
-					return mosaic_errorf(
-					    err, -EINVAL,
-					    "line %zu: invalid character in field name", line);
-				}
-			_cleanup_free_ char *name = xstrndup(s, colon - s);
-			if (cpara_get(&p, name)) {
-				cpara_clear(&p);
-				return mosaic_errorf(err, -EINVAL, "line %zu: duplicate field '%s'",
-				                     line, name);
-			}
-			if (p.n == cap) {
-				cap = cap ? cap * 2 : 32;
-				p.f = xrealloc(p.f, cap * sizeof(*p.f));
-			}
-			p.f[p.n++] = (struct cfield){TAKE_PTR(name), NULL};
-			vstart = colon + 1;
-			vend = eol;
-		}
-		s = nl ? nl + 1 : end;
-	}
-	*out = p;
-	return 0;
 }
 
 /* ---- writing paragraphs as dpkg does (lib/dpkg/parse.c's fieldinfos, dump.c) ---------------- */
@@ -313,13 +206,13 @@ static void write_conffiles(FILE *f, const char *conffiles)
 	}
 }
 
-static void write_paragraph(FILE *f, const struct cpara *p, const char *conffiles, bool status)
+static void write_paragraph(FILE *f, const struct deb822 *p, const char *conffiles, bool status)
 {
 	const char *slot[ARRAY_SIZE(fields)] = {0};
 	for (size_t i = 0; i < p->n; i++) {
-		int k = field_index(p->f[i].name);
+		int k = field_index(p->fields[i].name);
 		if (k >= 0)
-			slot[k] = p->f[i].value;
+			slot[k] = p->fields[i].value;
 	}
 	for (size_t i = 0; i < ARRAY_SIZE(fields); i++) {
 		const char *v = slot[i], *name = fields[i].name;
@@ -374,15 +267,15 @@ static void write_paragraph(FILE *f, const struct cpara *p, const char *conffile
 		}
 	}
 	for (size_t i = 0; i < p->n; i++)
-		if (field_index(p->f[i].name) < 0)
-			fprintf(f, "%s: %s\n", p->f[i].name, p->f[i].value);
+		if (field_index(p->fields[i].name) < 0)
+			fprintf(f, "%s: %s\n", p->fields[i].name, p->fields[i].value);
 	fputc('\n', f);
 }
 
 /* ---- the package set ------------------------------------------------------------------------ */
 
 struct dpkg_pkg {
-	struct cpara para;
+	struct deb822 para;
 	char *name, *arch; /* name lower case */
 	bool same;         /* Multi-Arch: same: dpkg names it name:arch */
 	bool needs_arch;   /* dpkg's "nonambig" name carries the arch: same, or foreign */
@@ -400,7 +293,7 @@ struct dpkg_set {
 static void dpkg_set_clear(struct dpkg_set *s)
 {
 	for (size_t i = 0; i < s->n; i++) {
-		cpara_clear(&s->p[i].para);
+		deb822_clear(&s->p[i].para);
 		free(s->p[i].name);
 		free(s->p[i].arch);
 	}
@@ -429,11 +322,13 @@ static int dpkg_set_load(const struct compose_dpkg_package *pkgs, size_t n, cons
 	for (size_t i = 0; i < n; i++) {
 		struct dpkg_pkg *p = &s.p[i];
 		p->in = &pkgs[i];
-		int r = cpara_parse(pkgs[i].control, pkgs[i].control_len, &p->para, err);
-		const char *name = r < 0 ? NULL : cpara_get(&p->para, "Package");
-		const char *arch = r < 0 ? NULL : cpara_get(&p->para, "Architecture");
+		/* Values as dpkg keeps them: a description's continuation lines verbatim. */
+		int r = deb822_parse_mode(pkgs[i].control, pkgs[i].control_len, DEB822_VERBATIM,
+		                          &p->para, err);
+		const char *name = r < 0 ? NULL : deb822_get(&p->para, "Package");
+		const char *arch = r < 0 ? NULL : deb822_get(&p->para, "Architecture");
 		if (r == 0 &&
-		    (!name || !arch || !*name || !*arch || !cpara_get(&p->para, "Version")))
+		    (!name || !arch || !*name || !*arch || !deb822_get(&p->para, "Version")))
 			r = mosaic_errorf(err, -EINVAL, "lacks Package, Version or Architecture");
 		if (r < 0) {
 			mosaic_error_prefix(err, "%s: control",
@@ -447,7 +342,7 @@ static int dpkg_set_load(const struct compose_dpkg_package *pkgs, size_t n, cons
 			if (*c >= 'A' && *c <= 'Z')
 				*c += 'a' - 'A';
 		p->arch = xstrdup(arch);
-		const char *ma = cpara_get(&p->para, "Multi-Arch");
+		const char *ma = deb822_get(&p->para, "Multi-Arch");
 		p->same = ma && strcasecmp(ma, "same") == 0;
 		p->needs_arch = p->same || (strcmp(arch, "all") != 0 && strcmp(arch, native) != 0);
 		/* As unpacking them in order would: a later instance replaces an earlier one. */

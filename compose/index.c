@@ -205,8 +205,8 @@ static int name_cmp(const char *a, size_t al, const char *b, size_t bl)
 	return c ? c : (al > bl) - (al < bl);
 }
 
-uint32_t compose_index_lookup(const struct compose_index *x, uint64_t dir, const char *name,
-                              size_t len)
+int64_t compose_index_find(const struct compose_index *x, uint64_t dir, const char *name,
+                           size_t len)
 {
 	uint32_t n;
 	const struct compose_dirent *d = compose_index_dirents(x, dir, &n);
@@ -215,13 +215,23 @@ uint32_t compose_index_lookup(const struct compose_index *x, uint64_t dir, const
 		size_t mid = lo + (hi - lo) / 2;
 		int c = name_cmp(name, len, x->strings + d[mid].name_off, d[mid].name_len);
 		if (c == 0)
-			return d[mid].ino;
+			return mid;
 		if (c < 0)
 			hi = mid;
 		else
 			lo = mid + 1;
 	}
-	return 0;
+	return -1;
+}
+
+uint32_t compose_index_lookup(const struct compose_index *x, uint64_t dir, const char *name,
+                              size_t len)
+{
+	int64_t pos = compose_index_find(x, dir, name, len);
+	if (pos < 0)
+		return 0;
+	uint32_t n;
+	return compose_index_dirents(x, dir, &n)[pos].ino;
 }
 
 const struct compose_xattr *compose_index_xattrs(const struct compose_index *x, uint64_t ino,

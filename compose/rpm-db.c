@@ -1,6 +1,7 @@
 /* The rpm database of a composition: the headers the RPM package fragments carry, put into an
  * rpmdb by librpm as `rpm -i --justdb --nodeps --noscripts` of the same packages records them,
  * with rpm's install order written beside it for mosaic configure to run their scriptlets in. */
+#include "common/rpmlog.h"
 #include "compose/compose.h"
 #include "fragments/fragment.h"
 
@@ -13,7 +14,6 @@
 #include <rpm/header.h>
 #include <rpm/rpmfiles.h>
 #include <rpm/rpmlib.h>
-#include <rpm/rpmlog.h>
 #include <rpm/rpmmacro.h>
 #include <rpm/rpmtd.h>
 #include <rpm/rpmte.h>
@@ -31,47 +31,6 @@ static void json_putp(json_object **p)
 }
 
 /* ---- librpm ---------------------------------------------------------------------------------- */
-
-/* What librpm said last (only tools/ prints). rpmReadConfigFiles reads the host's macros, which
- * only name defaults here: the database path and backend are set for each use. */
-static char rpm_said[512];
-static int rpm_config_result = -1;
-
-static int rpmlog_keep(rpmlogRec rec, rpmlogCallbackData data)
-{
-	(void)data;
-	if (rpmlogRecPriority(rec) <= RPMLOG_WARNING) {
-		snprintf(rpm_said, sizeof(rpm_said), "%s", rpmlogRecMessage(rec));
-		size_t n = strlen(rpm_said);
-		while (n > 0 && (rpm_said[n - 1] == '\n' || rpm_said[n - 1] == ' '))
-			rpm_said[--n] = '\0';
-	}
-	return 0;
-}
-
-/* Starts a use of librpm: our log callback (the previous one is handed back to restore). */
-static rpmlogCallback rpm_begin(void)
-{
-	rpmlogCallback prev = rpmlogSetCallback(rpmlog_keep, NULL);
-	rpm_said[0] = '\0';
-	if (rpm_config_result < 0)
-		rpm_config_result = rpmReadConfigFiles(NULL, NULL) == 0 ? 0 : 1;
-	return prev;
-}
-
-static void rpm_end(rpmlogCallback prev)
-{
-	/* fragments/ installs its own with NULL data too */
-	rpmlogSetCallback(prev, NULL);
-}
-
-static const char *rpm_detail(char *buf, size_t size)
-{
-	if (!rpm_said[0])
-		return "";
-	snprintf(buf, size, " (%s)", rpm_said);
-	return buf;
-}
 
 static Header header_load(const void *blob, size_t len)
 {
@@ -186,7 +145,7 @@ static int load_headers(const struct compose_rpm_package *pkgs, size_t n, struct
 static int write_rpmdb(struct loaded *v, size_t n, const char *root, const char *dbpath,
                        uint32_t when, size_t *order, size_t *n_order, struct mosaic_error *err)
 {
-	char detail[sizeof(rpm_said) + 4];
+	char detail[RPM_SAID_MAX + 4];
 	_cleanup_free_ char *abs_dbpath = xasprintf("/%s", dbpath);
 	/* The composition's rpm, not the host's: Debian's and upstream's default backend. */
 	rpmPushMacro(NULL, "_dbpath", NULL, abs_dbpath, RMIL_CMDLINE);
@@ -202,7 +161,7 @@ static int write_rpmdb(struct loaded *v, size_t n, const char *root, const char 
 		if (rpmtsAddInstallElement(ts, v[i].h, (fnpyKey)(uintptr_t)(i + 1), 0, NULL) != 0)
 			r = mosaic_errorf(err, -EINVAL,
 			                  "%s: librpm cannot add it to a transaction%s", v[i].nevra,
-			                  rpm_detail(detail, sizeof(detail)));
+			                  rpm_said_detail(detail));
 	}
 	/* Dependency loops are broken as rpm breaks them; the order stays rpm's. */
 	if (r == 0)
@@ -210,7 +169,7 @@ static int write_rpmdb(struct loaded *v, size_t n, const char *root, const char 
 	rpmtxn txn = r == 0 ? rpmtxnBegin(ts, RPMTXN_WRITE) : NULL;
 	if (r == 0 && !txn)
 		r = mosaic_errorf(err, -EIO, "%s%s: cannot lock the rpm database%s", root,
-		                  abs_dbpath, rpm_detail(detail, sizeof(detail)));
+		                  abs_dbpath, rpm_said_detail(detail));
 	*n_order = 0;
 	if (r == 0) {
 		uint32_t color = rpmtsColor(ts);
@@ -221,7 +180,7 @@ static int write_rpmdb(struct loaded *v, size_t n, const char *root, const char 
 			put_install_tags(v[i].h, when, color);
 			if (rpmtsImportHeader(txn, v[i].h, 0) != RPMRC_OK)
 				r = mosaic_errorf(err, -EIO, "%s: adding it to the rpm database%s",
-				                  v[i].nevra, rpm_detail(detail, sizeof(detail)));
+				                  v[i].nevra, rpm_said_detail(detail));
 			order[(*n_order)++] = i;
 		}
 		rpmtsiFree(it);
@@ -229,7 +188,7 @@ static int write_rpmdb(struct loaded *v, size_t n, const char *root, const char 
 	rpmtxnEnd(txn);
 	if (rpmtsCloseDB(ts) != 0 && r == 0)
 		r = mosaic_errorf(err, -EIO, "%s%s: closing the rpm database%s", root, abs_dbpath,
-		                  rpm_detail(detail, sizeof(detail)));
+		                  rpm_said_detail(detail));
 	rpmtsFree(ts);
 	rpmPopMacro(NULL, "_db_backend");
 	rpmPopMacro(NULL, "_dbpath");
@@ -287,7 +246,7 @@ static bool dbpath_ok(const char *p)
 int compose_rpm_tree(const struct compose_rpm_package *pkgs, size_t n, const char *dbpath,
                      int64_t mtime, const char *root, struct mosaic_error *err)
 {
-	char detail[sizeof(rpm_said) + 4];
+	char detail[RPM_SAID_MAX + 4];
 	if (!dbpath_ok(dbpath))
 		return mosaic_errorf(err, -EINVAL, "'%s': the rpm database path must be relative",
 		                     dbpath);
@@ -298,19 +257,18 @@ int compose_rpm_tree(const struct compose_rpm_package *pkgs, size_t n, const cha
 	if (!realpath(root, real))
 		return mosaic_errorf(err, -errno, "%s: %s", root, strerror(errno));
 
-	rpmlogCallback prev = rpm_begin();
+	rpm_said_clear();
 	struct loaded *v = NULL;
-	int r = rpm_config_result == 0
+	int r = rpm_setup() == 0
 	            ? 0
 	            : mosaic_errorf(err, -EIO, "librpm could not read its configuration%s",
-	                            rpm_detail(detail, sizeof(detail)));
+	                            rpm_said_detail(detail));
 	if (r == 0)
 		r = load_headers(pkgs, n, &v, err);
 	_cleanup_free_ size_t *order = xcalloc(n ? n : 1, sizeof(*order));
 	size_t n_order = 0;
 	if (r == 0)
 		r = write_rpmdb(v, n, real, dbpath, (uint32_t)mtime, order, &n_order, err);
-	rpm_end(prev);
 
 	_cleanup_free_ char *dir = path_join(real, dbpath);
 	if (r == 0) {
@@ -631,7 +589,8 @@ int compose_rpm_scripts(const char *root, struct compose_rpm_script **out, size_
 	/* rpm's $1: the instances of that name installed with this one (more than one only for
 	 * names installed in several versions, such as kernels). */
 	_cleanup_free_ unsigned *counts = xcalloc(np ? np : 1, sizeof(*counts));
-	rpmlogCallback prev = rpm_begin();
+	rpm_said_clear();
+	rpm_setup(); /* what librpm logs is kept, not printed */
 	for (size_t i = 0; i < np && r == 0; i++) {
 		json_object *p = json_object_array_get_idx(list, i);
 		const char *hp = plan_string(p, "header"), *nevra = plan_string(p, "nevra");
@@ -677,7 +636,6 @@ int compose_rpm_scripts(const char *root, struct compose_rpm_script **out, size_
 					n++;
 				r = k < 0 ? k : 0;
 			}
-	rpm_end(prev);
 	for (size_t i = 0; i < np; i++) {
 		headerFree(hs[i]);
 		free(nevras[i]);

@@ -2,7 +2,7 @@
  * tree, no mount, no root. The calls follow what mke2fs does to make a filesystem and what its
  * -d option (misc/create_inode.c) does to fill one, with every random or time-based value
  * (UUID, hash seed, mkfs and inode times) given by the caller so the bytes are reproducible. */
-#include "export/export.h"
+#include "export/internal.h"
 
 #include <ext2fs/ext2_fs.h>
 #include <ext2fs/ext2fs.h>

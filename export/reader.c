@@ -2,7 +2,7 @@
  * images the content, and an upper directory (overlayfs format) what configuration changed, with
  * the overlay rules compose_diff applies, so export and 'mosaic diff' never disagree. */
 #include "compose/compose.h"
-#include "export/export.h"
+#include "export/internal.h"
 #include "fragments/fragment.h"
 
 #include <fcntl.h>
@@ -502,7 +502,8 @@ int export_walk(struct export_reader *r, int (*fn)(void *ctx, const struct expor
 		/* The subtree's own inode in the index and its change in the upper. */
 		struct compose_diff_entry found = {0};
 		ret = compose_diff_path(r->idx, r->images, r->upper, r->subtree + 1, &found, err);
-		_cleanup_free_ char *found_path = found.path;
+		/* Only freed: clang counts a cleanup variable that is never read as unused. */
+		_cleanup_free_ __attribute__((unused)) char *found_path = found.path;
 		if (ret == 0 && (found.change == COMPOSE_DELETED || !S_ISDIR(found.type)))
 			ret = -ENOTDIR;
 		if (ret < 0)

@@ -1,6 +1,6 @@
 /* One export: the image, its SBOM and its manifest, each written under a temp name beside its
  * final one and renamed into place only once all three are complete. */
-#include "export/export.h"
+#include "export/internal.h"
 
 #include <fcntl.h>
 #include <libgen.h>

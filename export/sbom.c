@@ -2,7 +2,7 @@
  * package, each fragment, and how they relate) and the image manifest. Both are made only from
  * the lock, the index and the image, so the same export gives the same bytes. */
 #include "compose/compose.h"
-#include "export/export.h"
+#include "export/internal.h"
 #include "fragments/fragment.h"
 #include "providers/providers.h"
 

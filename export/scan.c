@@ -2,7 +2,7 @@
  * that identifies it (their UUIDs derive from it), its newest mtime, its kernels and initrds;
  * and how they stage boot files beside the image. */
 #include "compose/compose.h"
-#include "export/export.h"
+#include "export/internal.h"
 
 #include <fcntl.h>
 #include <string.h>

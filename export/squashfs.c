@@ -2,7 +2,7 @@
  * fragment is made with) straight from the reader: no unpacked tree. The writer pulls a file's
  * content while the reader pushes it, so each file passes through a buffer: memory for the
  * common small file, an unlinked temp file beside the image for a big one. */
-#include "export/export.h"
+#include "export/internal.h"
 
 #include "fragments/writer.h"
 

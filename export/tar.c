@@ -1,7 +1,7 @@
 /* The view as a POSIX pax tar, written by libarchive in export_walk's order: the same view and
  * epoch give the same bytes (no atime/ctime, whole-second mtimes, sorted xattrs, names bytes
  * as they are whatever the locale). */
-#include "export/export.h"
+#include "export/internal.h"
 
 #include <archive.h>
 #include <archive_entry.h>

@@ -52,6 +52,22 @@ void fragment_info_clear(struct fragment_info *info);
 int fragment_create(struct store *s, const char *src, const struct fragment_create_options *o,
                     struct fragment_info *out, struct mosaic_error *err);
 
+struct fragment_job {
+	const char *src;
+	struct fragment_create_options o;
+	struct fragment_info info;
+	struct mosaic_error err;
+	int r;
+};
+/* Makes the fragment of each job on n_workers threads, largest source first, each job with its
+ * own options. progress (may be NULL) is called after each job, one call at a time, with the
+ * number done so far. Returns 0 when every job succeeded, else the code of the first failure in
+ * job order (each job's r and err say which failed). */
+int fragment_create_many(struct store *s, struct fragment_job *jobs, size_t n, unsigned n_workers,
+                         void (*progress)(size_t done, size_t n, const struct fragment_job *job,
+                                          void *data),
+                         void *data);
+
 /* A parsed, validated descriptor. json is owned (json_object_put it via _clear). */
 struct fragment_descriptor {
 	json_object *json;

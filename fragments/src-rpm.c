@@ -11,13 +11,13 @@
  * header magic, the signature tags merged in, which is what the rpmdb stores and headerImport()
  * reads back. Its mtime is the source date epoch when one is given, else the package's build time.
  */
+#include "common/rpmlog.h"
 #include "fragments/internal.h"
 
 #include <endian.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <pwd.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -33,7 +33,6 @@
 #include <rpm/rpmio.h>
 #include <rpm/rpmkeyring.h>
 #include <rpm/rpmlib.h>
-#include <rpm/rpmlog.h>
 #include <rpm/rpmpgp.h>
 #include <rpm/rpmtd.h>
 #include <rpm/rpmts.h>
@@ -75,42 +74,6 @@ static void rpmkeyringp(rpmKeyring *p)
 static void json_putp(json_object **p)
 {
 	json_object_put(*p);
-}
-
-/* ---- librpm set-up ------------------------------------------------------------------------ */
-
-static pthread_once_t rpm_once = PTHREAD_ONCE_INIT;
-static int rpm_config_result;
-/* librpm prints its own warnings and errors, but in mosaic only tools/ prints. The callback runs in
- * the thread that logs, so a thread-local copy of the last message is this call's own. */
-static __thread char rpm_said[512];
-
-static int rpmlog_keep(rpmlogRec rec, rpmlogCallbackData data)
-{
-	(void)data;
-	if (rpmlogRecPriority(rec) <= RPMLOG_WARNING) {
-		snprintf(rpm_said, sizeof(rpm_said), "%s", rpmlogRecMessage(rec));
-		size_t n = strlen(rpm_said);
-		while (n > 0 && (rpm_said[n - 1] == '\n' || rpm_said[n - 1] == ' '))
-			rpm_said[--n] = '\0';
-	}
-	return 0; /* not RPMLOG_DEFAULT: print nothing */
-}
-
-static void rpm_init_once(void)
-{
-	rpmlogSetCallback(rpmlog_keep, NULL);
-	/* Also initialises librpm's crypto, which the signature check needs. */
-	rpm_config_result = rpmReadConfigFiles(NULL, NULL);
-}
-
-/* What librpm said last, as " (…)" to append to a message, or "". */
-static const char *rpm_detail(char *buf, size_t size)
-{
-	if (!rpm_said[0])
-		return "";
-	snprintf(buf, size, " (%s)", rpm_said);
-	return buf;
 }
 
 /* ---- signature ---------------------------------------------------------------------------- */
@@ -711,14 +674,13 @@ static int stream_payload(const char *path, FD_t payload, Header h, struct fwrit
 static int read_header_checked(const char *path, FD_t fd, struct keyring *k, Header *out,
                                const char **status, char **keyid, struct mosaic_error *err)
 {
-	char detail[sizeof(rpm_said) + 4];
+	char detail[RPM_SAID_MAX + 4];
 	int r;
 
-	rpm_said[0] = '\0';
-	pthread_once(&rpm_once, rpm_init_once);
-	if (rpm_config_result != 0)
+	rpm_said_clear();
+	if (rpm_setup() < 0)
 		return mosaic_errorf(err, -EIO, "%s: librpm could not read its configuration%s",
-		                     path, rpm_detail(detail, sizeof(detail)));
+		                     path, rpm_said_detail(detail));
 
 	_cleanup_(rpmkeyringp) rpmKeyring keyring = NULL;
 	r = rpm_keyring_new(path, k, &keyring, err);
@@ -741,14 +703,14 @@ static int read_header_checked(const char *path, FD_t fd, struct keyring *k, Hea
 		break;
 	case RPMRC_NOTFOUND:
 		return mosaic_errorf(err, -EINVAL, "%s: not an RPM package%s", path,
-		                     rpm_detail(detail, sizeof(detail)));
+		                     rpm_said_detail(detail));
 	default:
 		/* FAIL is a bad signature or a corrupt header. Tell them apart by reading again
 		 * with digests only: a package whose digests hold only has a bad signature, which
 		 * is recorded like a missing key. */
 		headerFree(h);
 		h = NULL;
-		rpm_detail(detail, sizeof(detail));
+		rpm_said_detail(detail);
 		rpmtsSetVSFlags(ts, RPMVSF_MASK_NOSIGNATURES);
 		if (Fseek(fd, 0, SEEK_SET) < 0 || rpmReadPackageFile(ts, fd, path, &h) != RPMRC_OK)
 			return mosaic_errorf(err, -EBADMSG,
@@ -758,7 +720,7 @@ static int read_header_checked(const char *path, FD_t fd, struct keyring *k, Hea
 		*status = "bad";
 		break;
 	}
-	rpm_said[0] = '\0'; /* a NOKEY warning is recorded, not a detail of later errors */
+	rpm_said_clear(); /* a NOKEY warning is recorded, not a detail of later errors */
 	if (!header_signature(h, keyid))
 		*status = "unsigned";
 	*out = TAKE_PTR(h);
@@ -801,7 +763,7 @@ int rpm_signature_check(struct keyring *k, const char *path, const char **status
 int src_rpm_read(const char *path, struct fwriter *w, struct src_meta *m,
                  const struct fragment_create_options *o, struct mosaic_error *err)
 {
-	char detail[sizeof(rpm_said) + 4];
+	char detail[RPM_SAID_MAX + 4];
 	int r;
 
 	_cleanup_(fdp) FD_t fd = NULL;
@@ -859,8 +821,7 @@ int src_rpm_read(const char *path, struct fwriter *w, struct src_meta *m,
 	FD_t payload = Fdopen(fd, io);
 	if (!payload || Ferror(payload))
 		return mosaic_errorf(err, -EBADMSG, "%s: cannot open the %s payload%s", path,
-		                     compressor ? compressor : "gzip",
-		                     rpm_detail(detail, sizeof(detail)));
+		                     compressor ? compressor : "gzip", rpm_said_detail(detail));
 	fd = payload;
 	r = stream_payload(path, fd, h, w, unknown, err);
 	if (r < 0)

@@ -177,6 +177,17 @@ int store_commit(struct store *s, const char *tmp_image, const char *digest, con
 	else if (rename(tmp_image, img) < 0)
 		return mosaic_errorf(err, -errno, "%s: %m", img);
 
+	/* Two commits of one image with different descriptors (one package under two names) may
+	 * run at once, on threads or in processes, each holding the store lock shared: the
+	 * descriptor and its signature are replaced as a pair under the image's own lock, else one
+	 * commit's descriptor could end up beside the other's signature. */
+	_cleanup_close_ int pair_lock = open(img, O_RDONLY | O_CLOEXEC);
+	if (pair_lock < 0)
+		return mosaic_errorf(err, -errno, "%s: %m", img);
+	while (flock(pair_lock, LOCK_EX) < 0)
+		if (errno != EINTR)
+			return mosaic_errorf(err, -errno, "%s: cannot lock: %m", img);
+
 	bool same = file_equals(json, desc, desc_len) &&
 	            (sig ? file_equals(sigp, sig, sig_len) : access(sigp, F_OK) < 0);
 	if (!same) {

@@ -152,26 +152,6 @@ static json_object *read_json(const char *dir, const char *name)
 	return json_object_from_file(p);
 }
 
-static int write_json(const char *dir, const char *name, json_object *o)
-{
-	_cleanup_free_ char *p = path_join(dir, name);
-	const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
-	                                                      JSON_C_TO_STRING_NOSLASHESCAPE);
-	return write_file_atomic(p, s, strlen(s), 0644);
-}
-
-void daemon_write_stats(struct daemon *d)
-{
-	pthread_mutex_lock(&d->stats_lock);
-	json_object *o = json_object_new_object();
-	json_object_object_add(
-	    o, "fragment_opens",
-	    json_object_new_int64(__atomic_load_n(&d->fragment_opens, __ATOMIC_RELAXED)));
-	write_json(d->state_dir, "stats.json", o);
-	json_object_put(o);
-	pthread_mutex_unlock(&d->stats_lock);
-}
-
 /* ---- the daemon --------------------------------------------------------------------------- */
 
 static void write_state(const char *state, const struct fusefs_options *o, const char *mnt,
@@ -193,7 +173,7 @@ static void write_state(const char *state, const struct fusefs_options *o, const
 	for (size_t i = 0; i < o->n_images; i++)
 		json_object_array_add(fr, json_object_new_string(o->images[i]));
 	json_object_object_add(s, "fragments", fr);
-	write_json(state, "state.json", s);
+	daemon_write_json(state, "state.json", s);
 	json_object_put(s);
 }
 

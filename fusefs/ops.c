@@ -2,7 +2,6 @@
  * a fragment is opened (and verified) only when a file in it is opened. Nothing here
  * allocates more than one reply's worth or takes a global lock. */
 #include "fusefs/internal.h"
-#include "fragments/fragment.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -15,21 +14,6 @@
 static struct daemon *D(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
-}
-
-void fusefs_index_stat(const struct compose_inode *in, fuse_ino_t ino, struct stat *st)
-{
-	memset(st, 0, sizeof(*st));
-	st->st_ino = ino;
-	st->st_mode = in->mode;
-	st->st_nlink = in->nlink;
-	st->st_uid = in->uid;
-	st->st_gid = in->gid;
-	st->st_size = in->size;
-	st->st_rdev = makedev(in->rdev >> 20, in->rdev & 0xfffff);
-	st->st_blksize = 4096;
-	st->st_blocks = (in->size + 511) / 512;
-	st->st_atim.tv_sec = st->st_mtim.tv_sec = st->st_ctim.tv_sec = in->mtime;
 }
 
 static void fs_init(void *userdata, struct fuse_conn_info *conn)
@@ -103,7 +87,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 /* Offsets: 1 is ".", 2 is "..", 3 + i is the i-th entry. */
 void fusefs_index_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus,
-                          bool count)
+                          const struct fusefs_readdir_hooks *hooks)
 {
 	struct daemon *d = D(req);
 	const struct compose_inode *dir = compose_index_inode(d->idx, ino);
@@ -132,8 +116,8 @@ void fusefs_index_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off
 			e.ino = x->ino;
 		}
 		fusefs_index_stat(compose_index_inode(d->idx, e.ino), e.ino, &e.attr);
-		if (plus && count && i >= 2)
-			e.ino = upper_lower_nodeid(d, e.ino, ino, i - 2);
+		if (plus && hooks && i >= 2)
+			e.ino = hooks->nodeid(d, e.ino, ino, i - 2);
 		size_t rem = size - used, need;
 		if (plus && i >= 2)
 			need = fuse_add_direntry_plus(req, buf + used, rem, nm, &e, i + 1);
@@ -147,8 +131,8 @@ void fusefs_index_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off
 		if (need > rem)
 			break;
 		used += need;
-		if (plus && count && i >= 2)
-			upper_index_looked_up(d, e.ino, ino, i - 2);
+		if (plus && hooks && i >= 2)
+			hooks->looked_up(d, e.ino, ino, i - 2);
 	}
 	fuse_reply_buf(req, buf, used);
 	free(buf);
@@ -157,80 +141,16 @@ void fusefs_index_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off
 static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                        struct fuse_file_info *fi)
 {
-	fusefs_index_readdir(req, ino, size, off, false, false);
+	fusefs_index_readdir(req, ino, size, off, false, NULL);
 }
 
 static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                            struct fuse_file_info *fi)
 {
-	fusefs_index_readdir(req, ino, size, off, true, false);
+	fusefs_index_readdir(req, ino, size, off, true, NULL);
 }
 
 /* ---- file data ---------------------------------------------------------------------------- */
-
-static int frag_use(struct daemon *d, struct frag *f)
-{
-	/* Called with f->lock held. */
-	if (f->image)
-		return 0;
-	if (f->error)
-		return f->error;
-	struct mosaic_error err = {0};
-	int r = 0;
-	if (d->keyring)
-		r = fragment_verify(d->keyring, f->path, NULL, &err);
-	if (r == 0)
-		r = fragment_image_open(f->path, &f->image, &err);
-	if (r < 0) {
-		fprintf(stderr, "mosaic: %s\n", err.msg);
-		f->error = -EIO;
-		return f->error;
-	}
-	__atomic_add_fetch(&d->fragment_opens, 1, __ATOMIC_RELAXED);
-	daemon_write_stats(d);
-	return 0;
-}
-
-int fusefs_frag_open(struct daemon *d, const struct compose_inode *in, struct open_file **out)
-{
-	if (!S_ISREG(in->mode) || in->fragment >= d->n_frags)
-		return -EIO;
-	struct frag *f = &d->frags[in->fragment];
-	struct open_file *of = calloc(1, sizeof(*of));
-	if (!of)
-		return -ENOMEM;
-	of->fd = -1;
-	of->frag = f;
-	pthread_mutex_lock(&f->lock);
-	int r = frag_use(d, f);
-	if (r == 0)
-		r = fragment_file_open(f->image, in->frag_inode, &of->file);
-	pthread_mutex_unlock(&f->lock);
-	if (r < 0) {
-		free(of);
-		return r;
-	}
-	*out = of;
-	return 0;
-}
-
-ssize_t fusefs_frag_pread(struct open_file *of, void *buf, size_t size, off_t off)
-{
-	pthread_mutex_lock(&of->frag->lock);
-	ssize_t n = fragment_file_read(of->frag->image, of->file, off, buf, size);
-	pthread_mutex_unlock(&of->frag->lock);
-	return n;
-}
-
-void fusefs_open_file_free(struct open_file *of)
-{
-	if (!of)
-		return;
-	if (of->fd >= 0)
-		close(of->fd);
-	free(of->file);
-	free(of);
-}
 
 void fusefs_index_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -261,24 +181,6 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_err(req, ENOSYS); /* see fs_opendir */
 }
 
-/* A read without an open handle: the fragment is found from the inode, and opened and
- * verified here on its first use. */
-static ssize_t read_by_ino(struct daemon *d, fuse_ino_t ino, void *buf, size_t size, off_t off)
-{
-	const struct compose_inode *in = compose_index_inode(d->idx, ino);
-	if (!in)
-		return -ENOENT;
-	if (!S_ISREG(in->mode) || in->fragment >= d->n_frags)
-		return -EIO;
-	struct frag *f = &d->frags[in->fragment];
-	pthread_mutex_lock(&f->lock);
-	ssize_t n = frag_use(d, f);
-	if (n == 0)
-		n = fragment_image_read(f->image, in->frag_inode, off, buf, size);
-	pthread_mutex_unlock(&f->lock);
-	return n;
-}
-
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
@@ -296,8 +198,8 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	char *buf = size <= sizeof(stackbuf) ? stackbuf : malloc(size);
 	if (!buf)
 		return (void)fuse_reply_err(req, ENOMEM);
-	ssize_t n =
-	    of ? fusefs_frag_pread(of, buf, size, off) : read_by_ino(D(req), ino, buf, size, off);
+	ssize_t n = of ? fusefs_frag_pread(of, buf, size, off)
+	               : fusefs_index_read(D(req), ino, buf, size, off);
 	if (n < 0)
 		fuse_reply_err(req, -n);
 	else

@@ -138,37 +138,10 @@ static bool ovl_name(const char *name)
 
 /* ---- the index side ------------------------------------------------------------------------ */
 
-static int name_cmp(const char *a, size_t al, const char *b, size_t bl)
-{
-	int c = memcmp(a, b, al < bl ? al : bl);
-	return c ? c : (al > bl) - (al < bl);
-}
-
-/* The position of name among index directory dir's entries, or -1. */
-static int64_t index_find(const struct compose_index *idx, uint32_t dir, const char *name,
-                          size_t len)
-{
-	uint32_t n;
-	const struct compose_dirent *de = compose_index_dirents(idx, dir, &n);
-	size_t lo = 0, hi = n;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		int c = name_cmp(name, len, compose_index_string(idx, de[mid].name_off),
-		                 de[mid].name_len);
-		if (c == 0)
-			return mid;
-		if (c < 0)
-			hi = mid;
-		else
-			lo = mid + 1;
-	}
-	return -1;
-}
-
 /* The index ino of name in index directory dir when it is a directory, else 0. */
 static uint32_t index_subdir(const struct compose_index *idx, uint32_t dir, const char *name)
 {
-	int64_t pos = index_find(idx, dir, name, strlen(name));
+	int64_t pos = compose_index_find(idx, dir, name, strlen(name));
 	if (pos < 0)
 		return 0;
 	uint32_t n;
@@ -178,7 +151,7 @@ static uint32_t index_subdir(const struct compose_index *idx, uint32_t dir, cons
 
 static bool index_has(const struct compose_index *idx, uint32_t dir, const char *name)
 {
-	return dir && index_find(idx, dir, name, strlen(name)) >= 0;
+	return dir && compose_index_find(idx, dir, name, strlen(name)) >= 0;
 }
 
 static void index_name(const struct compose_index *idx, const struct compose_dirent *de,
@@ -537,7 +510,9 @@ static void dir_changed(struct upper *up, fuse_ino_t dir)
 		__atomic_store_n(&n->nlink, 0, __ATOMIC_RELAXED);
 }
 
-fuse_ino_t upper_lower_nodeid(struct daemon *d, fuse_ino_t ino, fuse_ino_t dir, uint32_t pos)
+/* The node id that index inode ino, found at position pos of index directory dir, has in the
+ * view: ino, but for a file with several links, whose each name has a node of its own. */
+static fuse_ino_t upper_lower_nodeid(struct daemon *d, fuse_ino_t ino, fuse_ino_t dir, uint32_t pos)
 {
 	struct upper *up = d->up;
 	const struct compose_inode *in = compose_index_inode(d->idx, ino);
@@ -561,7 +536,9 @@ fuse_ino_t upper_lower_nodeid(struct daemon *d, fuse_ino_t ino, fuse_ino_t dir, 
 	return r;
 }
 
-void upper_index_looked_up(struct daemon *d, fuse_ino_t ino, fuse_ino_t dir, uint32_t pos)
+/* A lookup (or readdirplus entry) handed the kernel node id ino (upper_lower_nodeid of the
+ * entry at position pos of index directory dir): one more reference. */
+static void upper_index_looked_up(struct daemon *d, fuse_ino_t ino, fuse_ino_t dir, uint32_t pos)
 {
 	struct upper *up = d->up;
 	if (is_index(up, ino)) {
@@ -746,7 +723,7 @@ static int upper_stat(struct daemon *d, struct node *n, int fd, struct stat *st)
 static void lower_entry(struct daemon *d, uint32_t dir, const char *name, bool ref,
                         struct fuse_entry_param *e)
 {
-	int64_t pos = index_find(d->idx, dir, name, strlen(name));
+	int64_t pos = compose_index_find(d->idx, dir, name, strlen(name));
 	/* Negative answers from the index are cached long too: a name appears only through the
 	 * kernel, which then drops the negative entry itself. */
 	e->entry_timeout = d->timeout;
@@ -1141,7 +1118,7 @@ static int copy_up_at(struct daemon *d, int pfd, fuse_ino_t pdir, const char *na
 /* The node of a name of a hard-linked index file, if the kernel was given one. */
 static struct node *alias_at(struct upper *up, uint32_t dir, const char *name)
 {
-	int64_t pos = index_find(up->d->idx, dir, name, strlen(name));
+	int64_t pos = compose_index_find(up->d->idx, dir, name, strlen(name));
 	if (pos < 0)
 		return NULL;
 	pthread_mutex_lock(&up->lock);
@@ -1328,7 +1305,7 @@ static int slot_of(struct daemon *d, const struct dirref *p, const char *name, s
 	}
 	if (errno != ENOENT)
 		return -errno;
-	int64_t pos = p->lower ? index_find(d->idx, p->lower, name, strlen(name)) : -1;
+	int64_t pos = p->lower ? compose_index_find(d->idx, p->lower, name, strlen(name)) : -1;
 	if (pos >= 0) {
 		uint32_t n;
 		s->lower = compose_index_dirents(d->idx, p->lower, &n)[pos].ino;
@@ -2081,13 +2058,20 @@ static void up_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		free(h);
 }
 
+/* An index directory listed with readdirplus hands each entry to the kernel under the node id it
+ * has in the merged view, with one more lookup reference. */
+static const struct fusefs_readdir_hooks index_hooks = {
+    .nodeid = upper_lower_nodeid,
+    .looked_up = upper_index_looked_up,
+};
+
 static void up_readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                               struct fuse_file_info *fi, bool plus)
 {
 	struct daemon *d = D(req);
 	struct node *n = node_get(d->up, ino);
 	if (!n)
-		return fusefs_index_readdir(req, ino, size, off, plus, true);
+		return fusefs_index_readdir(req, ino, size, off, plus, &index_hooks);
 	_cleanup_close_ int dfd = node_fd(d->up, n);
 	if (dfd < 0)
 		return reply_err(req, dfd);

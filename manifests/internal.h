@@ -1,5 +1,7 @@
-/* manifests/ internals shared by the schema walker (schema.c), the loader and merger
- * (manifest.c) and the package syntax (package.c). Not part of the module's interface. */
+/* manifests/ internals shared by the positions and errors (position.c), the schema walker
+ * (schema.c), the loader and merger (manifest.c) and the package syntax (package.c). Not part
+ * of the module's interface. position.c is at the bottom; schema.c uses it; manifest.c uses
+ * both. */
 #pragma once
 
 #include "manifests/manifest.h"
@@ -35,6 +37,8 @@ struct loader {
 	size_t n_files;
 };
 
+/* ---- position.c ------------------------------------------------------------------------- */
+
 /* Records "FILE:LINE:COL: message". */
 void loader_error(struct loader *l, const char *file, int line, int col, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
@@ -46,6 +50,17 @@ const struct pos *pos_of(json_object *o);
 void pos_copy(json_object *to, json_object *from);
 void pos_mark_broken(json_object *o);
 void pos_set(json_object *o, const char *file, const yaml_mark_t *mark);
+/* Removes the positions from o and everything in it: json_object_deep_copy refuses userdata it
+ * does not know, and the file names die with the loader, so the model goes out clean. */
+void pos_strip(json_object *o);
+/* Every error recorded, in file order, one per line into err (as many as fit, then how many
+ * more there are); returns -EINVAL. */
+int loader_report(struct loader *l, struct mosaic_error *err);
+/* Resolves path against dir (unless it is absolute) and removes "." and ".." components
+ * lexically; the result is absolute when dir is. Caller frees. */
+char *path_resolve(const char *dir, const char *path);
+
+/* ---- schema.c --------------------------------------------------------------------------- */
 
 /* Validates one parsed document against the manifest schema and converts it to json (with
  * positions). file: display name for messages; path: absolute name for run steps; dir: base
@@ -58,9 +73,8 @@ json_object *schema_convert(struct loader *l, yaml_document_t *doc, const char *
  * are merged by name, so an entry may be completed by a later file), and fills defaults. */
 void schema_check_model(struct loader *l, json_object *model);
 
+/* ---- package.c -------------------------------------------------------------------------- */
+
 /* Parses "[op] version" (no op: "="), as a package mapping's version: says. */
 int manifest_parse_constraint(const char *name, const char *constraint, char **op, char **version,
                               struct mosaic_error *err);
-/* Resolves path against dir (unless it is absolute) and removes "." and ".." components
- * lexically; the result is absolute when dir is. Caller frees. */
-char *path_resolve(const char *dir, const char *path);

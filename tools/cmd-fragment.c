@@ -1,7 +1,6 @@
 /* mosaic fragment create|verify|inspect */
 #include "tools/cli.h"
 
-#include <pthread.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -71,47 +70,10 @@ enum {
 	OPT_JSON,
 };
 
-struct job {
-	const char *src;
-	off_t size;
-	struct fragment_info info;
-	struct mosaic_error err;
-	int r;
-};
-
-struct pool {
-	struct store *store;
-	const struct fragment_create_options *o;
-	struct job *jobs;
-	struct job **order; /* largest source first, so no big package finishes alone at the end */
-	size_t n, next, done;
-	bool progress;
-	pthread_mutex_t lock;
-};
-
-static int job_larger_first(const void *a, const void *b)
+/* The progress line on a terminal: how many fragments are done, and the last one's source. */
+static void show_progress(size_t done, size_t n, const struct fragment_job *job, void *data)
 {
-	const struct job *x = *(struct job *const *)a, *y = *(struct job *const *)b;
-	return x->size < y->size ? 1 : x->size > y->size ? -1 : 0;
-}
-
-static void *worker(void *arg)
-{
-	struct pool *p = arg;
-	for (;;) {
-		pthread_mutex_lock(&p->lock);
-		size_t i = p->next++;
-		pthread_mutex_unlock(&p->lock);
-		if (i >= p->n)
-			return NULL;
-		struct job *j = p->order[i];
-		j->r = fragment_create(p->store, j->src, p->o, &j->info, &j->err);
-		pthread_mutex_lock(&p->lock);
-		p->done++;
-		if (p->progress)
-			fprintf(stderr, "\r[%zu/%zu] %-60.60s", p->done, p->n, j->src);
-		pthread_mutex_unlock(&p->lock);
-	}
+	fprintf(stderr, "\r[%zu/%zu] %-60.60s", done, n, job->src);
 }
 
 static int fragment_create_cmd(int argc, char **argv)
@@ -219,30 +181,19 @@ static int fragment_create_cmd(int argc, char **argv)
 		jobs = n;
 	/* One image at a time gets every core; many images get one core each. */
 	o.workers = jobs == 1 ? (unsigned)sysconf(_SC_NPROCESSORS_ONLN) : 1;
-	struct pool p = {.store = s, .o = &o, .n = n, .progress = isatty(2) && n > 1};
-	p.jobs = xcalloc(n, sizeof(*p.jobs));
-	pthread_mutex_init(&p.lock, NULL);
-	p.order = xcalloc(n, sizeof(*p.order));
-	for (size_t i = 0; i < n; i++) {
-		struct stat st;
-		p.jobs[i].src = argv[optind + i];
-		p.jobs[i].size = stat(p.jobs[i].src, &st) == 0 && S_ISREG(st.st_mode) ? st.st_size : 0;
-		p.order[i] = &p.jobs[i];
-	}
-	qsort_safe(p.order, n, sizeof(*p.order), job_larger_first);
-	pthread_t *th = xcalloc(jobs, sizeof(*th));
-	for (long i = 0; i < jobs; i++)
-		pthread_create(&th[i], NULL, worker, &p);
-	for (long i = 0; i < jobs; i++)
-		pthread_join(th[i], NULL);
-	free(th);
-	if (p.progress)
+	bool progress = isatty(2) && n > 1;
+	struct fragment_job *work = xcalloc(n, sizeof(*work));
+	for (size_t i = 0; i < n; i++)
+		work[i] = (struct fragment_job){.src = argv[optind + i], .o = o};
+	/* Each job's r and err say what failed; all of them are reported below. */
+	fragment_create_many(s, work, n, (unsigned)jobs, progress ? show_progress : NULL, NULL);
+	if (progress)
 		fputc('\n', stderr);
 
 	int rc = EXIT_OK;
 	json_object *arr = json ? json_object_new_array() : NULL;
 	for (size_t i = 0; i < n; i++) {
-		struct job *j = &p.jobs[i];
+		struct fragment_job *j = &work[i];
 		if (j->r < 0) {
 			int e = cli_fail(&j->err);
 			rc = rc == EXIT_OK || e == EXIT_FAIL ? e : rc;
@@ -277,8 +228,7 @@ static int fragment_create_cmd(int argc, char **argv)
 		                   arr, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
 		json_object_put(arr);
 	}
-	free(p.jobs);
-	free(p.order);
+	free(work);
 	keyring_free(o.keyring);
 	store_free(s);
 	return rc;

@@ -1,7 +1,9 @@
-/* libFuzzer target for deb822_parse, deb822_parse_all and deb822_relations: control paragraphs
- * come out of .deb files, apt sources and repository metadata. */
+/* libFuzzer target for deb822_parse (trimmed and verbatim), deb822_parse_all and
+ * deb822_relations: control paragraphs come out of .deb files, apt sources and repository
+ * metadata. */
 #include "common/deb822.h"
 
+#include <ctype.h>
 #include <string.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -37,6 +39,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			json_object_put(a);
 		}
 	}
+
+	/* Verbatim values (dpkg's status): the same fields, each value trimmed as a whole. */
+	struct deb822 v = {0};
+	int rv = deb822_parse_mode((const char *)data, size, DEB822_VERBATIM, &v, &err);
+	if (rv != r || (rv == 0 && v.n != p.n))
+		__builtin_trap();
+	for (size_t i = 0; rv == 0 && i < v.n; i++) {
+		const char *value = v.fields[i].value;
+		size_t l = strlen(value);
+		if (strcmp(v.fields[i].name, p.fields[i].name) != 0 ||
+		    (l &&
+		     (isspace((unsigned char)value[0]) || isspace((unsigned char)value[l - 1]))))
+			__builtin_trap();
+	}
+	if (rv == 0)
+		deb822_clear(&v);
 
 	/* Every paragraph (apt's .sources files): each one non-empty, and the first one is what
 	 * deb822_parse gives when that succeeds. */

@@ -1,6 +1,8 @@
 /* Unit tests for common/: path normalisation and joining, SHA-256, whole-file I/O, mkdir_p,
- * error text and configuration lookup. Runs without root, in a temp directory it removes. */
+ * error text, configuration lookup and deb822 paragraphs (trimmed and verbatim). Runs without
+ * root, in a temp directory it removes. */
 #include "common/common.h"
+#include "common/deb822.h"
 #include "tap.h"
 
 #include <dirent.h>
@@ -387,7 +389,7 @@ static void test_source_date_epoch(void)
 		struct mosaic_error err = {0};
 		int64_t v = 42;
 		int r = mosaic_source_date_epoch(&v, &err);
-		is_int(r, cases[i].r, cases[i].value ? cases[i].value : "(unset)");
+		is_int(r, cases[i].r, "%s", cases[i].value ? cases[i].value : "(unset)");
 		is_int(v, cases[i].epoch, "its value");
 		if (r < 0)
 			ok(strstr(err.msg, "SOURCE_DATE_EPOCH") && strstr(err.msg, cases[i].value),
@@ -412,6 +414,52 @@ static void test_rm_tree(void)
 	is_int(rm_tree(top), 0, "a missing tree is nothing to remove");
 }
 
+/* ---- deb822 ------------------------------------------------------------------------------ */
+
+static void test_deb822_modes(void)
+{
+	/* A description as a .deb's control has it: a first line with trailing blanks, indented
+	 * and blank (" .") continuation lines, CRLF on one of them, a comment inside. */
+	static const char text[] = "Package: x\n"
+	                           "Description:   short  \n"
+	                           "   indented  \n"
+	                           " .\r\n"
+	                           "# a comment\n"
+	                           " more\t\n"
+	                           "Empty:\n"
+	                           "Folded:\n"
+	                           "  first\n"
+	                           "\n"
+	                           "Next: paragraph\n";
+	struct deb822 t = {0}, v = {0};
+	struct mosaic_error err = {0};
+	is_int(deb822_parse(text, strlen(text), &t, &err), 0, "deb822_parse trims");
+	is_int(deb822_parse_mode(text, strlen(text), DEB822_VERBATIM, &v, &err), 0,
+	       "deb822_parse_mode verbatim");
+	is_int((int)t.n, 4, "four fields (the second paragraph is not read)");
+	is_int((int)v.n, 4, "four fields verbatim too");
+	is_str(deb822_get(&t, "description"), "short\nindented\n.\nmore",
+	       "trimmed: every line trimmed, the comment skipped");
+	is_str(deb822_get(&v, "Description"), "short  \n   indented  \n .\r\n more",
+	       "verbatim: continuation lines as written, only the whole value trimmed");
+	is_str(deb822_get(&v, "Package"), "x", "verbatim: a one-line value trimmed");
+	is_str(deb822_get(&v, "Empty"), "", "verbatim: an empty value");
+	is_str(deb822_get(&v, "Folded"), "first",
+	       "verbatim: a value that starts on a continuation line, trimmed as a whole");
+	is_str(deb822_get(&t, "Folded"), "\nfirst", "trimmed: the empty first line kept");
+	deb822_clear(&t);
+	deb822_clear(&v);
+
+	static const char bad[] = " continuation first\nA: b\n";
+	ok(deb822_parse_mode(bad, strlen(bad), DEB822_VERBATIM, &v, &err) == -EINVAL &&
+	       strstr(err.msg, "continuation line before any field"),
+	   "verbatim: a continuation line before any field is refused: %s", err.msg);
+	static const char dup[] = "A: 1\na: 2\n";
+	ok(deb822_parse_mode(dup, strlen(dup), DEB822_VERBATIM, &v, &err) == -EINVAL &&
+	       strstr(err.msg, "duplicate field"),
+	   "verbatim: a duplicate field is refused: %s", err.msg);
+}
+
 int main(void)
 {
 	const char *t = getenv("TMPDIR");
@@ -430,6 +478,7 @@ int main(void)
 	test_config();
 	test_source_date_epoch();
 	test_rm_tree();
+	test_deb822_modes();
 	rm_tree(tmpdir);
 	free(tmpdir);
 	return done();

@@ -3,7 +3,7 @@
  * upper in overlayfs's format (whiteout, opaque directory, type change; when root, who alone can
  * make whiteouts and trusted.* markers), and a tar written twice to the same bytes. */
 #include "compose/compose.h"
-#include "export/export.h"
+#include "export/internal.h"
 #include "fragments/fragment.h"
 #include "tap.h"
 

@@ -1,5 +1,6 @@
 /* Unit tests for fragments/: the deb822 and descriptor parsers, the image writer and reader
- * (every file type, xattrs, hard links, refusals, corrupt images, reproducibility). No root. */
+ * (every file type, xattrs, hard links, refusals, corrupt images, reproducibility), and many
+ * fragments made on threads (directories, tar, .deb, signed .rpm, signing). No root. */
 #include "fragments/internal.h"
 #include "tap.h"
 
@@ -918,6 +919,278 @@ static void test_writer_link_then_dir(void)
 	json_object_put(list);
 }
 
+/* ---- many fragments on threads (fragment_create_many) -------------------------------------- */
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	_cleanup_free_ char *cmd = NULL;
+	if (vasprintf(&cmd, fmt, ap) < 0)
+		abort();
+	va_end(ap);
+	int st = system(cmd);
+	if (st != 0)
+		diag("command failed (%d): %s", st, cmd);
+	return st;
+}
+
+static void put_file(const char *dir, const char *name, const void *data, size_t len)
+{
+	_cleanup_free_ char *p = path_join(dir, name);
+	_cleanup_free_ char *parent = xstrdup(p);
+	*strrchr(parent, '/') = '\0';
+	if (mkdir_p(parent, 0755) < 0 || write_file_atomic(p, data, len, 0644) < 0)
+		diag("cannot write %s", p);
+}
+
+/* A signing key in a GnuPG home of the test's own ($GNUPGHOME for fragment_create's signing);
+ * its fingerprint, and its public key exported to keyring. */
+static char *make_signing_key(const char *home, const char *keyring)
+{
+	mkdir(home, 0700);
+	setenv("GNUPGHOME", home, 1);
+	_cleanup_free_ char *conf = path_join(home, "gpg.conf");
+	write_file_atomic(conf, "trust-model always\n", 19, 0600);
+	_cleanup_free_ char *fpr_file = path_join(home, "fpr");
+	if (sh("gpg --batch --quiet --passphrase '' --quick-gen-key 'pool test <p@example.org>' "
+	       "ed25519 sign never 2>/dev/null") != 0 ||
+	    sh("gpg --batch --export p@example.org > %s", keyring) != 0 ||
+	    sh("gpg --batch --with-colons --list-keys p@example.org | awk -F: '/^fpr/{print $10; "
+	       "exit}' > %s",
+	       fpr_file) != 0)
+		return NULL;
+	char *fpr = NULL;
+	size_t len;
+	if (read_file(fpr_file, 4096, &fpr, &len) < 0)
+		return NULL;
+	fpr[strcspn(fpr, "\n")] = '\0';
+	return fpr;
+}
+
+/* A .deb of two files by dpkg-deb, or NULL without it. */
+static char *make_deb(const char *work)
+{
+	_cleanup_free_ char *root = path_join(work, "deb-root");
+	static const char control[] = "Package: pooltest\nVersion: 1.0-1\nArchitecture: all\n"
+	                              "Maintainer: t <t@example.org>\nDescription: pool test\n"
+	                              " verbatim\n  lines\n";
+	put_file(root, "DEBIAN/control", control, strlen(control));
+	put_file(root, "usr/share/pooltest/a", "a\n", 2);
+	put_file(root, "usr/share/pooltest/big", big_data, DATA_LEN);
+	char *deb = path_join(work, "pooltest_1.0-1_all.deb");
+	if (sh("dpkg-deb --root-owner-group -Zxz --build %s %s >/dev/null 2>&1", root, deb) != 0) {
+		free(deb);
+		return NULL;
+	}
+	return deb;
+}
+
+/* An .rpm by rpmbuild, signed by fpr with rpmsign when fpr is not NULL; or NULL. */
+static char *make_rpm(const char *work, const char *fpr, const char *home)
+{
+	_cleanup_free_ char *spec = path_join(work, "t.spec");
+	static const char text[] =
+	    "Name: pooltest\nVersion: 1.0\nRelease: 1\nSummary: t\nLicense: MIT\n"
+	    "BuildArch: noarch\n%description\nt\n%install\n"
+	    "mkdir -p %{buildroot}/usr/share/pooltest\n"
+	    "echo hi > %{buildroot}/usr/share/pooltest/hi\n%files\n/usr/share/pooltest\n";
+	put_file(work, "t.spec", text, strlen(text));
+	if (sh("rpmbuild -bb --quiet %s --define '_topdir %s/top' --define '_tmppath %s' "
+	       "--define '_build_id_links none' --define 'debug_package %%{nil}' "
+	       "--define '__os_install_post %%{nil}' >/dev/null 2>&1 && "
+	       "mv %s/top/RPMS/noarch/pooltest-1.0-1.noarch.rpm %s/pooltest.rpm",
+	       spec, work, work, work, work) != 0)
+		return NULL;
+	if (fpr && sh("rpmsign --addsign --define '_gpg_name %s' --define '_gpg_path %s' "
+	              "--define '__gpg /usr/bin/gpg' %s/pooltest.rpm </dev/null >/dev/null 2>&1",
+	              fpr, home, work) != 0)
+		return NULL;
+	return path_join(work, "pooltest.rpm");
+}
+
+struct progress_seen {
+	size_t calls, last_done;
+	bool in_order, overlapped, right_total;
+	int inside;
+	const struct fragment_job *jobs;
+	size_t n;
+	bool jobs_ours;
+};
+
+static void progress_check(size_t done, size_t n, const struct fragment_job *job, void *data)
+{
+	struct progress_seen *p = data;
+	if (__atomic_add_fetch(&p->inside, 1, __ATOMIC_SEQ_CST) != 1)
+		p->overlapped = true;
+	usleep(1000); /* a second call at the same time would be seen */
+	p->calls++;
+	p->in_order &= done == p->last_done + 1;
+	p->last_done = done;
+	p->right_total &= n == p->n;
+	p->jobs_ours &= job >= p->jobs && job < p->jobs + p->n;
+	__atomic_sub_fetch(&p->inside, 1, __ATOMIC_SEQ_CST);
+}
+
+static void test_create_many(void)
+{
+	_cleanup_free_ char *work = path_join(tmpdir, "many");
+	_cleanup_free_ char *home = path_join(tmpdir, "many-gnupg");
+	_cleanup_free_ char *keyring_path = path_join(tmpdir, "many-keyring.gpg");
+	mkdir_p(work, 0755);
+
+	/* Two directories, a tar of one of them, a .deb, a signed .rpm (twice, under two names:
+	 * one image committed at once with two descriptors), a missing source and a corrupt
+	 * .rpm. */
+	_cleanup_free_ char *d1 = path_join(work, "dir1"), *d2 = path_join(work, "dir2");
+	put_file(d1, "etc/hostname", "pool\n", 5);
+	put_file(d1, "usr/share/doc/x/README", "read me\n", 8);
+	_cleanup_free_ char *l = path_join(d1, "etc/link");
+	ok(symlink("hostname", l) == 0, "create_many: a symlink in a directory source");
+	put_file(d2, "data/big", big_data, DATA_LEN);
+	put_file(d2, "data/small", "s", 1);
+	_cleanup_free_ char *tar = path_join(work, "dir1.tar");
+	ok(sh("tar -C %s --owner=0 --group=0 --mtime=@1700000000 -cf %s .", d1, tar) == 0,
+	   "create_many: a tar source");
+	_cleanup_free_ char *missing = path_join(work, "no-such-source");
+	_cleanup_free_ char *corrupt = path_join(work, "corrupt.rpm");
+	{
+		/* rpm's lead magic, then noise: big, so the pool starts with it. */
+		size_t len = DATA_LEN;
+		_cleanup_free_ unsigned char *junk = xmalloc(len);
+		memcpy(junk, big_data + DATA_LEN / 2, len / 2);
+		memcpy(junk + len / 2, big_data + DATA_LEN / 2, len / 2);
+		memcpy(junk, "\xed\xab\xee\xdb", 4);
+		put_file(work, "corrupt.rpm", junk, len);
+	}
+	_cleanup_free_ char *fpr = make_signing_key(home, keyring_path);
+	if (!fpr)
+		diag("no gpg: the fragments are made unsigned");
+	_cleanup_free_ char *deb = make_deb(work);
+	if (!deb)
+		diag("no dpkg-deb: no .deb job");
+	_cleanup_free_ char *rpm = make_rpm(work, fpr, home);
+	if (!rpm)
+		diag("no rpmbuild: no .rpm jobs");
+	struct keyring *k = NULL;
+	struct mosaic_error err = {0};
+	if (fpr && keyring_open(keyring_path, &k, &err) < 0)
+		diag("keyring_open: %s", err.msg);
+
+	struct fragment_create_options o = {.kind = FRAGMENT_KIND_AUTO,
+	                                    .source_date_epoch = 1700000000,
+	                                    .sign_key = fpr,
+	                                    .keyring = k,
+	                                    .workers = 1,
+	                                    .level = 3};
+	struct fragment_job jobs[9];
+	size_t n = 0;
+	jobs[n++] = (struct fragment_job){.src = d1, .o = o};
+	jobs[n - 1].o.name = "one";
+	jobs[n++] = (struct fragment_job){.src = missing, .o = o};
+	jobs[n++] = (struct fragment_job){.src = d2, .o = o};
+	jobs[n - 1].o.name = "two";
+	jobs[n - 1].o.kind = FRAGMENT_CONFIG;
+	jobs[n - 1].o.owner_set = true;
+	jobs[n - 1].o.uid = jobs[n - 1].o.gid = 42;
+	jobs[n++] = (struct fragment_job){.src = tar, .o = o};
+	jobs[n - 1].o.name = "tarball";
+	jobs[n++] = (struct fragment_job){.src = corrupt, .o = o};
+	if (deb)
+		jobs[n++] = (struct fragment_job){.src = deb, .o = o};
+	if (rpm) {
+		jobs[n++] = (struct fragment_job){.src = rpm, .o = o};
+		jobs[n++] = (struct fragment_job){.src = rpm, .o = o};
+		jobs[n - 1].o.name = "rpm-again";
+	}
+
+	/* One at a time into one store, then on three threads into another. */
+	_cleanup_free_ char *one_path = path_join(tmpdir, "many-store-one");
+	_cleanup_free_ char *pool_path = path_join(tmpdir, "many-store-pool");
+	struct store *one = NULL, *pool = NULL;
+	if (!ok(store_open(one_path, true, &one, &err) == 0 &&
+	            store_open(pool_path, true, &pool, &err) == 0,
+	        "create_many: two stores (%s)", err.msg))
+		goto out;
+	struct fragment_job alone[9];
+	memcpy(alone, jobs, sizeof(jobs));
+	for (size_t i = 0; i < n; i++) {
+		alone[i].info = (struct fragment_info){0};
+		alone[i].err = (struct mosaic_error){0};
+		alone[i].r =
+		    fragment_create(one, alone[i].src, &alone[i].o, &alone[i].info, &alone[i].err);
+	}
+	struct progress_seen seen = {
+	    .in_order = true, .right_total = true, .jobs = jobs, .n = n, .jobs_ours = true};
+	int r = fragment_create_many(pool, jobs, n, 3, progress_check, &seen);
+
+	is_int(r, -ENOENT, "create_many: the first failure in job order is returned");
+	ok(jobs[1].r == -ENOENT && contains(jobs[1].err.msg, "no-such-source"),
+	   "create_many: the missing source fails in its own job: %s", jobs[1].err.msg);
+	ok(jobs[4].r < 0 && jobs[4].r != -ENOENT && jobs[4].r == alone[4].r &&
+	       contains(jobs[4].err.msg, "corrupt.rpm"),
+	   "create_many: the corrupt .rpm fails as it does alone (%d): %s", jobs[4].r,
+	   jobs[4].err.msg);
+	is_int((int)seen.calls, (int)n, "create_many: progress after each job");
+	ok(seen.in_order && seen.last_done == n && seen.right_total,
+	   "create_many: progress counts 1..n of n");
+	ok(!seen.overlapped, "create_many: progress calls one at a time");
+	ok(seen.jobs_ours, "create_many: progress names the job done");
+	for (size_t i = 0; i < n; i++) {
+		if (i == 1 || i == 4)
+			continue;
+		if (!ok(jobs[i].r == 0 && alone[i].r == 0, "create_many: %s made (%s)", jobs[i].src,
+		        jobs[i].r ? jobs[i].err.msg : alone[i].err.msg))
+			continue;
+		is_str(jobs[i].info.digest, alone[i].info.digest,
+		       "create_many: %s on threads has the image digest it has alone",
+		       jobs[i].info.name);
+		is_str(jobs[i].info.name, alone[i].info.name, "create_many: and the same name");
+		_cleanup_free_ char *dp = store_object_path(pool, jobs[i].info.digest, ".json");
+		_cleanup_free_ char *da = store_object_path(one, alone[i].info.digest, ".json");
+		/* The two jobs of the one .rpm make one image under two names: the store keeps
+		 * one descriptor for it, whichever commit came last, so only its signature is
+		 * checked below (a descriptor beside the other's signature would fail). */
+		bool shared = false;
+		for (size_t j = 0; j < n; j++)
+			shared |= j != i && jobs[j].r == 0 &&
+			          strcmp(jobs[j].info.digest, jobs[i].info.digest) == 0;
+		if (!shared)
+			ok(same_bytes(dp, da), "create_many: %s's descriptor has the same bytes",
+			   jobs[i].info.name);
+		if (k && jobs[i].src == rpm) {
+			/* librpm checked the header signature on a thread against the keyring. */
+			json_object *d = json_object_from_file(dp), *x, *sig, *st;
+			ok(json_object_object_get_ex(d, "rpm", &x) &&
+			       json_object_object_get_ex(x, "signature", &sig) &&
+			       json_object_object_get_ex(sig, "status", &st) &&
+			       strcmp(json_object_get_string(st), "ok") == 0,
+			   "create_many: %s's rpm signature checked good on a thread",
+			   jobs[i].info.name);
+			json_object_put(d);
+		}
+		if (k) {
+			_cleanup_free_ char *img =
+			    store_object_path(pool, jobs[i].info.digest, ".sqfs");
+			struct mosaic_error verr = {0};
+			ok(fragment_verify(k, img, NULL, &verr) == 0,
+			   "create_many: %s signed on a thread verifies (%s)", jobs[i].info.name,
+			   verr.msg);
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		fragment_info_clear(&jobs[i].info);
+		fragment_info_clear(&alone[i].info);
+	}
+out:
+	store_free(one);
+	store_free(pool);
+	keyring_free(k);
+	if (fpr)
+		sh("gpgconf --kill all");
+}
+
 int main(void)
 {
 	const char *t = getenv("TMPDIR");
@@ -933,6 +1206,7 @@ int main(void)
 	test_writer_refusals();
 	test_writer_replace();
 	test_writer_link_then_dir();
+	test_create_many();
 	free(big_data);
 	rm_tree(tmpdir);
 	free(tmpdir);

@@ -1,0 +1,132 @@
+/* The read-only view's primitives that its handlers (ops.c) and the upper's (upper.c) share: an
+ * index inode's attributes, fragment files opened (the fragment verified on first use) and read
+ * under their fragment's lock, and the daemon's files in its state directory (stats.json). The
+ * bottom of fusefs/: it uses none of the module's other files. */
+#include "fragments/fragment.h"
+#include "fusefs/internal.h"
+
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+void fusefs_index_stat(const struct compose_inode *in, fuse_ino_t ino, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	st->st_mode = in->mode;
+	st->st_nlink = in->nlink;
+	st->st_uid = in->uid;
+	st->st_gid = in->gid;
+	st->st_size = in->size;
+	st->st_rdev = makedev(in->rdev >> 20, in->rdev & 0xfffff);
+	st->st_blksize = 4096;
+	st->st_blocks = (in->size + 511) / 512;
+	st->st_atim.tv_sec = st->st_mtim.tv_sec = st->st_ctim.tv_sec = in->mtime;
+}
+
+/* ---- file data ---------------------------------------------------------------------------- */
+
+static int frag_use(struct daemon *d, struct frag *f)
+{
+	/* Called with f->lock held. */
+	if (f->image)
+		return 0;
+	if (f->error)
+		return f->error;
+	struct mosaic_error err = {0};
+	int r = 0;
+	if (d->keyring)
+		r = fragment_verify(d->keyring, f->path, NULL, &err);
+	if (r == 0)
+		r = fragment_image_open(f->path, &f->image, &err);
+	if (r < 0) {
+		fprintf(stderr, "mosaic: %s\n", err.msg);
+		f->error = -EIO;
+		return f->error;
+	}
+	__atomic_add_fetch(&d->fragment_opens, 1, __ATOMIC_RELAXED);
+	daemon_write_stats(d);
+	return 0;
+}
+
+int fusefs_frag_open(struct daemon *d, const struct compose_inode *in, struct open_file **out)
+{
+	if (!S_ISREG(in->mode) || in->fragment >= d->n_frags)
+		return -EIO;
+	struct frag *f = &d->frags[in->fragment];
+	struct open_file *of = calloc(1, sizeof(*of));
+	if (!of)
+		return -ENOMEM;
+	of->fd = -1;
+	of->frag = f;
+	pthread_mutex_lock(&f->lock);
+	int r = frag_use(d, f);
+	if (r == 0)
+		r = fragment_file_open(f->image, in->frag_inode, &of->file);
+	pthread_mutex_unlock(&f->lock);
+	if (r < 0) {
+		free(of);
+		return r;
+	}
+	*out = of;
+	return 0;
+}
+
+ssize_t fusefs_frag_pread(struct open_file *of, void *buf, size_t size, off_t off)
+{
+	pthread_mutex_lock(&of->frag->lock);
+	ssize_t n = fragment_file_read(of->frag->image, of->file, off, buf, size);
+	pthread_mutex_unlock(&of->frag->lock);
+	return n;
+}
+
+void fusefs_open_file_free(struct open_file *of)
+{
+	if (!of)
+		return;
+	if (of->fd >= 0)
+		close(of->fd);
+	free(of->file);
+	free(of);
+}
+
+/* A read without an open handle: the fragment is found from the inode, and opened and
+ * verified here on its first use. */
+ssize_t fusefs_index_read(struct daemon *d, fuse_ino_t ino, void *buf, size_t size, off_t off)
+{
+	const struct compose_inode *in = compose_index_inode(d->idx, ino);
+	if (!in)
+		return -ENOENT;
+	if (!S_ISREG(in->mode) || in->fragment >= d->n_frags)
+		return -EIO;
+	struct frag *f = &d->frags[in->fragment];
+	pthread_mutex_lock(&f->lock);
+	ssize_t n = frag_use(d, f);
+	if (n == 0)
+		n = fragment_image_read(f->image, in->frag_inode, off, buf, size);
+	pthread_mutex_unlock(&f->lock);
+	return n;
+}
+
+/* ---- the state directory ------------------------------------------------------------------ */
+
+int daemon_write_json(const char *dir, const char *name, json_object *o)
+{
+	_cleanup_free_ char *p = path_join(dir, name);
+	const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
+	                                                      JSON_C_TO_STRING_NOSLASHESCAPE);
+	return write_file_atomic(p, s, strlen(s), 0644);
+}
+
+void daemon_write_stats(struct daemon *d)
+{
+	pthread_mutex_lock(&d->stats_lock);
+	json_object *o = json_object_new_object();
+	json_object_object_add(
+	    o, "fragment_opens",
+	    json_object_new_int64(__atomic_load_n(&d->fragment_opens, __ATOMIC_RELAXED)));
+	daemon_write_json(d->state_dir, "stats.json", o);
+	json_object_put(o);
+	pthread_mutex_unlock(&d->stats_lock);
+}
