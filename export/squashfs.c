@@ -4,7 +4,7 @@
  * common small file, an unlinked temp file beside the image for a big one. */
 #include "export/internal.h"
 
-#include "fragments/writer.h"
+#include "fragments/fragment.h"
 
 #include <fcntl.h>
 #include <search.h>

@@ -4,7 +4,6 @@
 
 #include "common/deb822.h"
 #include "fragments/fragment.h"
-#include "fragments/writer.h"
 
 #include <sys/stat.h>
 

@@ -3,103 +3,64 @@
  * directories and tarballs again only when they changed. */
 #include "pipeline/internal.h"
 
-#include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
+/* One fragment to make, and where its digest goes. */
 struct job {
-	const char *src;
-	struct fragment_create_options o;
-	char *digest; /* where the result goes (65 bytes) */
-	const char *cache_key;
-	const char *what;
+	char *digest;          /* where the result goes (65 bytes) */
+	const char *cache_key; /* remembers it by its source */
+	const char *what;      /* names it in an error */
 };
 
-/* Makes the fragments of jobs, n_workers at a time, each in its own process: libsquashfs,
- * librpm and gpgme then never share state, and both cores work. */
-static int run_jobs(struct build *b, const char *step, struct job *jobs, size_t n,
-                    struct mosaic_error *err)
+struct run {
+	struct build *b;
+	const char *step;
+	uint64_t bytes, total_bytes;
+};
+
+static void job_done(size_t done, size_t n, const struct fragment_job *j, void *data)
 {
-	unsigned n_workers = b->o->jobs ? b->o->jobs : pipeline_cpus();
-	struct worker {
-		pid_t pid;
-		int fd;
-		size_t job;
-	} *w = xcalloc(n_workers, sizeof(*w));
-	size_t next = 0, done = 0;
-	unsigned running = 0;
-	int result = 0;
-	while (done < n) {
-		while (running < n_workers && next < n && result == 0) {
-			int p[2];
-			if (pipe2(p, O_CLOEXEC) < 0) {
-				result = mosaic_errorf(err, -errno, "pipe: %s", strerror(errno));
-				break;
-			}
-			fflush(NULL);
-			pid_t pid = fork();
-			if (pid < 0) {
-				result = mosaic_errorf(err, -errno, "fork: %s", strerror(errno));
-				close(p[0]);
-				close(p[1]);
-				break;
-			}
-			if (pid == 0) {
-				close(p[0]);
-				struct mosaic_error e = {0};
-				struct fragment_info info = {0};
-				int r = fragment_create(b->store, jobs[next].src, &jobs[next].o, &info, &e);
-				char line[1100];
-				int len = r < 0 ? snprintf(line, sizeof(line), "E%s", e.msg)
-				                : snprintf(line, sizeof(line), "D%s", info.digest);
-				(void)!write(p[1], line, len);
-				_exit(r < 0 ? 1 : 0);
-			}
-			close(p[1]);
-			unsigned slot = 0;
-			while (w[slot].pid)
-				slot++;
-			w[slot] = (struct worker){pid, p[0], next++};
-			running++;
-		}
-		if (running == 0)
-			break;
-		int status;
-		pid_t pid = waitpid(-1, &status, 0);
-		if (pid < 0) {
-			if (errno == EINTR)
-				continue;
-			result = mosaic_errorf(err, -errno, "waitpid: %s", strerror(errno));
-			break;
-		}
-		for (unsigned i = 0; i < n_workers; i++) {
-			if (w[i].pid != pid)
-				continue;
-			char line[1100] = {0};
-			ssize_t l = read(w[i].fd, line, sizeof(line) - 1);
-			close(w[i].fd);
-			struct job *j = &jobs[w[i].job];
-			if (l > 1 && line[0] == 'D' && is_sha256_hex(line + 1)) {
-				memcpy(j->digest, line + 1, SHA256_HEX_LEN + 1);
-				if (j->cache_key)
-					write_file_atomic(j->cache_key, j->digest, SHA256_HEX_LEN, 0644);
-			} else if (result == 0) {
-				result = mosaic_errorf(err, -EIO, "%s: %s", j->what,
-				                       l > 1 ? line + 1 : "the fragment worker died");
-			}
-			w[i].pid = 0;
-			running--;
-			done++;
-			pipeline_progress(b->ev, step, j->what, done, n, 0, 0);
-		}
-		if (result < 0 && running == 0)
-			break;
+	struct run *rn = data;
+	if (j->r == 0)
+		rn->bytes += j->info.source_size;
+	pipeline_progress(rn->b->ev, rn->step, j->info.name ? j->info.name : j->src, done, n,
+	                  rn->bytes, rn->total_bytes);
+}
+
+/* Makes the fragments of jobs on the build's threads (fragment_create_many: largest first,
+ * librpm and gpgme set up once per process), then records each digest where it goes. */
+static int run_jobs(struct build *b, const char *step, struct fragment_job *fj, struct job *jobs,
+                    size_t n, struct mosaic_error *err)
+{
+	if (n == 0)
+		return 0;
+	struct run rn = {.b = b, .step = step};
+	for (size_t i = 0; i < n; i++) {
+		struct stat st;
+		if (stat(fj[i].src, &st) == 0 && S_ISREG(st.st_mode))
+			rn.total_bytes += st.st_size;
 	}
-	free(w);
-	return result;
+	unsigned workers = b->o->jobs ? b->o->jobs : pipeline_cpus();
+	int r = fragment_create_many(b->store, fj, n, workers, job_done, &rn);
+	bool told = false;
+	for (size_t i = 0; i < n; i++) {
+		if (fj[i].r < 0) {
+			/* The first failure in job order is the one the pool returns. */
+			if (!told)
+				mosaic_errorf(err, fj[i].r, "%s: %s", jobs[i].what, fj[i].err.msg);
+			told = true;
+		} else {
+			memcpy(jobs[i].digest, fj[i].info.digest, SHA256_HEX_LEN + 1);
+			if (jobs[i].cache_key)
+				write_file_atomic(jobs[i].cache_key, jobs[i].digest, SHA256_HEX_LEN,
+				                  0644);
+		}
+		fragment_info_clear(&fj[i].info);
+	}
+	return r;
 }
 
 int step_package_fragments(struct build *b, struct mosaic_error *err)
@@ -109,6 +70,7 @@ int step_package_fragments(struct build *b, struct mosaic_error *err)
 	size_t n = b->lock.n_packages;
 	double t0 = now_s();
 	struct job *jobs = xcalloc(n ? n : 1, sizeof(*jobs));
+	struct fragment_job *fj = xcalloc(n ? n : 1, sizeof(*fj));
 	char **keys = xcalloc(n + 1, sizeof(*keys));
 	struct keyring **krs = xcalloc(b->rs.n ? b->rs.n : 1, sizeof(*krs));
 	size_t nj = 0, reused = 0;
@@ -132,21 +94,20 @@ int step_package_fragments(struct build *b, struct mosaic_error *err)
 					r = keyring_open(b->rs.r[q].cfg.keyring, &krs[q], err);
 				k = krs[q];
 			}
-		jobs[nj++] = (struct job){
+		jobs[nj] = (struct job){.digest = p->fragment, .cache_key = keys[i], .what = p->name};
+		fj[nj++] = (struct fragment_job){
 		    .src = b->package_files[i],
 		    .o = {.kind = FRAGMENT_PACKAGE,
 		          .sign_key = b->sign_key,
 		          /* Package fragments are a pure function of the package: the same .deb
 		           * gives the same image on every machine, so they are worth sharing. */
 		          .source_date_epoch = b->epoch >= 0 ? b->epoch : 0,
-		          .keyring = k},
-		    .digest = p->fragment,
-		    .cache_key = keys[i],
-		    .what = p->name,
+		          .keyring = k,
+		          .workers = 1},
 		};
 	}
-	if (r == 0 && nj)
-		r = run_jobs(b, "fragments", jobs, nj, err);
+	if (r == 0)
+		r = run_jobs(b, "fragments", fj, jobs, nj, err);
 	if (r == 0)
 		pipeline_say(b->ev, PIPELINE_INFO, "fragments",
 		             "fragments: %zu made, %zu already in the store, in %.2f s", nj, reused,
@@ -156,6 +117,7 @@ int step_package_fragments(struct build *b, struct mosaic_error *err)
 	free(krs);
 	strv_freev(keys);
 	free(jobs);
+	free(fj);
 	return r;
 }
 
@@ -186,6 +148,7 @@ int step_extra_fragments(struct build *b, struct mosaic_error *err)
 	_cleanup_free_ char *cache = provider_cache_path(&b->ctx, "fragments", "by-package");
 	json_object *list = json_object_new_array();
 	struct job *jobs = NULL;
+	struct fragment_job *fj = NULL;
 	size_t nj = 0;
 	json_object *base = jget(b->model, "base");
 	json_object *frags = jget(b->model, "fragments");
@@ -226,21 +189,22 @@ int step_extra_fragments(struct build *b, struct mosaic_error *err)
 		}
 		json_object_object_add(e, "digest", json_object_new_string(""));
 		jobs = xrealloc(jobs, (nj + 1) * sizeof(*jobs));
-		jobs[nj++] = (struct job){
+		fj = xrealloc(fj, (nj + 1) * sizeof(*fj));
+		jobs[nj] = (struct job){
+		    .digest = xcalloc(1, SHA256_HEX_LEN + 1), .cache_key = key, .what = path};
+		fj[nj++] = (struct fragment_job){
 		    .src = path,
 		    .o = {.kind = i == 0 ? FRAGMENT_BASE
 		                  : jbool(o, "dev", false) ? FRAGMENT_DEV
 		                                           : FRAGMENT_CONFIG,
 		          .sign_key = b->sign_key,
 		          .source_date_epoch = b->epoch >= 0 ? b->epoch : 0,
-		          .name = jstr(o, "name")},
-		    .digest = xcalloc(1, SHA256_HEX_LEN + 1),
-		    .cache_key = key,
-		    .what = path,
+		          .name = jstr(o, "name"),
+		          .workers = 1},
 		};
 	}
 	if (r == 0)
-		r = run_jobs(b, "extra fragments", jobs, nj, err);
+		r = run_jobs(b, "extra fragments", fj, jobs, nj, err);
 	/* Fill in the digests the jobs made, in list order. */
 	size_t k = 0;
 	for (size_t i = 0; i < json_object_array_length(list) && r == 0; i++) {
@@ -253,6 +217,7 @@ int step_extra_fragments(struct build *b, struct mosaic_error *err)
 		free((char *)jobs[i].cache_key);
 	}
 	free(jobs);
+	free(fj);
 	if (r < 0) {
 		json_object_put(list);
 		return r;

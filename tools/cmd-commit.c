@@ -75,18 +75,12 @@ int cmd_commit(int argc, char **argv)
 	struct fragment_create_options o = {
 	    .name = "config",
 	    .kind = FRAGMENT_CONFIG,
-	    .source_date_epoch = 0,
+	    .source_date_epoch = -1,
 	    .overlay_upper = true,
 	    .workers = ncpu > 0 ? (unsigned)ncpu : 1,
 	};
 	const char *output = NULL, *sign = NULL;
 	bool json = false;
-	/* Reproducible by default: a config fragment is a pure function of the upper. */
-	int r = cli_source_date_epoch(&o.source_date_epoch);
-	if (r)
-		return r;
-	if (o.source_date_epoch < 0)
-		o.source_date_epoch = 0;
 	char *end;
 	int c;
 	while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
@@ -120,6 +114,13 @@ int cmd_commit(int argc, char **argv)
 	}
 	if (optind + 1 != argc)
 		return cli_usage(usage_commit, "give exactly one MOUNTPOINT");
+	/* Reproducible by default: a config fragment is a pure function of the upper, stamped
+	 * --source-date-epoch, else $SOURCE_DATE_EPOCH, else 0. */
+	int r;
+	if (o.source_date_epoch < 0 && (r = cli_source_date_epoch(&o.source_date_epoch)))
+		return r;
+	if (o.source_date_epoch < 0)
+		o.source_date_epoch = 0;
 	_cleanup_free_ char *sign_key =
 	    sign ? xstrdup(sign) : mosaic_config_get("MOSAIC_SIGN_KEY", "sign_key", NULL);
 	if (!sign_key || !*sign_key) {

@@ -97,9 +97,6 @@ static int fragment_create_cmd(int argc, char **argv)
 	const char *output = NULL, *keyring_path = NULL;
 	long jobs = sysconf(_SC_NPROCESSORS_ONLN);
 	bool json = false;
-	const char *sde = getenv("SOURCE_DATE_EPOCH");
-	if (sde && *sde)
-		o.source_date_epoch = strtoll(sde, NULL, 10);
 	int c;
 	char *end;
 	while ((c = getopt_long(argc, argv, "o:j:l:h", opts, NULL)) != -1) {
@@ -167,9 +164,13 @@ static int fragment_create_cmd(int argc, char **argv)
 		return cli_usage(usage_create, "no SRC given");
 	if (!output)
 		return cli_usage(usage_create, "no store given (-o STORE)");
+	/* Without --source-date-epoch: $SOURCE_DATE_EPOCH, else now (-1). */
+	int r;
+	if (o.source_date_epoch < 0 && (r = cli_source_date_epoch(&o.source_date_epoch)))
+		return r;
 
 	struct store *s;
-	int r = cli_open_store(output, true, &s);
+	r = cli_open_store(output, true, &s);
 	if (r)
 		return r;
 	if (keyring_path && (r = cli_open_keyring(keyring_path, &o.keyring))) {
