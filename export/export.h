@@ -19,6 +19,10 @@ struct export_reader_options {
 	const char *upper;               /* an overlayfs-format upper over the view, or NULL */
 	struct keyring *keyring; /* verifies each fragment before its first read; NULL: the caller
 	                          * verified them already */
+	/* Called as file content is read for writing (may be NULL): bytes so far, and the
+	 * content bytes of the view's index (hard links once), which bytes stays under. */
+	void (*progress)(uint64_t bytes, uint64_t total, void *data);
+	void *progress_data;
 };
 
 struct export_reader;

@@ -46,6 +46,10 @@ struct export_reader {
 	/* files put in by export_reader_put_file, sorted by path */
 	struct put_file *put;
 	size_t n_put;
+	/* content read so far for the progress callback, of the index's content bytes */
+	void (*progress)(uint64_t bytes, uint64_t total, void *data);
+	void *progress_data;
+	uint64_t read_bytes, content_bytes;
 };
 
 struct put_file {
@@ -137,6 +141,13 @@ int export_reader_open(const struct export_reader_options *o, struct export_read
 	r->n_frags = compose_index_fragments(o->idx);
 	r->keyring = o->keyring;
 	r->open = xcalloc(r->n_frags ? r->n_frags : 1, sizeof(*r->open));
+	r->progress = o->progress;
+	r->progress_data = o->progress_data;
+	for (uint32_t i = 1; o->progress && i <= compose_index_inodes(o->idx); i++) {
+		const struct compose_inode *in = compose_index_inode(o->idx, i);
+		if (S_ISREG(in->mode))
+			r->content_bytes += in->size;
+	}
 	if (o->upper) {
 		r->upper = xstrdup(o->upper);
 		int e = compose_diff(o->idx, o->images, o->upper, true, &r->diff, &r->n_diff, err);
@@ -626,11 +637,22 @@ int export_read_content(struct export_reader *r, const struct export_entry *e,
 {
 	if (!S_ISREG(e->mode))
 		return mosaic_errorf(err, -EINVAL, "/%s: not a regular file", e->path);
+	int ret;
 	if (e->data)
-		return e->size ? sink(ctx, e->data, e->size) : 0;
-	if (e->upper_path)
-		return read_upper_file(e->upper_path, e->size, sink, ctx, err);
-	return read_index_file(r, e->ino, e->path, sink, ctx, err);
+		ret = e->size ? sink(ctx, e->data, e->size) : 0;
+	else if (e->upper_path)
+		ret = read_upper_file(e->upper_path, e->size, sink, ctx, err);
+	else
+		ret = read_index_file(r, e->ino, e->path, sink, ctx, err);
+	if (ret >= 0 && r->progress) {
+		/* An upper's new files and a second pass over the same content are not in the
+		 * index's sum: the figure stops at it rather than pass it. */
+		r->read_bytes += e->size;
+		if (r->read_bytes > r->content_bytes)
+			r->read_bytes = r->content_bytes;
+		r->progress(r->read_bytes, r->content_bytes, r->progress_data);
+	}
+	return ret;
 }
 
 struct membuf {

@@ -4,6 +4,17 @@
 
 #include <string.h>
 
+struct export_progress {
+	struct pipeline_events *ev;
+	const char *output;
+};
+
+static void export_progress(uint64_t bytes, uint64_t total, void *data)
+{
+	struct export_progress *p = data;
+	pipeline_progress(p->ev, "export", p->output, bytes, total, bytes, total);
+}
+
 int pipeline_export(const struct pipeline_source *src, const char *upper,
                     const struct export_options *o_in, struct export_tar_result *res,
                     struct pipeline_events *ev, struct mosaic_error *err)
@@ -39,8 +50,13 @@ int pipeline_export(const struct pipeline_source *src, const char *upper,
 		if ((r = keyring_open(src->keyring ? src->keyring : def, &k, err)) < 0)
 			goto out;
 	}
-	const struct export_reader_options ro = {
-	    .idx = c->idx, .images = c->images, .upper = upper ? upper : c->upper, .keyring = k};
+	struct export_progress ep = {ev, o.output};
+	const struct export_reader_options ro = {.idx = c->idx,
+	                                         .images = c->images,
+	                                         .upper = upper ? upper : c->upper,
+	                                         .keyring = k,
+	                                         .progress = export_progress,
+	                                         .progress_data = &ep};
 	if ((r = export_reader_open(&ro, &reader, err)) < 0)
 		goto out;
 	r = export_run(reader, &o, res, err);

@@ -108,6 +108,7 @@ static struct {
 	int tty; /* -1: not asked yet */
 	bool line; /* a progress line is drawn and must be cleared before other output */
 	double last;
+	char step[64]; /* the step last drawn: a new one is drawn at once */
 } out = {.tty = -1};
 
 static bool is_tty(void)
@@ -148,10 +149,15 @@ static void progress(const struct pipeline_event *e)
 			clear_line();
 			return;
 		}
-		if (now - out.last < 0.1)
+		if (now - out.last < 0.1 && strcmp(out.step, e->step) == 0)
 			return;
 		out.last = now;
-		char bytes[64] = "";
+		snprintf(out.step, sizeof(out.step), "%s", e->step);
+		char count[48] = "", bytes[64] = "";
+		/* Work counted in bytes alone (an export's content) has no item count. */
+		if (e->total != e->total_bytes)
+			snprintf(count, sizeof(count), " %ju/%ju", (uintmax_t)e->done,
+			         (uintmax_t)e->total);
 		if (e->total_bytes) {
 			char b[24], t[24];
 			format_size(b, sizeof(b), e->bytes);
@@ -159,9 +165,9 @@ static void progress(const struct pipeline_event *e)
 			snprintf(bytes, sizeof(bytes), " %s/%s", b, t);
 		}
 		int width = 30, filled = (int)(width * e->done / e->total);
-		fprintf(stderr, "\r\033[K%s [%.*s%*s] %ju/%ju%s %-.40s", e->step, filled,
-		        "##############################", width - filled, "", (uintmax_t)e->done,
-		        (uintmax_t)e->total, bytes, e->item ? e->item : "");
+		fprintf(stderr, "\r\033[K%s [%.*s%*s]%s%s %-.40s", e->step, filled,
+		        "##############################", width - filled, "", count, bytes,
+		        e->item ? e->item : "");
 		fflush(stderr);
 		out.line = true;
 		return;

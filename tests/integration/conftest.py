@@ -6,6 +6,8 @@ import errno
 import hashlib
 import json
 import os
+import pty
+import select
 import shutil
 import signal
 import stat
@@ -21,6 +23,35 @@ REPO = Path(__file__).resolve().parents[2]
 MOSAIC = os.environ.get("MOSAIC_BIN", str(REPO / "build" / "tools" / "mosaic"))
 # Slow inputs (real Debian packages) are fetched once into this cache and reused.
 CACHE = Path(os.environ.get("MOSAIC_TEST_CACHE", "/var/cache/mosaic-tests"))
+
+
+def run_on_terminal(args, env=None, timeout=60):
+    """Runs a command with its stderr on a pseudo-terminal (stdout a pipe), as a user at a
+    terminal sees it; returns (exit status, stdout, what the terminal got)."""
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([str(a) for a in args], stdout=subprocess.PIPE,
+                             stderr=slave, env=env)
+        os.close(slave)
+        slave = -1
+        err = b""
+        while True:
+            ready = select.select([master], [], [], timeout)[0]
+            assert ready, f"no output from {args[0]} within {timeout} s"
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the command closed its end
+                break
+            if not chunk:
+                break
+            err += chunk
+        out = p.stdout.read()
+        p.stdout.close()
+        return p.wait(timeout), out.decode(errors="replace"), err.decode(errors="replace")
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
 
 
 def run(args, env=None, check=True, input=None, user=None, cwd=None):

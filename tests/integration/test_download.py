@@ -6,8 +6,6 @@ import errno
 import hashlib
 import json
 import os
-import pty
-import select
 import subprocess
 import time
 import urllib.error
@@ -16,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MOSAIC
+from conftest import MOSAIC, run_on_terminal
 from httpd import serve
 
 TOOL = Path(MOSAIC).parent.parent / "tests" / "download-tool"
@@ -369,31 +367,9 @@ def test_failures_are_listed_and_others_complete(srv, root, out):
 def test_progress_line_on_a_terminal(srv, root, out):
     data = put(root, "a.deb", 200_000)
     srv.stall("/a.deb", 0.6)
-    master, slave = pty.openpty()
-    try:
-        args = ["--progress", srv.url + "/a.deb", out / "a.deb", sha(data), len(data)]
-        p = subprocess.Popen([str(TOOL), *map(str, args)], stdout=subprocess.PIPE,
-                             stderr=slave)
-        os.close(slave)
-        slave = -1
-        err = b""
-        while True:
-            ready = select.select([master], [], [], 30)[0]
-            assert ready, "no output from download-tool"
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: the tool closed its end
-                break
-            if not chunk:
-                break
-            err += chunk
-        assert p.wait(30) == 0
-        p.stdout.close()
-    finally:
-        if slave >= 0:
-            os.close(slave)
-        os.close(master)
-    text = err.decode()
+    args = ["--progress", srv.url + "/a.deb", out / "a.deb", sha(data), len(data)]
+    rc, _, text = run_on_terminal([TOOL, *args], timeout=30)
+    assert rc == 0
     assert "\r\x1b[Kdownload: 0/1 files, " in text and "/200.0 kB, " in text
     # The line is cleared before the summary.
     assert "\r\x1b[Kdownload: 200.0 kB in " in text

@@ -31,7 +31,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import (CACHE, MOSAIC, REPO, cached_key, create, file_sha256, host_build,
-                      mosaic_mounted, run, view_xattrs, walk_tree, write_file)
+                      mosaic_mounted, run, run_on_terminal, view_xattrs, walk_tree, write_file)
 
 pytestmark = pytest.mark.usefixtures("no_mount_leftovers")
 
@@ -490,6 +490,23 @@ def check_spdx_23(doc):
     for r in doc["relationships"]:
         assert r["spdxElementId"] in ids and r["relatedSpdxElement"] in ids
         assert r["relationshipType"] in ("DESCRIBES", "CONTAINS", "GENERATED_FROM")
+
+
+def test_progress_on_a_terminal_and_in_a_log(layers, tmp_path):
+    """On a terminal the export draws its content bytes as a progress line and clears it;
+    in a log (stderr not a terminal) nothing but the result is printed."""
+    env = dict(layers.env, MOSAIC_CACHE_DIR=str(tmp_path / "cache"))
+    args = [MOSAIC, "export", *layers.digests, "--format", "tar", "-o", tmp_path / "a.tar",
+            "-s", layers.store, "--keyring", layers.keyring]
+    rc, out, term = run_on_terminal(args, env=env)
+    assert rc == 0, term
+    # the index of the three fragments is built first (not cached in this cache), then read
+    assert re.search(r"\r\x1b\[Kexport \[[# ]{30}\] [0-9.]+ [kM]?B/[0-9.]+ [kM]?B ", term), term
+    assert term.endswith("\r\x1b[K"), "the progress line is cleared at the end"
+    assert out.startswith(f"{tmp_path / 'a.tar'} ")
+    p = export(layers, layers.digests, tmp_path / "b.tar", env=env)
+    assert p.stderr == "" and "\x1b" not in p.stdout
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
 
 
 def test_full_disk_leaves_nothing(layers, tmp_path):
