@@ -12,11 +12,16 @@
  * be called from a child process (the namespace session), so it must only print. */
 enum configure_event_kind {
 	CONFIGURE_STEP,    /* a step starts: step is its name ("preinst dash", "dpkg --configure",
-	                    * "%post bash", "config: users", "run: FILE:LINE"); done/total count the
-	                    * steps of its back end when known (else 0/0) */
-	CONFIGURE_OUTPUT,  /* one line a step printed (text, without the newline) */
+	                    * "%post bash-5.2-1.x86_64", "run step 2 of 3: NAME"); it is step
+	                    * done of total of its back end (1-based) when known, else 0/0. The
+	                    * composition's tools that config: runs (useradd, systemctl) are not
+	                    * announced; their output comes as CONFIGURE_OUTPUT all the same */
+	CONFIGURE_OUTPUT,  /* one line a step printed (text, without the newline; an overlong line
+	                    * comes in pieces of 4 KiB); step is the name the line goes with
+	                    * ("dpkg --configure", "useradd alice", a run: step's name) */
 	CONFIGURE_INFO,    /* a line for the user: what was done ("user alice added") */
-	CONFIGURE_ERROR,   /* a line saying what failed and where */
+	CONFIGURE_ERROR,   /* a line saying what failed and where; a failed step's report starts
+	                    * with one, and err of the call names the same step */
 	CONFIGURE_DETAIL,  /* a line of a failure report, already indented ("  package x: ...") */
 };
 
@@ -38,10 +43,12 @@ struct configure_options {
 
 /* Configures the composition whose root is root (a writable directory: a mosaic mount with an
  * upper, or any unpacked tree): the packages' scripts in dependency order, then manifest's
- * config: and run: (manifest may be NULL: packages only). Idempotent and resumable: a second
- * run changes nothing, a run after a failure carries on where it stopped. Returns 0, -EINVAL
- * when root has neither a dpkg nor an rpm database, or -EIO when a step failed (its report went
- * out as events; err says which step). */
+ * config: and run: (manifest may be NULL: packages only). o may be NULL: no timeout, not
+ * reproducible, no events. Idempotent and resumable: a second run changes nothing, a run after
+ * a failure carries on where it stopped. Returns 0, -EINVAL when root has neither a dpkg nor
+ * an rpm database, -EIO when a step failed (its report went out as events; err says which
+ * step), or another -errno with err saying what could not be done (a config: source, a
+ * user's missing group, the namespace). */
 int configure_root(const char *root, json_object *manifest, const struct configure_options *o,
                    struct mosaic_error *err);
 
