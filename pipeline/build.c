@@ -63,7 +63,7 @@ static int build_open(struct build *b, struct mosaic_error *err)
 	b->cache = mosaic_cache_dir();
 	b->ctx = (struct provider_ctx){
 	    .cache_dir = b->cache,
-	    .arch = jstr(b->model, "arch"),
+	    .arch = model_str(b->model, "arch"),
 	    .offline = b->o->offline,
 	    .dl = {.parallel = b->o->downloads,
 	           .progress = b->o->progress ? pipeline_download_progress : NULL,

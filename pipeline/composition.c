@@ -230,7 +230,7 @@ static int from_manifest(const char *manifest, const struct pipeline_source *src
 		return mosaic_error_prefix(err, "run 'mosaic build %s' first", manifest);
 	char **digests = NULL;
 	size_t n = 0;
-	r = pipeline_lock_mount_order(&l, c->lock_path, manifest, jbool(c->model, "merged_usr", false),
+	r = pipeline_lock_mount_order(&l, c->lock_path, manifest, model_bool(c->model, "merged_usr", false),
 	                              true, &digests, &n, ev, err);
 	lock_clear(&l);
 	if (r == 0)

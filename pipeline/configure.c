@@ -90,7 +90,7 @@ int pipeline_configure(const struct pipeline_configure_options *o,
 	_cleanup_free_ char *abs_dir = realpath(dirname(lock_dir), NULL);
 	/* Beside the lock, under the manifest's name: a mount of its own per manifest. */
 	_cleanup_free_ char *base = xasprintf("%s/roots/%s", abs_dir ? abs_dir : lock_dir,
-	                                      jstr(model, "name"));
+	                                      model_str(model, "name"));
 	res->mountpoint = o->mountpoint ? xstrdup(o->mountpoint) : path_join(base, "mnt");
 	res->upper = o->upper ? xstrdup(o->upper) : path_join(base, "upper");
 	if (!mosaic_mounted(res->mountpoint)) {
@@ -127,7 +127,7 @@ static bool find_made(struct store *s, const char *lock_path, const char *key,
 	if (lock_read(lock_path, &l, NULL) == 0 && l.fragments) {
 		for (size_t i = 0; i < json_object_array_length(l.fragments) && !found; i++) {
 			json_object *e = json_object_array_get_idx(l.fragments, i);
-			const char *src = jstr(e, "source"), *d = jstr(e, "digest");
+			const char *src = model_str(e, "source"), *d = model_str(e, "digest");
 			if (src && d && strcmp(src, key) == 0 && is_sha256_hex(d) && store_has(s, d)) {
 				memcpy(digest, d, SHA256_HEX_LEN + 1);
 				found = true;
@@ -243,7 +243,7 @@ int step_configure(struct build *b, struct mosaic_error *err)
 	bool has_database = false;
 	json_object *frags = b->lock.fragments;
 	for (size_t i = 0; frags && i < json_object_array_length(frags); i++) {
-		const char *role = jstr(json_object_array_get_idx(frags, i), "role");
+		const char *role = model_str(json_object_array_get_idx(frags, i), "role");
 		has_database |= role && strstr(role, "database") != NULL;
 	}
 	if (!b->o->configure || !has_database)
@@ -251,7 +251,7 @@ int step_configure(struct build *b, struct mosaic_error *err)
 	char **digests;
 	size_t n;
 	int r = pipeline_lock_mount_order(&b->lock, b->lock_path, b->o->manifest,
-	                                  jbool(b->model, "merged_usr", false), false, &digests, &n,
+	                                  model_bool(b->model, "merged_usr", false), false, &digests, &n,
 	                                  b->ev, err);
 	if (r < 0)
 		return r;

@@ -131,7 +131,7 @@ static int merged_usr_tree(const char *root, void *ctx, struct mosaic_error *err
  * first in the lock's fragments, with role "merged-usr" and the architecture as its source. */
 int step_merged_usr(struct build *b, struct mosaic_error *err)
 {
-	if (!jbool(b->model, "merged_usr", false))
+	if (!model_bool(b->model, "merged_usr", false))
 		return 0;
 	_cleanup_free_ char *key = xasprintf("1-%s", b->lock.arch);
 	char digest[SHA256_HEX_LEN + 1] = "";
@@ -178,7 +178,7 @@ int step_record_root(struct build *b, struct mosaic_error *err)
 	for (size_t i = 0; i < l->n_packages; i++)
 		len += snprintf(text + len, cap - len, "%s\n", l->packages[i].fragment);
 	for (size_t i = 0; l->fragments && i < json_object_array_length(l->fragments); i++) {
-		const char *d = jstr(json_object_array_get_idx(l->fragments, i), "digest");
+		const char *d = model_str(json_object_array_get_idx(l->fragments, i), "digest");
 		if (d && len + SHA256_HEX_LEN + 2 < cap)
 			len += snprintf(text + len, cap - len, "%s\n", d);
 	}

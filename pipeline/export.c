@@ -42,9 +42,9 @@ int pipeline_export(const struct pipeline_source *src, const char *upper,
 		have_lock = true;
 		o.lock = &lock;
 	}
-	json_object *config = c->model ? jget(c->model, "config") : NULL;
+	json_object *config = c->model ? model_get(c->model, "config") : NULL;
 	if (!o.kernel_cmdline && config)
-		o.kernel_cmdline = jstr(config, "kernel_cmdline");
+		o.kernel_cmdline = model_str(config, "kernel_cmdline");
 	if (!c->verified) {
 		_cleanup_free_ char *def = src->keyring ? NULL : keyring_default_path();
 		if ((r = keyring_open(src->keyring ? src->keyring : def, &k, err)) < 0)
@@ -74,15 +74,15 @@ static int target_partitions(json_object *t, const char *output,
                              struct export_partition_spec *parts, size_t *n,
                              struct mosaic_error *err)
 {
-	json_object *list = jget(t, "partitions");
+	json_object *list = model_get(t, "partitions");
 	size_t np = list ? json_object_array_length(list) : 0;
 	if (np > EXPORT_MAX_PARTITIONS - 3)
 		return mosaic_errorf(err, -EINVAL, "export target %s: at most %d partitions", output,
 		                     EXPORT_MAX_PARTITIONS - 3);
 	for (size_t j = 0; j < np; j++) {
 		json_object *p = json_object_array_get_idx(list, j);
-		const char *type = jstr(p, "type"), *mp = jstr(p, "mountpoint");
-		const char *size = jstr(p, "size");
+		const char *type = model_str(p, "type"), *mp = model_str(p, "mountpoint");
+		const char *size = model_str(p, "size");
 		bool swap = type && strcmp(type, "swap") == 0;
 		parts[j] = (struct export_partition_spec){.mountpoint = swap ? NULL : mp};
 		if ((type && !swap && strcmp(type, "ext4") != 0) || (swap && (mp || !size)) ||
@@ -100,11 +100,11 @@ static int target_partitions(json_object *t, const char *output,
 /* The manifest's export: targets, each exactly as 'mosaic export MANIFEST' would make it. */
 int step_export(struct build *b, struct mosaic_error *err)
 {
-	json_object *targets = jget(b->model, "export");
+	json_object *targets = model_get(b->model, "export");
 	size_t n = b->o->export && targets ? json_object_array_length(targets) : 0;
 	for (size_t i = 0; i < n; i++) {
 		json_object *t = json_object_array_get_idx(targets, i);
-		const char *format = jstr(t, "format"), *output = jstr(t, "output");
+		const char *format = model_str(t, "format"), *output = model_str(t, "output");
 		if (!output)
 			return mosaic_errorf(err, -EINVAL, "export target %zu (%s) names no output",
 			                     i + 1, format);
@@ -113,18 +113,18 @@ int step_export(struct build *b, struct mosaic_error *err)
 		                           .output = output,
 		                           .source_date_epoch = b->epoch,
 		                           .free_space = 256 * EXPORT_MIB,
-		                           .filesystem = jstr(t, "filesystem"),
-		                           .bootloader = jstr(t, "bootloader"),
+		                           .filesystem = model_str(t, "filesystem"),
+		                           .bootloader = model_str(t, "bootloader"),
 		                           .partitions = parts};
 		int r = target_partitions(t, output, parts, &o.n_partitions, err);
-		if (r == 0 && jstr(t, "size") &&
-		    (export_parse_size(jstr(t, "size"), &o.size) < 0 || !o.size))
+		if (r == 0 && model_str(t, "size") &&
+		    (export_parse_size(model_str(t, "size"), &o.size) < 0 || !o.size))
 			r = mosaic_errorf(err, -EINVAL, "export target %s: bad size '%s'", output,
-			                  jstr(t, "size"));
-		if (r == 0 && jstr(t, "free_space") &&
-		    export_parse_size(jstr(t, "free_space"), &o.free_space) < 0)
+			                  model_str(t, "size"));
+		if (r == 0 && model_str(t, "free_space") &&
+		    export_parse_size(model_str(t, "free_space"), &o.free_space) < 0)
 			r = mosaic_errorf(err, -EINVAL, "export target %s: bad free_space '%s'", output,
-			                  jstr(t, "free_space"));
+			                  model_str(t, "free_space"));
 		const char *slash = strrchr(output, '/');
 		_cleanup_free_ char *dir = slash ? xstrndup(output, slash - output) : NULL;
 		if (r == 0 && dir && *dir && mkdir_p(dir, 0755) < 0)

@@ -150,8 +150,8 @@ int step_extra_fragments(struct build *b, struct mosaic_error *err)
 	struct job *jobs = NULL;
 	struct fragment_job *fj = NULL;
 	size_t nj = 0;
-	json_object *base = jget(b->model, "base");
-	json_object *frags = jget(b->model, "fragments");
+	json_object *base = model_get(b->model, "base");
+	json_object *frags = model_get(b->model, "fragments");
 	size_t nf = frags ? json_object_array_length(frags) : 0;
 	int r = 0;
 	for (size_t i = 0; i < nf + 1 && r == 0; i++) {
@@ -159,8 +159,8 @@ int step_extra_fragments(struct build *b, struct mosaic_error *err)
 		if (!o)
 			continue;
 		const char *role = i == 0 ? "base" : "extra";
-		const char *digest = jstr(o, i == 0 ? "fragment" : "digest");
-		const char *path = i == 0 ? jstr(o, "image") : jstr(o, "path");
+		const char *digest = model_str(o, i == 0 ? "fragment" : "digest");
+		const char *path = i == 0 ? model_str(o, "image") : model_str(o, "path");
 		if (i == 0 && digest && strchr(digest, '/')) {
 			path = digest;
 			digest = NULL;
@@ -195,11 +195,11 @@ int step_extra_fragments(struct build *b, struct mosaic_error *err)
 		fj[nj++] = (struct fragment_job){
 		    .src = path,
 		    .o = {.kind = i == 0 ? FRAGMENT_BASE
-		                  : jbool(o, "dev", false) ? FRAGMENT_DEV
+		                  : model_bool(o, "dev", false) ? FRAGMENT_DEV
 		                                           : FRAGMENT_CONFIG,
 		          .sign_key = b->sign_key,
 		          .source_date_epoch = b->epoch >= 0 ? b->epoch : 0,
-		          .name = jstr(o, "name"),
+		          .name = model_str(o, "name"),
 		          .workers = 1},
 		};
 	}
@@ -209,7 +209,7 @@ int step_extra_fragments(struct build *b, struct mosaic_error *err)
 	size_t k = 0;
 	for (size_t i = 0; i < json_object_array_length(list) && r == 0; i++) {
 		json_object *e = json_object_array_get_idx(list, i);
-		if (*jstr(e, "digest") == 0)
+		if (*model_str(e, "digest") == 0)
 			json_object_object_add(e, "digest", json_object_new_string(jobs[k++].digest));
 	}
 	for (size_t i = 0; i < nj; i++) {

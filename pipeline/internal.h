@@ -14,11 +14,11 @@ void pipeline_progress(struct pipeline_events *ev, const char *step, const char 
 
 /* ---- the manifest model (manifest.c) ------------------------------------------------------ */
 
-const char *jstr(json_object *o, const char *key);
-bool jbool(json_object *o, const char *key, bool def);
-json_object *jget(json_object *o, const char *key);
+const char *model_str(json_object *o, const char *key);
+bool model_bool(json_object *o, const char *key, bool def);
+json_object *model_get(json_object *o, const char *key);
 /* NULL-terminated copy of an array of strings (NULL for none). */
-char **jstrv(json_object *a);
+char **model_strv(json_object *a);
 /* Whether path is a composition index (its magic). */
 bool pipeline_is_index(const char *path);
 /* The number of CPUs online (at least 1). */

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <sys/utsname.h>
 
-const char *jstr(json_object *o, const char *key)
+const char *model_str(json_object *o, const char *key)
 {
 	json_object *v;
 	return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string) ?
@@ -14,19 +14,19 @@ const char *jstr(json_object *o, const char *key)
 	           NULL;
 }
 
-bool jbool(json_object *o, const char *key, bool def)
+bool model_bool(json_object *o, const char *key, bool def)
 {
 	json_object *v;
 	return json_object_object_get_ex(o, key, &v) ? json_object_get_boolean(v) : def;
 }
 
-json_object *jget(json_object *o, const char *key)
+json_object *model_get(json_object *o, const char *key)
 {
 	json_object *v;
 	return json_object_object_get_ex(o, key, &v) ? v : NULL;
 }
 
-char **jstrv(json_object *a)
+char **model_strv(json_object *a)
 {
 	if (!a || !json_object_is_type(a, json_type_array))
 		return NULL;
@@ -122,7 +122,7 @@ char *pipeline_lock_path(const char *manifest, json_object *model)
 {
 	_cleanup_free_ char *dir = xstrdup(manifest);
 	char *slash = strrchr(dir, '/');
-	const char *name = jstr(model, "name");
+	const char *name = model_str(model, "name");
 	if (!slash)
 		return xasprintf("%s.lock", name);
 	*slash = 0;

@@ -21,7 +21,7 @@ const char *pipeline_rpm_dbpath(const struct lock *l)
 	json_object *first = l->repositories && json_object_array_length(l->repositories) ?
 	                         json_object_array_get_idx(l->repositories, 0) :
 	                         NULL;
-	const char *type = first ? jstr(first, "type") : NULL;
+	const char *type = first ? model_str(first, "type") : NULL;
 	return type && strcmp(type, "rpm") == 0 ? "var/lib/rpm" : "root/.rpmdb";
 }
 
@@ -38,7 +38,7 @@ const char **pipeline_rpm_candidates(const struct lock *l, size_t *n)
 		v[m++] = l->packages[i].fragment;
 	for (size_t i = 0; i < ne; i++) {
 		json_object *e = json_object_array_get_idx(l->fragments, i);
-		const char *role = jstr(e, "role"), *d = jstr(e, "digest");
+		const char *role = model_str(e, "role"), *d = model_str(e, "digest");
 		if (role && d && strcmp(role, "extra") == 0)
 			v[m++] = d;
 	}
@@ -85,7 +85,7 @@ int pipeline_lock_mount_order(const struct lock *l, const char *lock_path, const
 	pipeline_rpm_database_key(l, rpm_key);
 	bool has_merged_usr = false;
 	for (size_t i = 0; i < ne; i++) {
-		const char *role = jstr(json_object_array_get_idx(l->fragments, i), "role");
+		const char *role = model_str(json_object_array_get_idx(l->fragments, i), "role");
 		has_merged_usr |= role && strcmp(role, "merged-usr") == 0;
 	}
 	/* Packages unpacked without the links would not be a merged-/usr system. */
@@ -106,14 +106,14 @@ int pipeline_lock_mount_order(const struct lock *l, const char *lock_path, const
 		}
 		for (size_t i = 0; pass != 2 && i < ne && r == 0; i++) {
 			json_object *e = json_object_array_get_idx(l->fragments, i);
-			const char *role = jstr(e, "role"), *d = jstr(e, "digest");
+			const char *role = model_str(e, "role"), *d = model_str(e, "digest");
 			if (!role || !d || role_pass(role) != pass)
 				continue;
 			/* A database made for other packages (the lock was resolved again since)
 			 * would describe what is not there. */
 			bool rpm = strcmp(role, "rpm-database") == 0;
-			if (pass == 3 && (!jstr(e, "source") ||
-			                  strcmp(jstr(e, "source"), rpm ? rpm_key : key) != 0)) {
+			if (pass == 3 && (!model_str(e, "source") ||
+			                  strcmp(model_str(e, "source"), rpm ? rpm_key : key) != 0)) {
 				r = mosaic_errorf(err, -ESTALE,
 				                  "%s: the %s database is not the one of its packages; "
 				                  "run 'mosaic build %s'",
@@ -127,7 +127,7 @@ int pipeline_lock_mount_order(const struct lock *l, const char *lock_path, const
 					continue;
 				/* A configuration made on other fragments would change what they do
 				 * not hold any more: the system below mounts unconfigured instead. */
-				if (!jstr(e, "base") || strcmp(jstr(e, "base"), base) != 0) {
+				if (!model_str(e, "base") || strcmp(model_str(e, "base"), base) != 0) {
 					pipeline_say(ev, PIPELINE_WARNING, "mount",
 					             "%s: the configuration was made for other "
 					             "fragments; mounting them unconfigured ('mosaic "
@@ -157,7 +157,7 @@ int pipeline_manifest_fragments(const char *manifest, json_object *facts, const 
 	if (r < 0)
 		return r;
 	_cleanup_free_ char *def = lock_path ? NULL : pipeline_lock_path(manifest, model);
-	bool merged_usr = jbool(model, "merged_usr", false);
+	bool merged_usr = model_bool(model, "merged_usr", false);
 	json_object_put(model);
 	struct lock l = {0};
 	const char *path = lock_path ? lock_path : def;

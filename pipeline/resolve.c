@@ -24,7 +24,7 @@ static struct repo *repos_push(struct repos *rs)
 static int repos_from_host(json_object *o, char **suites, struct repos *rs,
                            struct mosaic_error *err)
 {
-	const char *name = jstr(o, "name");
+	const char *name = model_str(o, "name");
 	struct repo_config *hc = NULL;
 	size_t nh = 0;
 	int r = apt_host_sources("/", suites, &hc, &nh, err);
@@ -41,12 +41,12 @@ static int repos_from_host(json_object *o, char **suites, struct repos *rs,
 		const char *sfx = strchr(hc[k].name, '/');
 		rp->cfg.name = xasprintf("%s%s", name, sfx ? sfx : "");
 		free(hc[k].name);
-		rp->cfg.priority = json_object_get_int(jget(o, "priority"));
+		rp->cfg.priority = json_object_get_int(model_get(o, "priority"));
 		rp->cfg.check_valid_until =
-		    rp->cfg.check_valid_until && jbool(o, "check_valid_until", true);
-		if (jstr(o, "keyring")) {
+		    rp->cfg.check_valid_until && model_bool(o, "check_valid_until", true);
+		if (model_str(o, "keyring")) {
 			free(rp->cfg.keyring);
-			rp->cfg.keyring = xstrdup(jstr(o, "keyring"));
+			rp->cfg.keyring = xstrdup(model_str(o, "keyring"));
 		}
 	}
 	free(hc);
@@ -57,23 +57,23 @@ static int repos_from_host(json_object *o, char **suites, struct repos *rs,
  * expanded; all of one type (one libsolv pool resolves one distribution). */
 static int repos_from_model(json_object *model, struct repos *rs, struct mosaic_error *err)
 {
-	json_object *list = jget(model, "repositories");
+	json_object *list = model_get(model, "repositories");
 	size_t n = list ? json_object_array_length(list) : 0;
 	if (n == 0)
 		return mosaic_errorf(err, -EINVAL, "the manifest names no repositories");
 	for (size_t i = 0; i < n; i++) {
 		json_object *o = json_object_array_get_idx(list, i);
-		const char *name = jstr(o, "name"), *type = jstr(o, "type");
+		const char *name = model_str(o, "name"), *type = model_str(o, "type");
 		enum repo_type t = strcmp(type, "rpm") == 0 ? REPO_RPM : REPO_DEB;
 		if (i > 0 && t != rs->type)
 			return mosaic_errorf(err, -EINVAL,
 			                     "repository '%s' is %s but '%s' is %s: one manifest "
 			                     "resolves from one kind of repository",
-			                     name, type, jstr(json_object_array_get_idx(list, 0), "name"),
+			                     name, type, model_str(json_object_array_get_idx(list, 0), "name"),
 			                     rs->type == REPO_RPM ? "rpm" : "deb");
 		rs->type = t;
-		_cleanup_strv_ char **suites = jstrv(jget(o, "suites"));
-		if (t == REPO_DEB && jbool(o, "host", false)) {
+		_cleanup_strv_ char **suites = model_strv(model_get(o, "suites"));
+		if (t == REPO_DEB && model_bool(o, "host", false)) {
 			int r = repos_from_host(o, suites, rs, err);
 			if (r < 0)
 				return r;
@@ -85,17 +85,17 @@ static int repos_from_model(json_object *model, struct repos *rs, struct mosaic_
 		for (size_t k = 0; k < (t == REPO_DEB ? ns : 1); k++) {
 			struct repo *r = repos_push(rs);
 			r->cfg.type = t;
-			r->cfg.priority = json_object_get_int(jget(o, "priority"));
-			r->cfg.check_valid_until = jbool(o, "check_valid_until", true);
-			r->cfg.keyring = xstrdup(jstr(o, "keyring"));
+			r->cfg.priority = json_object_get_int(model_get(o, "priority"));
+			r->cfg.check_valid_until = model_bool(o, "check_valid_until", true);
+			r->cfg.keyring = xstrdup(model_str(o, "keyring"));
 			if (t == REPO_DEB) {
 				r->cfg.name = xasprintf("%s/%s", name, suites[k]);
-				r->cfg.uri = xstrdup(jstr(o, "uri"));
+				r->cfg.uri = xstrdup(model_str(o, "uri"));
 				r->cfg.suite = xstrdup(suites[k]);
-				r->cfg.components = jstrv(jget(o, "components"));
+				r->cfg.components = model_strv(model_get(o, "components"));
 			} else {
 				r->cfg.name = xstrdup(name);
-				r->cfg.uri = xstrdup(jstr(o, "baseurl"));
+				r->cfg.uri = xstrdup(model_str(o, "baseurl"));
 			}
 			/* No trailing slash: locations are joined with one. */
 			size_t l = strlen(r->cfg.uri);
@@ -113,7 +113,7 @@ static void input_digest(json_object *model, char out[SHA256_HEX_LEN + 1])
 	                                   "packages", "exclude",     "recommends"};
 	json_object *o = json_object_new_object();
 	for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
-		json_object *v = jget(model, keys[i]);
+		json_object *v = model_get(model, keys[i]);
 		if (v)
 			json_object_object_add(o, keys[i], json_object_get(v));
 	}
@@ -176,21 +176,21 @@ int step_resolve(struct build *b, struct mosaic_error *err)
 	if (b->o->locked)
 		return check_lock(b, input, err);
 
-	json_object *pk = jget(b->model, "packages");
+	json_object *pk = model_get(b->model, "packages");
 	size_t np = pk ? json_object_array_length(pk) : 0;
 	_cleanup_free_ struct package_request *req = xcalloc(np ? np : 1, sizeof(*req));
 	for (size_t i = 0; i < np; i++) {
 		json_object *o = json_object_array_get_idx(pk, i);
-		req[i] = (struct package_request){jstr(o, "name"), jstr(o, "op"), jstr(o, "version")};
+		req[i] = (struct package_request){model_str(o, "name"), model_str(o, "op"), model_str(o, "version")};
 	}
-	_cleanup_strv_ char **exclude = jstrv(jget(b->model, "exclude"));
-	json_object *base = jget(b->model, "base");
+	_cleanup_strv_ char **exclude = model_strv(model_get(b->model, "exclude"));
+	json_object *base = model_get(b->model, "base");
 	const struct resolve_request rq = {
 	    .packages = req,
 	    .n_packages = np,
 	    .exclude = exclude,
-	    .base_set = base ? jstr(base, "set") : NULL,
-	    .recommends = b->o->recommends || jbool(b->model, "recommends", false),
+	    .base_set = base ? model_str(base, "set") : NULL,
+	    .recommends = b->o->recommends || model_bool(b->model, "recommends", false),
 	};
 	t0 = now_s();
 	struct package *pkgs = NULL;
@@ -214,7 +214,7 @@ int step_resolve(struct build *b, struct mosaic_error *err)
 		b->lock.fragments = json_object_get(old.fragments);
 		lock_clear(&old);
 	}
-	b->lock.name = xstrdup(jstr(b->model, "name"));
+	b->lock.name = xstrdup(model_str(b->model, "name"));
 	b->lock.arch = xstrdup(b->ctx.arch);
 	memcpy(b->lock.input, input, sizeof(input));
 	b->lock.repositories = repos_json(&b->rs);
