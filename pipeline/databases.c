@@ -1,6 +1,6 @@
 /* pipeline/: the generated fragments of a build: the merged-/usr links lowest, the package
- * databases (dpkg's, and rpm's for RPM packages) over the packages, and the record of the build
- * in the store's gc roots. Each is made once and found again by what it is made from. */
+ * databases (dpkg's, and rpm's for RPM packages) over the packages. Each is made once and found
+ * again by what it is made from. */
 #include "compose/compose.h"
 #include "pipeline/internal.h"
 
@@ -162,30 +162,5 @@ int step_merged_usr(struct build *b, struct mosaic_error *err)
 		                      json_object_get(json_object_array_get_idx(b->lock.fragments, i)));
 	json_object_put(b->lock.fragments);
 	b->lock.fragments = list;
-	return 0;
-}
-
-/* Records the build's fragments in the store's roots, so that gc keeps them. */
-int step_record_root(struct build *b, struct mosaic_error *err)
-{
-	const struct lock *l = &b->lock;
-	_cleanup_free_ char *dir = path_join(store_root(b->store), "roots");
-	_cleanup_free_ char *name = xasprintf("manifest-%s", l->name);
-	_cleanup_free_ char *path = path_join(dir, name);
-	size_t cap = (l->n_packages + 16) * (SHA256_HEX_LEN + 1) + 1, len = 0;
-	_cleanup_free_ char *text = xmalloc(cap);
-	text[0] = 0;
-	for (size_t i = 0; i < l->n_packages; i++)
-		len += snprintf(text + len, cap - len, "%s\n", l->packages[i].fragment);
-	for (size_t i = 0; l->fragments && i < json_object_array_length(l->fragments); i++) {
-		const char *d = model_str(json_object_array_get_idx(l->fragments, i), "digest");
-		if (d && len + SHA256_HEX_LEN + 2 < cap)
-			len += snprintf(text + len, cap - len, "%s\n", d);
-	}
-	/* The build stands without it; only gc would not know to keep its fragments. */
-	if (write_file_atomic(path, text, len, 0644) < 0)
-		pipeline_say(b->ev, PIPELINE_WARNING, "lock", "could not record the build in %s/roots",
-		             store_root(b->store));
-	(void)err;
 	return 0;
 }

@@ -46,8 +46,9 @@ int pipeline_open_mount(const char *mountpoint, struct composition **out, struct
 
 /* ---- mounting (mount.c) ------------------------------------------------------------------- */
 
-/* A running writable mount's real mountpoint, upper and mode; -EINVAL for a read-only one,
- * -ESRCH when its daemon is gone. what names the command for the messages. */
+/* A running writable mount's real mountpoint, upper and mode (from pipeline_open_mount);
+ * -EINVAL for a read-only one, -ESRCH when its daemon is gone. what names the command for the
+ * messages. */
 int pipeline_writable_mount(const char *mountpoint, const char *what, char **real, char **upper,
                             char **mode, struct mosaic_error *err);
 

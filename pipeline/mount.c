@@ -51,38 +51,28 @@ int pipeline_mount(const struct pipeline_source *src, const struct fusefs_option
 int pipeline_writable_mount(const char *mountpoint, const char *what, char **real, char **upper,
                             char **mode, struct mosaic_error *err)
 {
-	json_object *st;
-	int r = fusefs_status(mountpoint, &st, err);
+	struct composition *c;
+	int r = pipeline_open_mount(mountpoint, &c, err);
 	if (r < 0)
 		return r;
-	json_object *v;
-	const char *m = json_object_object_get_ex(st, "mode", &v) && v ? json_object_get_string(v)
-	                                                               : NULL;
-	const char *u = json_object_object_get_ex(st, "upper", &v) && v ? json_object_get_string(v)
-	                                                                : NULL;
-	const char *mp = json_object_object_get_ex(st, "mountpoint", &v) && v
-	                     ? json_object_get_string(v)
-	                     : NULL;
-	bool running = json_object_object_get_ex(st, "running", &v) && json_object_get_boolean(v);
-	if (!running)
+	bool commit = strcmp(what, "commit") == 0;
+	if (!c->running)
 		r = mosaic_errorf(err, -ESRCH,
 		                  "the daemon serving %s is not running; 'mosaic umount %s' and mount "
 		                  "it again%s",
-		                  mountpoint, mountpoint,
-		                  strcmp(what, "commit") == 0 ? " before committing" : "");
-	else if (!u || !m || (strcmp(m, "overlay") && strcmp(m, "fuse")))
+		                  mountpoint, mountpoint, commit ? " before committing" : "");
+	else if (!c->upper || !c->mode || (strcmp(c->mode, "overlay") && strcmp(c->mode, "fuse")))
 		r = mosaic_errorf(err, -EINVAL, "%s is mounted read-only: %s", mountpoint,
-		                  strcmp(what, "commit") == 0
-		                      ? "there is no upper layer to commit (mount it with --upper "
-		                        "DIR to make changes)"
-		                      : "configure writes into an upper layer (mount it with --upper "
-		                        "DIR)");
+		                  commit ? "there is no upper layer to commit (mount it with --upper "
+		                           "DIR to make changes)"
+		                         : "configure writes into an upper layer (mount it with --upper "
+		                           "DIR)");
 	if (r == 0) {
-		*real = xstrdup(mp ? mp : mountpoint);
-		*upper = xstrdup(u);
-		*mode = xstrdup(m);
+		*real = TAKE_PTR(c->mountpoint);
+		*upper = TAKE_PTR(c->upper);
+		*mode = TAKE_PTR(c->mode);
 	}
-	json_object_put(st);
+	composition_free(c);
 	return r;
 }
 

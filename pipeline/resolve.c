@@ -222,8 +222,3 @@ int step_resolve(struct build *b, struct mosaic_error *err)
 	b->lock.n_packages = n;
 	return 0;
 }
-
-int step_write_lock(struct build *b, struct mosaic_error *err)
-{
-	return lock_write(b->lock_path, &b->lock, err);
-}
