@@ -167,7 +167,9 @@ void compose_digests_key(const char *salt, const char *const *digests, size_t n,
  * ($MOSAIC_CACHE_DIR/KIND/KEY) names one the store has; and recording it there. */
 bool compose_generated_find(const struct store *s, const char *kind, const char *key,
                             char digest[SHA256_HEX_LEN + 1]);
-void compose_generated_remember(const char *kind, const char *key, const char *digest);
+/* Only a cache: on failure (-errno, err says which file) the next build makes it again. */
+int compose_generated_remember(const char *kind, const char *key, const char *digest,
+                               struct mosaic_error *err);
 /* A signed fragment named name made from the tree fill writes into an empty scratch directory
  * (also named name): owners as written, every time epoch. */
 struct compose_generated {

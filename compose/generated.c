@@ -51,13 +51,15 @@ bool compose_generated_find(const struct store *s, const char *kind, const char 
 	return true;
 }
 
-void compose_generated_remember(const char *kind, const char *key, const char *digest)
+int compose_generated_remember(const char *kind, const char *key, const char *digest,
+                               struct mosaic_error *err)
 {
 	_cleanup_free_ char *path = cache_path(kind, key);
 	_cleanup_free_ char *dir = xstrndup(path, strrchr(path, '/') - path);
-	/* Only a cache: without it the next build makes the fragment again. */
-	if (mkdir_p(dir, 0755) < 0 || write_file_atomic(path, digest, SHA256_HEX_LEN, 0644) < 0)
-		fprintf(stderr, "mosaic: warning: could not write %s\n", path);
+	int r = mkdir_p(dir, 0755);
+	if (r == 0)
+		r = write_file_atomic(path, digest, SHA256_HEX_LEN, 0644);
+	return r < 0 ? mosaic_errorf(err, r, "could not write %s: %s", path, strerror(-r)) : 0;
 }
 
 int compose_generated_make(struct store *s, const struct compose_generated *g,

@@ -448,7 +448,8 @@ int compose_rpm_fragment(struct store *s, struct keyring *k, const char *const *
 		r = compose_generated_make(s, &g, digest, err);
 	}
 	if (r == 0 && np > 0) {
-		compose_generated_remember("rpm-database", key, digest);
+		/* Only a cache: without it the next build makes the database again. */
+		(void)compose_generated_remember("rpm-database", key, digest, NULL);
 		if (made)
 			*made = true;
 	}

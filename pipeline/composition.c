@@ -178,8 +178,9 @@ static const char *state_string(json_object *s, const char *key)
 }
 
 /* A running mount: its index, its fragment images in index order and its upper, from the state
- * the daemon keeps. */
-static int from_mount(const char *mountpoint, struct composition *c, struct mosaic_error *err)
+ * the daemon keeps; the index itself is opened only when asked for (it is checksummed). */
+static int from_mount(const char *mountpoint, bool open_index, struct composition *c,
+                      struct mosaic_error *err)
 {
 	json_object *st;
 	int r = fusefs_status(mountpoint, &st, err);
@@ -200,18 +201,18 @@ static int from_mount(const char *mountpoint, struct composition *c, struct mosa
 	c->running = json_object_object_get_ex(st, "running", &v) && json_object_get_boolean(v);
 	if (state_string(st, "upper"))
 		c->upper = xstrdup(state_string(st, "upper"));
-	if ((r = compose_index_open(index, &c->idx, err)) < 0)
-		goto out;
 	size_t n = json_object_array_length(frags);
-	if (n != compose_index_fragments(c->idx)) {
-		r = mosaic_errorf(err, -EBADMSG, "%s: the index has %u fragments, the state names %zu",
-		                  mountpoint, compose_index_fragments(c->idx), n);
-		goto out;
-	}
 	c->n_images = n;
 	c->images = xcalloc(n ? n : 1, sizeof(*c->images));
 	for (size_t i = 0; i < n; i++)
 		c->images[i] = xstrdup(json_object_get_string(json_object_array_get_idx(frags, i)));
+	if (!open_index)
+		goto out;
+	if ((r = compose_index_open(index, &c->idx, err)) < 0)
+		goto out;
+	if (n != compose_index_fragments(c->idx))
+		r = mosaic_errorf(err, -EBADMSG, "%s: the index has %u fragments, the state names %zu",
+		                  mountpoint, compose_index_fragments(c->idx), n);
 out:
 	json_object_put(st);
 	return r;
@@ -254,7 +255,7 @@ int pipeline_open(const struct pipeline_source *src, struct composition **out,
 	} else if (src->n_args == 1 && src->mountpoints && stat(a[0], &st) == 0 &&
 	           S_ISDIR(st.st_mode)) {
 		c->kind = PIPELINE_FROM_MOUNT;
-		r = from_mount(a[0], c, err);
+		r = from_mount(a[0], src->open_index, c, err);
 	} else if (src->n_args == 1 && pipeline_is_index(a[0])) {
 		c->kind = PIPELINE_FROM_INDEX;
 		r = from_index(a[0], src, c, err);
@@ -262,7 +263,7 @@ int pipeline_open(const struct pipeline_source *src, struct composition **out,
 		c->kind = PIPELINE_FROM_FRAGMENTS;
 		r = from_fragments(a, src->n_args, src, c, ev, err);
 	}
-	if (r == 0 && !c->idx)
+	if (r == 0 && src->open_index && !c->idx)
 		r = compose_index_open(c->index_path, &c->idx, err);
 	if (r < 0) {
 		composition_free(c);
@@ -299,11 +300,12 @@ int pipeline_compose(const struct pipeline_source *src, const char *out_path, bo
 	return r;
 }
 
-int pipeline_open_mount(const char *mountpoint, struct composition **out, struct mosaic_error *err)
+int pipeline_open_mount(const char *mountpoint, bool open_index, struct composition **out,
+                        struct mosaic_error *err)
 {
 	struct composition *c = xcalloc(1, sizeof(*c));
 	c->kind = PIPELINE_FROM_MOUNT;
-	int r = from_mount(mountpoint, c, err);
+	int r = from_mount(mountpoint, open_index, c, err);
 	if (r < 0) {
 		composition_free(c);
 		return r;

@@ -265,7 +265,9 @@ int step_configure(struct build *b, struct mosaic_error *err)
 		pipeline_say(b->ev, PIPELINE_INFO, "configure",
 		             "configuration: %.12s already in the store; no script runs", digest);
 	} else if ((r = configure_and_commit(b, digests, n, work, digest, err)) == 0) {
-		compose_generated_remember("configure", key, digest);
+		struct mosaic_error cerr = {0};
+		if (compose_generated_remember("configure", key, digest, &cerr) < 0)
+			pipeline_say(b->ev, PIPELINE_WARNING, "configure", "%s", cerr.msg);
 		int e = rm_tree(work);
 		if (e < 0)
 			pipeline_say(b->ev, PIPELINE_WARNING, "configure", "removing %s: %s", work,

@@ -150,7 +150,9 @@ int step_merged_usr(struct build *b, struct mosaic_error *err)
 		};
 		if (compose_generated_make(b->store, &g, digest, err) < 0)
 			return mosaic_error_prefix(err, "the merged-usr fragment");
-		compose_generated_remember("merged-usr", key, digest);
+		struct mosaic_error cerr = {0};
+		if (compose_generated_remember("merged-usr", key, digest, &cerr) < 0)
+			pipeline_say(b->ev, PIPELINE_WARNING, "merged-usr", "%s", cerr.msg);
 		made = true;
 	}
 	pipeline_say(b->ev, PIPELINE_INFO, "merged-usr", "merged /usr: %.12s %s in %.2f s", digest,

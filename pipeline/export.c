@@ -21,6 +21,7 @@ int pipeline_export(const struct pipeline_source *src, const char *upper,
 {
 	struct pipeline_source s = *src;
 	s.mountpoints = true;
+	s.open_index = true;
 	struct composition *c = NULL;
 	int r = pipeline_open(&s, &c, ev, err);
 	if (r < 0)

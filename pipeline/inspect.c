@@ -9,7 +9,7 @@ int pipeline_diff(const char *mountpoint, bool all, struct compose_diff_entry **
                   bool *read_only, struct mosaic_error *err)
 {
 	struct composition *c;
-	int r = pipeline_open_mount(mountpoint, &c, err);
+	int r = pipeline_open_mount(mountpoint, true, &c, err);
 	if (r < 0)
 		return r;
 	*out = NULL;
@@ -69,7 +69,7 @@ int pipeline_origin(const char *mountpoint, const char *path, struct pipeline_or
 {
 	*out = (struct pipeline_origin){0};
 	struct composition *c;
-	int r = pipeline_open_mount(mountpoint, &c, err);
+	int r = pipeline_open_mount(mountpoint, true, &c, err);
 	if (r < 0)
 		return r;
 	struct compose_diff_entry e;

@@ -41,8 +41,10 @@ int pipeline_lock_mount_order(const struct lock *l, const char *lock_path, const
                               bool merged_usr, bool with_config, char ***digests, size_t *n,
                               struct pipeline_events *ev, struct mosaic_error *err);
 
-/* The composition of the running mount at mountpoint, whatever the path looks like. */
-int pipeline_open_mount(const char *mountpoint, struct composition **out, struct mosaic_error *err);
+/* The composition of the running mount at mountpoint, whatever the path looks like; its index
+ * opened too when open_index. */
+int pipeline_open_mount(const char *mountpoint, bool open_index, struct composition **out,
+                        struct mosaic_error *err);
 
 /* ---- mounting (mount.c) ------------------------------------------------------------------- */
 

@@ -52,7 +52,7 @@ int pipeline_writable_mount(const char *mountpoint, const char *what, char **rea
                             char **mode, struct mosaic_error *err)
 {
 	struct composition *c;
-	int r = pipeline_open_mount(mountpoint, &c, err);
+	int r = pipeline_open_mount(mountpoint, false, &c, err);
 	if (r < 0)
 		return r;
 	bool commit = strcmp(what, "commit") == 0;

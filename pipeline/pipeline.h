@@ -83,12 +83,13 @@ struct pipeline_source {
 	const char *lock;            /* a MANIFEST's lock; NULL: NAME.lock beside it */
 	json_object *facts;          /* a MANIFEST's facts; may be NULL */
 	bool mountpoints;            /* a directory is a running mount (else it is no source) */
+	bool open_index;             /* open (and checksum) the index too: idx is NULL without */
 };
 
 struct composition {
 	enum pipeline_source_kind kind;
 	char *index_path;
-	struct compose_index *idx;
+	struct compose_index *idx; /* with src->open_index (an INDEX source always has it) */
 	char **images; /* image path of each index fragment, in index order */
 	size_t n_images;
 	bool verified; /* every image was verified on the way (else the reader must) */
