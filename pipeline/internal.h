@@ -35,8 +35,10 @@ const char **pipeline_rpm_candidates(const struct lock *l, size_t *n);
 void pipeline_rpm_database_key(const struct lock *l, char key[SHA256_HEX_LEN + 1]);
 /* What a config fragment was made on: a key of the ordered digests under it. */
 void pipeline_base_key(char *const *digests, size_t n, char hex[SHA256_HEX_LEN + 1]);
-/* The lock's fragments in mount order (see pipeline_manifest_fragments); with_config false
- * leaves the config fragment out. */
+/* The fragment digests a built manifest mounts, lowest first: merged-/usr links, base, packages
+ * in installation order, package databases, extra fragments, the config fragment (left out
+ * when !with_config, or with a warning when it was made on other fragments). Caller frees with
+ * strv_free. */
 int pipeline_lock_mount_order(const struct lock *l, const char *lock_path, const char *manifest,
                               bool merged_usr, bool with_config, char ***digests, size_t *n,
                               struct pipeline_events *ev, struct mosaic_error *err);

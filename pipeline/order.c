@@ -147,24 +147,3 @@ int pipeline_lock_mount_order(const struct lock *l, const char *lock_path, const
 	*n = m;
 	return 0;
 }
-
-int pipeline_manifest_fragments(const char *manifest, json_object *facts, const char *lock_path,
-                                char ***digests, size_t *n, struct pipeline_events *ev,
-                                struct mosaic_error *err)
-{
-	json_object *model = NULL;
-	int r = pipeline_manifest_load(manifest, facts, &model, err);
-	if (r < 0)
-		return r;
-	_cleanup_free_ char *def = lock_path ? NULL : pipeline_lock_path(manifest, model);
-	bool merged_usr = model_bool(model, "merged_usr", false);
-	json_object_put(model);
-	struct lock l = {0};
-	const char *path = lock_path ? lock_path : def;
-	r = lock_read(path, &l, err);
-	if (r < 0)
-		return mosaic_error_prefix(err, "run 'mosaic build %s' first", manifest);
-	r = pipeline_lock_mount_order(&l, path, manifest, merged_usr, true, digests, n, ev, err);
-	lock_clear(&l);
-	return r;
-}

@@ -55,13 +55,6 @@ int pipeline_manifest_load(const char *path, json_object *facts, json_object **m
 char *pipeline_lock_path(const char *manifest, json_object *model);
 /* Whether path names a manifest (NAME.yaml or NAME.yml). */
 bool pipeline_is_manifest(const char *path);
-/* The fragment digests a built manifest mounts, lowest first: merged-/usr links, base, packages
- * in installation order, package databases, extra fragments, the config fragment. Caller frees
- * with strv_free. */
-int pipeline_manifest_fragments(const char *manifest, json_object *facts, const char *lock_path,
-                                char ***digests, size_t *n, struct pipeline_events *ev,
-                                struct mosaic_error *err);
-
 /* ---- a composition (composition.c) -------------------------------------------------------- */
 
 /* A FRAGMENT argument (an image path, or a digest, digest prefix or ref in the store, NULL: the

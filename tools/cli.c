@@ -194,8 +194,10 @@ void cli_configure_event(const struct configure_event *e, void *data)
 			fprintf(stderr, "mosaic: configure: %s\n", e->step);
 		break;
 	case CONFIGURE_OUTPUT:
-		/* Buffered as any stdout: flushed when the session ends, not once per line. */
+		/* Line by line as the step prints it: a reader of the pipe (a log, a test, a
+		 * supervisor waiting for a line) sees where the run is. */
 		printf("[%s] %s\n", e->step ? e->step : "", e->text);
+		fflush(stdout);
 		break;
 	case CONFIGURE_INFO:
 	case CONFIGURE_ERROR:
