@@ -11,18 +11,18 @@
 /* What configure reports while it runs. Everything is borrowed for the call. The callback may
  * be called from a child process (the namespace session), so it must only print. */
 enum configure_event_kind {
-	CONFIGURE_STEP,    /* a step starts: step is its name ("preinst dash", "dpkg --configure",
-	                    * "%post bash-5.2-1.x86_64", "run step 2 of 3: NAME"); it is step
-	                    * done of total of its back end (1-based) when known, else 0/0. The
-	                    * composition's tools that config: runs (useradd, systemctl) are not
-	                    * announced; their output comes as CONFIGURE_OUTPUT all the same */
-	CONFIGURE_OUTPUT,  /* one line a step printed (text, without the newline; an overlong line
-	                    * comes in pieces of 4 KiB); step is the name the line goes with
-	                    * ("dpkg --configure", "useradd alice", a run: step's name) */
-	CONFIGURE_INFO,    /* a line for the user: what was done ("user alice added") */
-	CONFIGURE_ERROR,   /* a line saying what failed and where; a failed step's report starts
-	                    * with one, and err of the call names the same step */
-	CONFIGURE_DETAIL,  /* a line of a failure report, already indented ("  package x: ...") */
+	CONFIGURE_STEP,   /* a step starts: step is its name ("preinst dash", "dpkg --configure",
+	                   * "%post bash-5.2-1.x86_64", "run step 2 of 3: NAME"); it is step
+	                   * done of total of its back end (1-based) when known, else 0/0. The
+	                   * composition's tools that config: runs (useradd, systemctl) are not
+	                   * announced; their output comes as CONFIGURE_OUTPUT all the same */
+	CONFIGURE_OUTPUT, /* one line a step printed (text, without the newline; an overlong line
+	                   * comes in pieces of 4 KiB); step is the name the line goes with
+	                   * ("dpkg --configure", "useradd alice", a run: step's name) */
+	CONFIGURE_INFO,   /* a line for the user: what was done ("user alice added") */
+	CONFIGURE_ERROR,  /* a line saying what failed and where; a failed step's report starts
+	                   * with one, and err of the call names the same step */
+	CONFIGURE_DETAIL, /* a line of a failure report, already indented ("  package x: ...") */
 };
 
 struct configure_event {
@@ -33,10 +33,10 @@ struct configure_event {
 };
 
 struct configure_options {
-	unsigned timeout;           /* seconds per step, its whole process group killed after; 0: none */
-	int64_t source_date_epoch;  /* >= 0: reproducible mode (steps get it, logs that date the
-	                             * run are removed); < 0: not */
-	bool quiet;                 /* no CONFIGURE_OUTPUT events for steps that succeed */
+	unsigned timeout; /* seconds per step, its whole process group killed after; 0: none */
+	int64_t source_date_epoch; /* >= 0: reproducible mode (steps get it, logs that date the
+	                            * run are removed); < 0: not */
+	bool quiet;                /* no CONFIGURE_OUTPUT events for steps that succeed */
 	void (*event)(const struct configure_event *ev, void *data); /* may be NULL */
 	void *data;
 };

@@ -88,8 +88,8 @@ static void result_of(const struct build *b, struct pipeline_build_result *res)
 	res->lock_path = xstrdup(b->lock_path);
 	res->store = b->store ? xstrdup(store_root(b->store)) : NULL;
 	res->n_packages = b->lock.n_packages;
-	res->n_fragments =
-	    b->lock.n_packages + (b->lock.fragments ? json_object_array_length(b->lock.fragments) : 0);
+	res->n_fragments = b->lock.n_packages +
+	                   (b->lock.fragments ? json_object_array_length(b->lock.fragments) : 0);
 }
 
 int pipeline_resolve(const struct pipeline_build_options *o, struct pipeline_build_result *res,
@@ -117,10 +117,11 @@ int pipeline_build(const struct pipeline_build_options *o, struct pipeline_build
 		b.sign_key = o->sign_key ? xstrdup(o->sign_key)
 		                         : mosaic_config_get("MOSAIC_SIGN_KEY", "sign_key", NULL);
 		if (!b.sign_key)
-			r = mosaic_errorf(err, -EINVAL,
-			                  "build signs the fragments it makes: give --sign KEYID (or "
-			                  "set MOSAIC_SIGN_KEY, or \"sign_key\" in "
-			                  "/etc/mosaic/config.json)");
+			r = mosaic_errorf(
+			    err, -EINVAL,
+			    "build signs the fragments it makes: give --sign KEYID (or "
+			    "set MOSAIC_SIGN_KEY, or \"sign_key\" in "
+			    "/etc/mosaic/config.json)");
 	}
 	if (r == 0) {
 		_cleanup_free_ char *def = o->store ? NULL : store_default_path();

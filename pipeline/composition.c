@@ -190,13 +190,14 @@ static int from_mount(const char *mountpoint, bool open_index, struct compositio
 	const char *index = state_string(st, "index");
 	if (!index || !json_object_object_get_ex(st, "fragments", &frags) ||
 	    !json_object_is_type(frags, json_type_array)) {
-		r = mosaic_errorf(err, -EBADMSG, "the state of %s names no index or fragments; remount it",
+		r = mosaic_errorf(err, -EBADMSG,
+		                  "the state of %s names no index or fragments; remount it",
 		                  mountpoint);
 		goto out;
 	}
 	c->index_path = xstrdup(index);
-	c->mountpoint = xstrdup(state_string(st, "mountpoint") ? state_string(st, "mountpoint")
-	                                                     : mountpoint);
+	c->mountpoint =
+	    xstrdup(state_string(st, "mountpoint") ? state_string(st, "mountpoint") : mountpoint);
 	c->mode = state_string(st, "mode") ? xstrdup(state_string(st, "mode")) : NULL;
 	c->running = json_object_object_get_ex(st, "running", &v) && json_object_get_boolean(v);
 	if (state_string(st, "upper"))
@@ -211,8 +212,9 @@ static int from_mount(const char *mountpoint, bool open_index, struct compositio
 	if ((r = compose_index_open(index, &c->idx, err)) < 0)
 		goto out;
 	if (n != compose_index_fragments(c->idx))
-		r = mosaic_errorf(err, -EBADMSG, "%s: the index has %u fragments, the state names %zu",
-		                  mountpoint, compose_index_fragments(c->idx), n);
+		r = mosaic_errorf(err, -EBADMSG,
+		                  "%s: the index has %u fragments, the state names %zu", mountpoint,
+		                  compose_index_fragments(c->idx), n);
 out:
 	json_object_put(st);
 	return r;
@@ -231,8 +233,9 @@ static int from_manifest(const char *manifest, const struct pipeline_source *src
 		return mosaic_error_prefix(err, "run 'mosaic build %s' first", manifest);
 	char **digests = NULL;
 	size_t n = 0;
-	r = pipeline_lock_mount_order(&l, c->lock_path, manifest, model_bool(c->model, "merged_usr", false),
-	                              true, &digests, &n, ev, err);
+	r = pipeline_lock_mount_order(&l, c->lock_path, manifest,
+	                              model_bool(c->model, "merged_usr", false), true, &digests, &n,
+	                              ev, err);
 	lock_clear(&l);
 	if (r == 0)
 		r = from_fragments(digests, n, src, c, ev, err);

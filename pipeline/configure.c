@@ -18,8 +18,8 @@ static void pass_on(const struct configure_event *e, void *data)
 	struct pipeline_events *ev = data;
 	if (!ev || !ev->fn)
 		return;
-	const struct pipeline_event pe = {.kind = PIPELINE_CONFIGURE, .step = "configure",
-	                                  .configure = e};
+	const struct pipeline_event pe = {
+	    .kind = PIPELINE_CONFIGURE, .step = "configure", .configure = e};
 	ev->fn(&pe, ev->data);
 }
 
@@ -85,12 +85,13 @@ int pipeline_configure(const struct pipeline_configure_options *o,
 	int r = pipeline_manifest_load(o->manifest, o->facts, &model, err);
 	if (r < 0)
 		return r;
-	_cleanup_free_ char *lock = o->lock ? xstrdup(o->lock) : pipeline_lock_path(o->manifest, model);
+	_cleanup_free_ char *lock =
+	    o->lock ? xstrdup(o->lock) : pipeline_lock_path(o->manifest, model);
 	_cleanup_free_ char *lock_dir = xstrdup(lock);
 	_cleanup_free_ char *abs_dir = realpath(dirname(lock_dir), NULL);
 	/* Beside the lock, under the manifest's name: a mount of its own per manifest. */
-	_cleanup_free_ char *base = xasprintf("%s/roots/%s", abs_dir ? abs_dir : lock_dir,
-	                                      model_str(model, "name"));
+	_cleanup_free_ char *base =
+	    xasprintf("%s/roots/%s", abs_dir ? abs_dir : lock_dir, model_str(model, "name"));
 	res->mountpoint = o->mountpoint ? xstrdup(o->mountpoint) : path_join(base, "mnt");
 	res->upper = o->upper ? xstrdup(o->upper) : path_join(base, "upper");
 	if (!mosaic_mounted(res->mountpoint)) {
@@ -103,9 +104,10 @@ int pipeline_configure(const struct pipeline_configure_options *o,
 		r = mount_with_upper(&src, res->mountpoint, res->upper, ev, err);
 		res->mounted = r == 0;
 	} else if (o->upper) {
-		r = mosaic_errorf(err, -EINVAL,
-		                  "%s is mounted already: --upper is for a mount that configure makes",
-		                  res->mountpoint);
+		r = mosaic_errorf(
+		    err, -EINVAL,
+		    "%s is mounted already: --upper is for a mount that configure makes",
+		    res->mountpoint);
 	}
 	if (r == 0)
 		r = configure_mount(res->mountpoint, model, &o->configure, ev, err);
@@ -128,7 +130,8 @@ static bool find_made(struct store *s, const char *lock_path, const char *key,
 		for (size_t i = 0; i < json_object_array_length(l.fragments) && !found; i++) {
 			json_object *e = json_object_array_get_idx(l.fragments, i);
 			const char *src = model_str(e, "source"), *d = model_str(e, "digest");
-			if (src && d && strcmp(src, key) == 0 && is_sha256_hex(d) && store_has(s, d)) {
+			if (src && d && strcmp(src, key) == 0 && is_sha256_hex(d) &&
+			    store_has(s, d)) {
 				memcpy(digest, d, SHA256_HEX_LEN + 1);
 				found = true;
 			}
@@ -183,10 +186,8 @@ static int configure_and_commit(struct build *b, char *const *digests, size_t n,
 	_cleanup_free_ char *upper = path_join(work, "upper");
 	if (mkdir_p(mnt, 0755) < 0 || mkdir_p(upper, 0755) < 0)
 		return mosaic_errorf(err, -errno, "build: %s: %s", work, strerror(errno));
-	const struct pipeline_source src = {.args = digests,
-	                                    .n_args = n,
-	                                    .store = store_root(b->store),
-	                                    .keyring = b->o->keyring};
+	const struct pipeline_source src = {
+	    .args = digests, .n_args = n, .store = store_root(b->store), .keyring = b->o->keyring};
 	const struct fusefs_options fo = {
 	    .mountpoint = mnt, .upper = upper, .writable = FUSEFS_WRITABLE_AUTO};
 	struct pipeline_mount_result mres = {0};
@@ -251,8 +252,8 @@ int step_configure(struct build *b, struct mosaic_error *err)
 	char **digests;
 	size_t n;
 	int r = pipeline_lock_mount_order(&b->lock, b->lock_path, b->o->manifest,
-	                                  model_bool(b->model, "merged_usr", false), false, &digests, &n,
-	                                  b->ev, err);
+	                                  model_bool(b->model, "merged_usr", false), false,
+	                                  &digests, &n, b->ev, err);
 	if (r < 0)
 		return r;
 	char key[SHA256_HEX_LEN + 1], base[SHA256_HEX_LEN + 1], digest[SHA256_HEX_LEN + 1];
@@ -272,8 +273,8 @@ int step_configure(struct build *b, struct mosaic_error *err)
 		if (e < 0)
 			pipeline_say(b->ev, PIPELINE_WARNING, "configure", "removing %s: %s", work,
 			             strerror(-e));
-		pipeline_say(b->ev, PIPELINE_INFO, "configure", "configuration: %.12s made in %.2f s",
-		             digest, now_s() - t0);
+		pipeline_say(b->ev, PIPELINE_INFO, "configure",
+		             "configuration: %.12s made in %.2f s", digest, now_s() - t0);
 	}
 	strv_free(digests, n);
 	if (r < 0)

@@ -159,9 +159,10 @@ int step_merged_usr(struct build *b, struct mosaic_error *err)
 	             made ? "made" : "already in the store", now_s() - t0);
 	json_object *list = json_object_new_array();
 	json_object_array_add(list, lock_entry("merged-usr", b->lock.arch, digest));
-	for (size_t i = 0; b->lock.fragments && i < json_object_array_length(b->lock.fragments); i++)
-		json_object_array_add(list,
-		                      json_object_get(json_object_array_get_idx(b->lock.fragments, i)));
+	for (size_t i = 0; b->lock.fragments && i < json_object_array_length(b->lock.fragments);
+	     i++)
+		json_object_array_add(
+		    list, json_object_get(json_object_array_get_idx(b->lock.fragments, i)));
 	json_object_put(b->lock.fragments);
 	b->lock.fragments = list;
 	return 0;

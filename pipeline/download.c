@@ -7,7 +7,8 @@
 void pipeline_download_progress(const struct download_progress *p, void *data)
 {
 	struct build *b = data;
-	pipeline_progress(b->ev, "download", p->what, p->done, p->n_files, p->bytes, p->total_bytes);
+	pipeline_progress(b->ev, "download", p->what, p->done, p->n_files, p->bytes,
+	                  p->total_bytes);
 }
 
 /* The summary line of a download run, as providers/ words it. */
@@ -37,8 +38,10 @@ int step_download(struct build *b, struct mosaic_error *err)
 	for (size_t i = 0; i < n; i++) {
 		const struct package *p = &b->lock.packages[i];
 		b->package_files[i] = xasprintf("%s/%s%s", pkgdir, p->sha256, prov->suffix);
-		items[i] = (struct download_item){
-		    .url = p->url, .dest = b->package_files[i], .sha256 = p->sha256, .size = p->size};
+		items[i] = (struct download_item){.url = p->url,
+		                                  .dest = b->package_files[i],
+		                                  .sha256 = p->sha256,
+		                                  .size = p->size};
 	}
 	int r = 0;
 	if (b->o->offline) {

@@ -78,8 +78,8 @@ static int target_partitions(json_object *t, const char *output,
 	json_object *list = model_get(t, "partitions");
 	size_t np = list ? json_object_array_length(list) : 0;
 	if (np > EXPORT_MAX_PARTITIONS - 3)
-		return mosaic_errorf(err, -EINVAL, "export target %s: at most %d partitions", output,
-		                     EXPORT_MAX_PARTITIONS - 3);
+		return mosaic_errorf(err, -EINVAL, "export target %s: at most %d partitions",
+		                     output, EXPORT_MAX_PARTITIONS - 3);
 	for (size_t j = 0; j < np; j++) {
 		json_object *p = json_object_array_get_idx(list, j);
 		const char *type = model_str(p, "type"), *mp = model_str(p, "mountpoint");
@@ -89,10 +89,11 @@ static int target_partitions(json_object *t, const char *output,
 		if ((type && !swap && strcmp(type, "ext4") != 0) || (swap && (mp || !size)) ||
 		    (!swap && (!mp || mp[0] != '/')) ||
 		    (size && (export_parse_size(size, &parts[j].size) < 0 || !parts[j].size)))
-			return mosaic_errorf(err, -EINVAL,
-			                     "export target %s: partition %zu: give a mountpoint (type "
-			                     "ext4, the default) or type swap with a size",
-			                     output, j + 1);
+			return mosaic_errorf(
+			    err, -EINVAL,
+			    "export target %s: partition %zu: give a mountpoint (type "
+			    "ext4, the default) or type swap with a size",
+			    output, j + 1);
 	}
 	*n = np;
 	return 0;
@@ -124,8 +125,8 @@ int step_export(struct build *b, struct mosaic_error *err)
 			                  model_str(t, "size"));
 		if (r == 0 && model_str(t, "free_space") &&
 		    export_parse_size(model_str(t, "free_space"), &o.free_space) < 0)
-			r = mosaic_errorf(err, -EINVAL, "export target %s: bad free_space '%s'", output,
-			                  model_str(t, "free_space"));
+			r = mosaic_errorf(err, -EINVAL, "export target %s: bad free_space '%s'",
+			                  output, model_str(t, "free_space"));
 		const char *slash = strrchr(output, '/');
 		_cleanup_free_ char *dir = slash ? xstrndup(output, slash - output) : NULL;
 		if (r == 0 && dir && *dir && mkdir_p(dir, 0755) < 0)
@@ -143,8 +144,8 @@ int step_export(struct build *b, struct mosaic_error *err)
 		struct export_tar_result res = {0};
 		if ((r = pipeline_export(&src, NULL, &o, &res, b->ev, err)) < 0)
 			return mosaic_error_prefix(err, "export target %s", output);
-		pipeline_say(b->ev, PIPELINE_INFO, "export", "%s %s %ju bytes, %ju entries%s", output,
-		             res.sha256, (uintmax_t)res.size, (uintmax_t)res.entries,
+		pipeline_say(b->ev, PIPELINE_INFO, "export", "%s %s %ju bytes, %ju entries%s",
+		             output, res.sha256, (uintmax_t)res.size, (uintmax_t)res.entries,
 		             res.skipped ? " (sockets left out)" : "");
 	}
 	return 0;

@@ -79,8 +79,8 @@ int step_package_fragments(struct build *b, struct mosaic_error *err)
 		struct package *p = &b->lock.packages[i];
 		keys[i] = path_join(fragdir, p->sha256);
 		_cleanup_free_ char *known = NULL;
-		if (!store_has(b->store, p->fragment) && read_file(keys[i], 128, &known, NULL) == 0 &&
-		    is_sha256_hex(known))
+		if (!store_has(b->store, p->fragment) &&
+		    read_file(keys[i], 128, &known, NULL) == 0 && is_sha256_hex(known))
 			snprintf(p->fragment, sizeof(p->fragment), "%s", known);
 		if (store_has(b->store, p->fragment)) {
 			reused++;
@@ -94,7 +94,8 @@ int step_package_fragments(struct build *b, struct mosaic_error *err)
 					r = keyring_open(b->rs.r[q].cfg.keyring, &krs[q], err);
 				k = krs[q];
 			}
-		jobs[nj] = (struct job){.digest = p->fragment, .cache_key = keys[i], .what = p->name};
+		jobs[nj] =
+		    (struct job){.digest = p->fragment, .cache_key = keys[i], .what = p->name};
 		fj[nj++] = (struct fragment_job){
 		    .src = b->package_files[i],
 		    .o = {.kind = FRAGMENT_PACKAGE,
@@ -194,9 +195,9 @@ int step_extra_fragments(struct build *b, struct mosaic_error *err)
 		    .digest = xcalloc(1, SHA256_HEX_LEN + 1), .cache_key = key, .what = path};
 		fj[nj++] = (struct fragment_job){
 		    .src = path,
-		    .o = {.kind = i == 0 ? FRAGMENT_BASE
+		    .o = {.kind = i == 0                        ? FRAGMENT_BASE
 		                  : model_bool(o, "dev", false) ? FRAGMENT_DEV
-		                                           : FRAGMENT_CONFIG,
+		                                                : FRAGMENT_CONFIG,
 		          .sign_key = b->sign_key,
 		          .source_date_epoch = b->epoch >= 0 ? b->epoch : 0,
 		          .name = model_str(o, "name"),
@@ -210,7 +211,8 @@ int step_extra_fragments(struct build *b, struct mosaic_error *err)
 	for (size_t i = 0; i < json_object_array_length(list) && r == 0; i++) {
 		json_object *e = json_object_array_get_idx(list, i);
 		if (*model_str(e, "digest") == 0)
-			json_object_object_add(e, "digest", json_object_new_string(jobs[k++].digest));
+			json_object_object_add(e, "digest",
+			                       json_object_new_string(jobs[k++].digest));
 	}
 	for (size_t i = 0; i < nj; i++) {
 		free(jobs[i].digest);

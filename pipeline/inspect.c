@@ -86,7 +86,8 @@ int pipeline_origin(const char *mountpoint, const char *path, struct pipeline_or
 			frag = json_object_new_object();
 		json_object_object_add(frag, "digest", json_object_new_string(digest));
 		json_object_object_add(frag, "index", json_object_new_int(in->fragment));
-		json_object_object_add(frag, "image", json_object_new_string(c->images[in->fragment]));
+		json_object_object_add(frag, "image",
+		                       json_object_new_string(c->images[in->fragment]));
 		out->fragment = frag;
 		out->layer = in->fragment;
 	}

@@ -29,8 +29,8 @@ int step_record_root(struct build *b, struct mosaic_error *err)
 	}
 	/* The build stands without it; only gc would not know to keep its fragments. */
 	if (write_file_atomic(path, text, len, 0644) < 0)
-		pipeline_say(b->ev, PIPELINE_WARNING, "lock", "could not record the build in %s/roots",
-		             store_root(b->store));
+		pipeline_say(b->ev, PIPELINE_WARNING, "lock",
+		             "could not record the build in %s/roots", store_root(b->store));
 	(void)err;
 	return 0;
 }

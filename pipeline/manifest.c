@@ -9,9 +9,9 @@
 const char *model_str(json_object *o, const char *key)
 {
 	json_object *v;
-	return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string) ?
-	           json_object_get_string(v) :
-	           NULL;
+	return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string)
+	           ? json_object_get_string(v)
+	           : NULL;
 }
 
 bool model_bool(json_object *o, const char *key, bool def)

@@ -57,16 +57,18 @@ int pipeline_writable_mount(const char *mountpoint, const char *what, char **rea
 		return r;
 	bool commit = strcmp(what, "commit") == 0;
 	if (!c->running)
-		r = mosaic_errorf(err, -ESRCH,
-		                  "the daemon serving %s is not running; 'mosaic umount %s' and mount "
-		                  "it again%s",
-		                  mountpoint, mountpoint, commit ? " before committing" : "");
+		r = mosaic_errorf(
+		    err, -ESRCH,
+		    "the daemon serving %s is not running; 'mosaic umount %s' and mount "
+		    "it again%s",
+		    mountpoint, mountpoint, commit ? " before committing" : "");
 	else if (!c->upper || !c->mode || (strcmp(c->mode, "overlay") && strcmp(c->mode, "fuse")))
-		r = mosaic_errorf(err, -EINVAL, "%s is mounted read-only: %s", mountpoint,
-		                  commit ? "there is no upper layer to commit (mount it with --upper "
-		                           "DIR to make changes)"
-		                         : "configure writes into an upper layer (mount it with --upper "
-		                           "DIR)");
+		r = mosaic_errorf(
+		    err, -EINVAL, "%s is mounted read-only: %s", mountpoint,
+		    commit ? "there is no upper layer to commit (mount it with --upper "
+		             "DIR to make changes)"
+		           : "configure writes into an upper layer (mount it with --upper "
+		             "DIR)");
 	if (r == 0) {
 		*real = TAKE_PTR(c->mountpoint);
 		*upper = TAKE_PTR(c->upper);

@@ -18,9 +18,9 @@ const char **pipeline_package_digests(const struct lock *l)
  * root, who configures, in /root/.rpmdb; the rpm of RPM distributions in /var/lib/rpm. */
 const char *pipeline_rpm_dbpath(const struct lock *l)
 {
-	json_object *first = l->repositories && json_object_array_length(l->repositories) ?
-	                         json_object_array_get_idx(l->repositories, 0) :
-	                         NULL;
+	json_object *first = l->repositories && json_object_array_length(l->repositories)
+	                         ? json_object_array_get_idx(l->repositories, 0)
+	                         : NULL;
 	const char *type = first ? model_str(first, "type") : NULL;
 	return type && strcmp(type, "rpm") == 0 ? "var/lib/rpm" : "root/.rpmdb";
 }
@@ -90,16 +90,18 @@ int pipeline_lock_mount_order(const struct lock *l, const char *lock_path, const
 	}
 	/* Packages unpacked without the links would not be a merged-/usr system. */
 	if (merged_usr && !has_merged_usr)
-		r = mosaic_errorf(err, -ESTALE,
-		                  "%s was built without merged /usr, which the manifest asks for; run "
-		                  "'mosaic build %s'",
-		                  lock_path, manifest);
+		r = mosaic_errorf(
+		    err, -ESTALE,
+		    "%s was built without merged /usr, which the manifest asks for; run "
+		    "'mosaic build %s'",
+		    lock_path, manifest);
 	for (int pass = 0; pass < 6 && r == 0; pass++) {
 		for (size_t i = 0; pass == 2 && i < l->n_packages; i++) {
 			if (!is_sha256_hex(l->packages[i].fragment)) {
-				r = mosaic_errorf(err, -ESTALE,
-				                  "%s has no fragment for %s; run 'mosaic build %s'",
-				                  lock_path, l->packages[i].name, manifest);
+				r = mosaic_errorf(
+				    err, -ESTALE,
+				    "%s has no fragment for %s; run 'mosaic build %s'", lock_path,
+				    l->packages[i].name, manifest);
 				break;
 			}
 			out[m++] = xstrdup(l->packages[i].fragment);
@@ -112,12 +114,14 @@ int pipeline_lock_mount_order(const struct lock *l, const char *lock_path, const
 			/* A database made for other packages (the lock was resolved again since)
 			 * would describe what is not there. */
 			bool rpm = strcmp(role, "rpm-database") == 0;
-			if (pass == 3 && (!model_str(e, "source") ||
-			                  strcmp(model_str(e, "source"), rpm ? rpm_key : key) != 0)) {
-				r = mosaic_errorf(err, -ESTALE,
-				                  "%s: the %s database is not the one of its packages; "
-				                  "run 'mosaic build %s'",
-				                  lock_path, rpm ? "rpm" : "dpkg", manifest);
+			if (pass == 3 &&
+			    (!model_str(e, "source") ||
+			     strcmp(model_str(e, "source"), rpm ? rpm_key : key) != 0)) {
+				r = mosaic_errorf(
+				    err, -ESTALE,
+				    "%s: the %s database is not the one of its packages; "
+				    "run 'mosaic build %s'",
+				    lock_path, rpm ? "rpm" : "dpkg", manifest);
 				break;
 			}
 			if (pass == 5) {
@@ -126,13 +130,16 @@ int pipeline_lock_mount_order(const struct lock *l, const char *lock_path, const
 				if (!with_config)
 					continue;
 				/* A configuration made on other fragments would change what they do
-				 * not hold any more: the system below mounts unconfigured instead. */
-				if (!model_str(e, "base") || strcmp(model_str(e, "base"), base) != 0) {
-					pipeline_say(ev, PIPELINE_WARNING, "mount",
-					             "%s: the configuration was made for other "
-					             "fragments; mounting them unconfigured ('mosaic "
-					             "build %s' configures them again)",
-					             lock_path, manifest);
+				 * not hold any more: the system below mounts unconfigured instead.
+				 */
+				if (!model_str(e, "base") ||
+				    strcmp(model_str(e, "base"), base) != 0) {
+					pipeline_say(
+					    ev, PIPELINE_WARNING, "mount",
+					    "%s: the configuration was made for other "
+					    "fragments; mounting them unconfigured ('mosaic "
+					    "build %s' configures them again)",
+					    lock_path, manifest);
 					continue;
 				}
 			}

@@ -83,7 +83,7 @@ struct composition {
 	enum pipeline_source_kind kind;
 	char *index_path;
 	struct compose_index *idx; /* with src->open_index (an INDEX source always has it) */
-	char **images; /* image path of each index fragment, in index order */
+	char **images;             /* image path of each index fragment, in index order */
 	size_t n_images;
 	bool verified; /* every image was verified on the way (else the reader must) */
 	char *upper;   /* a mount's upper, NULL for a read-only one or another source */
@@ -165,10 +165,10 @@ void pipeline_commit_result_clear(struct pipeline_commit_result *res);
 int pipeline_diff(const char *mountpoint, bool all, struct compose_diff_entry **out, size_t *n,
                   bool *read_only, struct mosaic_error *err);
 struct pipeline_origin {
-	char *path;     /* the path as the view has it */
-	mode_t type;    /* its type bits */
-	int change;     /* enum compose_change: what the upper did to it */
-	unsigned what;  /* COMPOSE_DIFF_* bits, for a modified one */
+	char *path;            /* the path as the view has it */
+	mode_t type;           /* its type bits */
+	int change;            /* enum compose_change: what the upper did to it */
+	unsigned what;         /* COMPOSE_DIFF_* bits, for a modified one */
 	json_object *fragment; /* the providing fragment's name, version, arch, kind, digest, index
 	                        * and image; NULL for none */
 	json_object *package;  /* the package's own name for a package fragment, else NULL */

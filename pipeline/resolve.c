@@ -31,10 +31,11 @@ static int repos_from_host(json_object *o, char **suites, struct repos *rs,
 	if (r < 0)
 		return r;
 	if (nh == 0)
-		return mosaic_errorf(err, -ENOENT,
-		                     "repository '%s': the host's apt sources have no matching 'deb' "
-		                     "entry",
-		                     name);
+		return mosaic_errorf(
+		    err, -ENOENT,
+		    "repository '%s': the host's apt sources have no matching 'deb' "
+		    "entry",
+		    name);
 	for (size_t k = 0; k < nh; k++) {
 		struct repo *rp = repos_push(rs);
 		rp->cfg = hc[k];
@@ -69,7 +70,8 @@ static int repos_from_model(json_object *model, struct repos *rs, struct mosaic_
 			return mosaic_errorf(err, -EINVAL,
 			                     "repository '%s' is %s but '%s' is %s: one manifest "
 			                     "resolves from one kind of repository",
-			                     name, type, model_str(json_object_array_get_idx(list, 0), "name"),
+			                     name, type,
+			                     model_str(json_object_array_get_idx(list, 0), "name"),
 			                     rs->type == REPO_RPM ? "rpm" : "deb");
 		rs->type = t;
 		_cleanup_strv_ char **suites = model_strv(model_get(o, "suites"));
@@ -109,8 +111,8 @@ static int repos_from_model(json_object *model, struct repos *rs, struct mosaic_
 /* The digest of what resolution depends on: a changed manifest makes --locked fail. */
 static void input_digest(json_object *model, char out[SHA256_HEX_LEN + 1])
 {
-	static const char *const keys[] = {"arch",    "repositories", "base",
-	                                   "packages", "exclude",     "recommends"};
+	static const char *const keys[] = {"arch",     "repositories", "base",
+	                                   "packages", "exclude",      "recommends"};
 	json_object *o = json_object_new_object();
 	for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
 		json_object *v = model_get(model, keys[i]);
@@ -128,8 +130,10 @@ static json_object *repos_json(const struct repos *rs)
 	for (size_t i = 0; i < rs->n; i++) {
 		json_object *o = json_object_new_object();
 		json_object_object_add(o, "name", json_object_new_string(rs->r[i].cfg.name));
-		json_object_object_add(o, "type", json_object_new_string(provider_for(rs->type)->type));
-		json_object_object_add(o, "root_digest", json_object_new_string(rs->r[i].root_digest));
+		json_object_object_add(o, "type",
+		                       json_object_new_string(provider_for(rs->type)->type));
+		json_object_object_add(o, "root_digest",
+		                       json_object_new_string(rs->r[i].root_digest));
 		json_object_array_add(a, o);
 	}
 	return a;
@@ -181,7 +185,8 @@ int step_resolve(struct build *b, struct mosaic_error *err)
 	_cleanup_free_ struct package_request *req = xcalloc(np ? np : 1, sizeof(*req));
 	for (size_t i = 0; i < np; i++) {
 		json_object *o = json_object_array_get_idx(pk, i);
-		req[i] = (struct package_request){model_str(o, "name"), model_str(o, "op"), model_str(o, "version")};
+		req[i] = (struct package_request){model_str(o, "name"), model_str(o, "op"),
+		                                  model_str(o, "version")};
 	}
 	_cleanup_strv_ char **exclude = model_strv(model_get(b->model, "exclude"));
 	json_object *base = model_get(b->model, "base");

@@ -70,7 +70,8 @@ int cli_source_option(int c, const char *arg, struct pipeline_source *src, const
 	case CLI_OPT_ROLE: {
 		if (!src->facts)
 			src->facts = json_object_new_object();
-		_cleanup_free_ char *kv = c == CLI_OPT_ROLE ? xasprintf("role=%s", arg) : xstrdup(arg);
+		_cleanup_free_ char *kv =
+		    c == CLI_OPT_ROLE ? xasprintf("role=%s", arg) : xstrdup(arg);
 		if (pipeline_fact_add(src->facts, kv) < 0)
 			return cli_usage(usage, "--fact takes KEY=VALUE, not '%s'", arg);
 		return 1;
@@ -105,7 +106,7 @@ int cli_parse_timeout(const char *arg, unsigned *out)
 /* ---- progress ------------------------------------------------------------------------------ */
 
 static struct {
-	int tty; /* -1: not asked yet */
+	int tty;   /* -1: not asked yet */
 	bool line; /* a progress line is drawn and must be cleared before other output */
 	double last;
 	char step[64]; /* the step last drawn: a new one is drawn at once */
@@ -178,7 +179,8 @@ static void progress(const struct pipeline_event *e)
 		return;
 	uint64_t every = e->total / 10;
 	if (e->done % every == 0 || e->done == e->total)
-		fprintf(stderr, "%s: %ju of %ju\n", e->step, (uintmax_t)e->done, (uintmax_t)e->total);
+		fprintf(stderr, "%s: %ju of %ju\n", e->step, (uintmax_t)e->done,
+		        (uintmax_t)e->total);
 }
 
 void cli_configure_event(const struct configure_event *e, void *data)

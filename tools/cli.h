@@ -33,12 +33,15 @@ int cli_fragment_path(const char *arg, const char *store_path, char **out);
 /* The options of every command that opens a composition or a manifest: -s/--store, --keyring,
  * --lock, --fact KEY=VALUE and --role ROLE. */
 enum { CLI_OPT_KEYRING = 1000, CLI_OPT_LOCK, CLI_OPT_FACT, CLI_OPT_ROLE };
+/* A list of initializers, which the formatter would brace as one. */
+/* clang-format off */
 #define CLI_SOURCE_OPTIONS                                                                         \
 	{"store", required_argument, NULL, 's'},                                                   \
-	    {"keyring", required_argument, NULL, CLI_OPT_KEYRING},                                 \
-	    {"lock", required_argument, NULL, CLI_OPT_LOCK},                                       \
-	    {"fact", required_argument, NULL, CLI_OPT_FACT},                                       \
-	    {"role", required_argument, NULL, CLI_OPT_ROLE}
+	{"keyring", required_argument, NULL, CLI_OPT_KEYRING},                                     \
+	{"lock", required_argument, NULL, CLI_OPT_LOCK},                                           \
+	{"fact", required_argument, NULL, CLI_OPT_FACT},                                           \
+	{"role", required_argument, NULL, CLI_OPT_ROLE}
+/* clang-format on */
 /* Takes getopt's c into src when it is one of those: returns 1 when taken, 0 when c is another
  * option, or the exit code of a bad value. src->facts is made on the first fact. */
 int cli_source_option(int c, const char *arg, struct pipeline_source *src, const char *usage);

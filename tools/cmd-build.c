@@ -63,19 +63,20 @@ static int parse(int argc, char **argv, bool build, struct pipeline_source *src,
                  struct pipeline_build_options *o)
 {
 	const char *usage = build ? usage_build : usage_resolve;
-	static const struct option opts[] = {CLI_SOURCE_OPTIONS,
-	                                     {"locked", no_argument, NULL, OPT_LOCKED},
-	                                     {"offline", no_argument, NULL, OPT_OFFLINE},
-	                                     {"recommends", no_argument, NULL, OPT_RECOMMENDS},
-	                                     {"sign", required_argument, NULL, OPT_SIGN},
-	                                     {"jobs", required_argument, NULL, 'j'},
-	                                     {"downloads", required_argument, NULL, OPT_DOWNLOADS},
-	                                     {"configure", no_argument, NULL, OPT_CONFIGURE},
-	                                     {"no-configure", no_argument, NULL, OPT_NO_CONFIGURE},
-	                                     {"step-timeout", required_argument, NULL, OPT_STEP_TIMEOUT},
-	                                     {"no-export", no_argument, NULL, OPT_NO_EXPORT},
-	                                     {"help", no_argument, NULL, 'h'},
-	                                     {}};
+	static const struct option opts[] = {
+	    CLI_SOURCE_OPTIONS,
+	    {"locked", no_argument, NULL, OPT_LOCKED},
+	    {"offline", no_argument, NULL, OPT_OFFLINE},
+	    {"recommends", no_argument, NULL, OPT_RECOMMENDS},
+	    {"sign", required_argument, NULL, OPT_SIGN},
+	    {"jobs", required_argument, NULL, 'j'},
+	    {"downloads", required_argument, NULL, OPT_DOWNLOADS},
+	    {"configure", no_argument, NULL, OPT_CONFIGURE},
+	    {"no-configure", no_argument, NULL, OPT_NO_CONFIGURE},
+	    {"step-timeout", required_argument, NULL, OPT_STEP_TIMEOUT},
+	    {"no-export", no_argument, NULL, OPT_NO_EXPORT},
+	    {"help", no_argument, NULL, 'h'},
+	    {}};
 	int c;
 	while ((c = getopt_long(argc, argv, build ? "s:j:h" : "h", opts, NULL)) != -1) {
 		int taken = cli_source_option(c, optarg, src, usage);

@@ -101,10 +101,8 @@ int cmd_compose(int argc, char **argv)
 	if (!output && !conflicts)
 		return cli_usage(usage_compose, "no index given (-o INDEX)");
 
-	const struct pipeline_source src = {.args = argv + optind,
-	                                    .n_args = argc - optind,
-	                                    .store = store,
-	                                    .keyring = keyring};
+	const struct pipeline_source src = {
+	    .args = argv + optind, .n_args = argc - optind, .store = store, .keyring = keyring};
 	struct mosaic_error err = {0};
 	struct compose_result res = {0};
 	_cleanup_strv_ char **names = NULL;

@@ -56,7 +56,8 @@ static int configure_cmd(int argc, char **argv, struct pipeline_source *src)
 		switch (c) {
 		case OPT_STEP_TIMEOUT:
 			if (cli_parse_timeout(optarg, &o.configure.timeout) < 0)
-				return cli_usage(usage_configure, "bad --step-timeout '%s'", optarg);
+				return cli_usage(usage_configure, "bad --step-timeout '%s'",
+				                 optarg);
 			break;
 		case OPT_MANIFEST:
 			o.manifest = optarg;
@@ -77,8 +78,9 @@ static int configure_cmd(int argc, char **argv, struct pipeline_source *src)
 		return cli_usage(usage_configure, "give MANIFEST [MOUNTPOINT], or MOUNTPOINT");
 	if (pipeline_is_manifest(ops[0])) {
 		if (o.manifest)
-			return cli_usage(usage_configure, "give the manifest once: as the first operand "
-			                                  "or with --manifest");
+			return cli_usage(usage_configure,
+			                 "give the manifest once: as the first operand "
+			                 "or with --manifest");
 		o.manifest = ops[0];
 		o.mountpoint = n == 2 ? ops[1] : NULL;
 	} else {

@@ -163,15 +163,16 @@ static int export_cmd(int argc, char **argv, struct pipeline_source *src)
 			if (strcmp(optarg, "ext4") != 0 && strcmp(optarg, "squashfs") != 0 &&
 			    strcmp(optarg, "erofs") != 0)
 				return cli_usage(usage_export,
-				                 "--filesystem takes ext4 or squashfs, not '%s'", optarg);
+				                 "--filesystem takes ext4 or squashfs, not '%s'",
+				                 optarg);
 			filesystem = optarg;
 			disk_only = true;
 			break;
 		case OPT_BOOTLOADER:
 			if (strcmp(optarg, "systemd-boot") != 0 && strcmp(optarg, "grub") != 0)
-				return cli_usage(usage_export,
-				                 "--bootloader takes systemd-boot or grub, not '%s'",
-				                 optarg);
+				return cli_usage(
+				    usage_export,
+				    "--bootloader takes systemd-boot or grub, not '%s'", optarg);
 			bootloader = optarg;
 			disk_only = true;
 			break;
@@ -179,10 +180,11 @@ static int export_cmd(int argc, char **argv, struct pipeline_source *src)
 			if (n_parts == ARRAY_SIZE(parts) - 3)
 				return cli_usage(usage_export, "too many --partition");
 			if (parse_partition(optarg, &parts[n_parts]) < 0)
-				return cli_usage(usage_export,
-				                 "--partition takes MOUNTPOINT[:SIZE] (like /var:2G) or "
-				                 "swap:SIZE, not '%s'",
-				                 optarg);
+				return cli_usage(
+				    usage_export,
+				    "--partition takes MOUNTPOINT[:SIZE] (like /var:2G) or "
+				    "swap:SIZE, not '%s'",
+				    optarg);
 			n_parts++;
 			disk_only = true;
 			break;

@@ -134,8 +134,8 @@ static void test_facts_and_names(void)
 	json_object *f = json_object_new_object();
 	is_int(pipeline_fact_add(f, "role=web"), 0, "KEY=VALUE");
 	is_int(pipeline_fact_add(f, "role=db"), 0, "the same key again");
-	is_str(json_object_to_json_string_ext(f, JSON_C_TO_STRING_PLAIN), "{\"role\":[\"web\",\"db\"]}",
-	       "a key given twice becomes a list");
+	is_str(json_object_to_json_string_ext(f, JSON_C_TO_STRING_PLAIN),
+	       "{\"role\":[\"web\",\"db\"]}", "a key given twice becomes a list");
 	is_int(pipeline_fact_add(f, "=x"), -EINVAL, "no key");
 	is_int(pipeline_fact_add(f, "novalue"), -EINVAL, "no '='");
 	json_object_put(f);
