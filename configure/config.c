@@ -1091,11 +1091,9 @@ int config_run_steps(const struct configure_ctx *ctx, const struct config_plan *
 			        : xasprintf("%s: run step '%s' failed with exit status %d", where,
 			                    label, res.status);
 			configure_say(ctx, CONFIGURE_ERROR, prefix, "%s", what);
-			configure_say(ctx, CONFIGURE_DETAIL, prefix, "  last lines of its output:");
-			configure_say_tail(ctx, prefix, res.tail, CONFIGURE_REPORT_LINES);
-			configure_say(ctx, CONFIGURE_DETAIL, prefix,
-			              "  the steps before it are recorded as done; fix it and run "
-			              "mosaic configure again to carry on from it");
+			configure_say_report(ctx, prefix, res.tail,
+			                     "the steps before it are recorded as done; fix it and "
+			                     "run mosaic configure again to carry on from it");
 			r = mosaic_errorf(err, -EIO, "configure: %s", what);
 		} else {
 			json_object_array_add(done, json_object_new_string(p->keys[i]));

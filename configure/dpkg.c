@@ -293,11 +293,9 @@ static int report_failure(const struct configure_ctx *ctx, const char *step,
 		}
 		pkgs_free(pkgs, n);
 	}
-	configure_say(ctx, CONFIGURE_DETAIL, step, "  last lines of its output:");
-	configure_say_tail(ctx, step, res->tail, CONFIGURE_REPORT_LINES);
-	configure_say(ctx, CONFIGURE_DETAIL, step,
-	              "  the upper keeps what was done; fix it and run mosaic configure again to "
-	              "carry on");
+	configure_say_report(ctx, step, res->tail,
+	                     "the upper keeps what was done; fix it and run mosaic configure "
+	                     "again to carry on");
 	return mosaic_errorf(err, -EIO, "configure: %s", what);
 }
 

@@ -66,3 +66,11 @@ void configure_keep_first(const struct configure_ctx *ctx, int r, const struct m
 		text += 11;
 	configure_say(ctx, CONFIGURE_ERROR, NULL, "%s", text);
 }
+
+void configure_say_report(const struct configure_ctx *ctx, const char *step, const char *tail,
+                          const char *advice)
+{
+	configure_say(ctx, CONFIGURE_DETAIL, step, "  last lines of its output:");
+	configure_say_tail(ctx, step, tail, CONFIGURE_REPORT_LINES);
+	configure_say(ctx, CONFIGURE_DETAIL, step, "  %s", advice);
+}

@@ -27,6 +27,10 @@ void configure_step(const struct configure_ctx *ctx, const char *step, size_t do
  * by four spaces, or "    (none)". */
 void configure_say_tail(const struct configure_ctx *ctx, const char *step, const char *tail,
                         int max);
+/* The end of a failed step's report: "  last lines of its output:", its last lines, then
+ * "  ADVICE" (what to do to carry on). */
+void configure_say_report(const struct configure_ctx *ctx, const char *step, const char *tail,
+                          const char *advice);
 /* For what goes on after a failure: r and e of one more thing done; the first failure (*first
  * still 0) goes to err and *first, later ones out as CONFIGURE_ERROR events. */
 void configure_keep_first(const struct configure_ctx *ctx, int r, const struct mosaic_error *e,

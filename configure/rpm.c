@@ -182,11 +182,9 @@ static int run_script(const struct configure_ctx *ctx, const struct compose_rpm_
 		                              name, ctx->o->timeout)
 		                  : xasprintf("%s failed with exit status %d", name, res.status);
 		configure_say(ctx, CONFIGURE_ERROR, name, "%s", what);
-		configure_say(ctx, CONFIGURE_DETAIL, name, "  last lines of its output:");
-		configure_say_tail(ctx, name, res.tail, CONFIGURE_REPORT_LINES);
-		configure_say(ctx, CONFIGURE_DETAIL, name,
-		              "  the upper keeps what was done; fix it and run mosaic configure "
-		              "again to carry on");
+		configure_say_report(ctx, name, res.tail,
+		                     "the upper keeps what was done; fix it and run mosaic "
+		                     "configure again to carry on");
 		r = mosaic_errorf(err, -EIO, "configure: %s", what);
 	}
 	free(res.tail);
