@@ -107,6 +107,8 @@ void sha256_buffer(const void *data, size_t len, char hex[SHA256_HEX_LEN + 1]);
 int sha256_fd(int fd, char hex[SHA256_HEX_LEN + 1]);
 bool is_sha256_hex(const char *s);
 
+/* "512 B", "12.3 kB", "4.1 MB", "1.25 GB" (powers of 1000): a size for people to read. */
+void format_bytes(char *buf, size_t len, double bytes);
 /* Seconds on the monotonic clock, for measuring durations. */
 double now_s(void);
 

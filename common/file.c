@@ -140,3 +140,15 @@ double now_s(void)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
+
+void format_bytes(char *buf, size_t len, double bytes)
+{
+	if (bytes < 1000)
+		snprintf(buf, len, "%.0f B", bytes);
+	else if (bytes < 1e6)
+		snprintf(buf, len, "%.1f kB", bytes / 1e3);
+	else if (bytes < 1e9)
+		snprintf(buf, len, "%.1f MB", bytes / 1e6);
+	else
+		snprintf(buf, len, "%.2f GB", bytes / 1e9);
+}

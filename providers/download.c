@@ -78,18 +78,6 @@ static void curl_init(void)
 	curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-void download_format_size(char *buf, size_t len, double bytes)
-{
-	if (bytes < 1000)
-		snprintf(buf, len, "%.0f B", bytes);
-	else if (bytes < 1e6)
-		snprintf(buf, len, "%.1f kB", bytes / 1e3);
-	else if (bytes < 1e9)
-		snprintf(buf, len, "%.1f MB", bytes / 1e6);
-	else
-		snprintf(buf, len, "%.2f GB", bytes / 1e9);
-}
-
 /* An HTTP date for If-Range, spelled out by hand: strftime would follow the locale. */
 static void http_date(char buf[64], time_t t)
 {
@@ -856,8 +844,8 @@ int download_run(struct download_item *items, size_t n, const struct download_op
 void download_print_summary(FILE *f, const struct download_stats *st, const char *what)
 {
 	char size[32], rate[32];
-	download_format_size(size, sizeof(size), st->bytes);
-	download_format_size(rate, sizeof(rate), st->seconds > 0 ? st->bytes / st->seconds : 0);
+	format_bytes(size, sizeof(size), st->bytes);
+	format_bytes(rate, sizeof(rate), st->seconds > 0 ? st->bytes / st->seconds : 0);
 	fprintf(f, "%s: %s in %.1f s (%s/s), %u fetched, %u cached", what ? what : "download", size,
 	        st->seconds, rate, st->fetched, st->cached);
 	if (st->resumed)

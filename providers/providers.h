@@ -68,8 +68,6 @@ struct download_stats {
  * else the first failure's code with err naming every failed URL. */
 int download_run(struct download_item *items, size_t n, const struct download_options *o,
                  struct download_stats *st, struct mosaic_error *err);
-/* "12.3 kB", "4.1 MB": a size as the download summary and progress write it. */
-void download_format_size(char *buf, size_t len, double bytes);
 /* "12.3 MB in 4.1 s (3.0 MB/s), 40 files, 2 cached, 1 resumed" to f (when not quiet). */
 void download_print_summary(FILE *f, const struct download_stats *st, const char *what);
 

@@ -127,18 +127,6 @@ static void clear_line(void)
 	}
 }
 
-static void format_size(char *buf, size_t len, uint64_t bytes)
-{
-	if (bytes < 1000)
-		snprintf(buf, len, "%ju B", (uintmax_t)bytes);
-	else if (bytes < 1000000)
-		snprintf(buf, len, "%.1f kB", bytes / 1e3);
-	else if (bytes < 1000000000)
-		snprintf(buf, len, "%.1f MB", bytes / 1e6);
-	else
-		snprintf(buf, len, "%.2f GB", bytes / 1e9);
-}
-
 static void progress(const struct pipeline_event *e)
 {
 	if (e->total == 0)
@@ -161,8 +149,8 @@ static void progress(const struct pipeline_event *e)
 			         (uintmax_t)e->total);
 		if (e->total_bytes) {
 			char b[24], t[24];
-			format_size(b, sizeof(b), e->bytes);
-			format_size(t, sizeof(t), e->total_bytes);
+			format_bytes(b, sizeof(b), e->bytes);
+			format_bytes(t, sizeof(t), e->total_bytes);
 			snprintf(bytes, sizeof(bytes), " %s/%s", b, t);
 		}
 		int width = 30, filled = (int)(width * e->done / e->total);

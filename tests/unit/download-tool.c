@@ -45,9 +45,9 @@ static void draw_progress(const struct download_progress *p, void *data)
 		return;
 	}
 	char d[32], t[32], r[32];
-	download_format_size(d, sizeof(d), p->bytes);
-	download_format_size(t, sizeof(t), p->total_bytes);
-	download_format_size(r, sizeof(r), p->rate);
+	format_bytes(d, sizeof(d), p->bytes);
+	format_bytes(t, sizeof(t), p->total_bytes);
+	format_bytes(r, sizeof(r), p->rate);
 	fprintf(stderr, "\r\033[K%s: %zu/%zu files, %s/%s, %s/s", p->what, p->done, p->n_files, d,
 	        t, r);
 	fflush(stderr);
