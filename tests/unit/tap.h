@@ -87,6 +87,23 @@ static inline __attribute__((format(printf, 3, 4))) bool is_str(const char *got,
 	return r;
 }
 
+/* Runs a shell command line made from fmt; a failure is reported as a diagnostic (the caller
+ * checks the status). Returns system()'s status. */
+static inline __attribute__((format(printf, 1, 2))) int sh(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	char *cmd = NULL;
+	if (vasprintf(&cmd, fmt, ap) < 0)
+		abort();
+	va_end(ap);
+	int st = system(cmd);
+	if (st != 0)
+		diag("command failed (%d): %s", st, cmd);
+	free(cmd);
+	return st;
+}
+
 /* Prints the plan if none was given and returns the exit status: non-zero on any failure or
  * when the number of checks run differs from the plan. */
 static inline int done(void)

@@ -921,21 +921,6 @@ static void test_writer_link_then_dir(void)
 
 /* ---- many fragments on threads (fragment_create_many) -------------------------------------- */
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	_cleanup_free_ char *cmd = NULL;
-	if (vasprintf(&cmd, fmt, ap) < 0)
-		abort();
-	va_end(ap);
-	int st = system(cmd);
-	if (st != 0)
-		diag("command failed (%d): %s", st, cmd);
-	return st;
-}
-
 static void put_file(const char *dir, const char *name, const void *data, size_t len)
 {
 	_cleanup_free_ char *p = path_join(dir, name);

@@ -45,21 +45,6 @@ static void put(const char *rel, const char *text)
 		diag("cannot write %s", p);
 }
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	_cleanup_free_ char *cmd = NULL;
-	if (vasprintf(&cmd, fmt, ap) < 0)
-		abort();
-	va_end(ap);
-	int st = system(cmd);
-	if (st != 0)
-		diag("command failed (%d): %s", st, cmd);
-	return st;
-}
-
 /* ---- apt sources ------------------------------------------------------------------------------
  */
 
