@@ -37,8 +37,7 @@ int pipeline_commit(const char *mountpoint, const char *store,
                     struct mosaic_error *err)
 {
 	*res = (struct pipeline_commit_result){0};
-	int r = pipeline_writable_mount(mountpoint, "commit", &res->mountpoint, &res->upper,
-	                                &res->mode, err);
+	int r = pipeline_writable_mount(mountpoint, &res->mountpoint, &res->upper, &res->mode, err);
 	if (r == 0)
 		r = sync_mount(res->mountpoint, res->upper, strcmp(res->mode, "overlay") == 0, err);
 	struct store *s = NULL;

@@ -63,7 +63,7 @@ static int configure_mount(const char *mountpoint, json_object *model,
                            struct mosaic_error *err)
 {
 	_cleanup_free_ char *real = NULL, *upper = NULL, *mode = NULL;
-	int r = pipeline_writable_mount(mountpoint, "configure", &real, &upper, &mode, err);
+	int r = pipeline_writable_mount(mountpoint, &real, &upper, &mode, err);
 	if (r < 0)
 		return r;
 	struct configure_options o = *co;

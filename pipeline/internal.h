@@ -51,10 +51,9 @@ int pipeline_open_mount(const char *mountpoint, bool open_index, struct composit
 /* ---- mounting (mount.c) ------------------------------------------------------------------- */
 
 /* A running writable mount's real mountpoint, upper and mode (from pipeline_open_mount);
- * -EINVAL for a read-only one, -ESRCH when its daemon is gone. what names the command for the
- * messages. */
-int pipeline_writable_mount(const char *mountpoint, const char *what, char **real, char **upper,
-                            char **mode, struct mosaic_error *err);
+ * -EINVAL for a read-only one, -ESRCH when its daemon is gone. */
+int pipeline_writable_mount(const char *mountpoint, char **real, char **upper, char **mode,
+                            struct mosaic_error *err);
 
 /* ---- the build (build.c and a file per step) ---------------------------------------------- */
 

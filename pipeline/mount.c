@@ -48,27 +48,24 @@ int pipeline_mount(const struct pipeline_source *src, const struct fusefs_option
 	return r;
 }
 
-int pipeline_writable_mount(const char *mountpoint, const char *what, char **real, char **upper,
-                            char **mode, struct mosaic_error *err)
+int pipeline_writable_mount(const char *mountpoint, char **real, char **upper, char **mode,
+                            struct mosaic_error *err)
 {
 	struct composition *c;
 	int r = pipeline_open_mount(mountpoint, false, &c, err);
 	if (r < 0)
 		return r;
-	bool commit = strcmp(what, "commit") == 0;
 	if (!c->running)
 		r = mosaic_errorf(
 		    err, -ESRCH,
 		    "the daemon serving %s is not running; 'mosaic umount %s' and mount "
-		    "it again%s",
-		    mountpoint, mountpoint, commit ? " before committing" : "");
+		    "it again",
+		    mountpoint, mountpoint);
 	else if (!c->upper || !c->mode || (strcmp(c->mode, "overlay") && strcmp(c->mode, "fuse")))
-		r = mosaic_errorf(
-		    err, -EINVAL, "%s is mounted read-only: %s", mountpoint,
-		    commit ? "there is no upper layer to commit (mount it with --upper "
-		             "DIR to make changes)"
-		           : "configure writes into an upper layer (mount it with --upper "
-		             "DIR)");
+		r = mosaic_errorf(err, -EINVAL,
+		                  "%s is mounted read-only: there is no upper layer to write into "
+		                  "(mount it with --upper DIR)",
+		                  mountpoint);
 	if (r == 0) {
 		*real = TAKE_PTR(c->mountpoint);
 		*upper = TAKE_PTR(c->upper);
