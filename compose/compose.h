@@ -92,6 +92,8 @@ const struct compose_inode *compose_index_inode(const struct compose_index *idx,
  * or -1. */
 int64_t compose_index_find(const struct compose_index *idx, uint64_t dir, const char *name,
                            size_t len);
+/* The order of a directory's entries: bytes, then the shorter first. */
+int compose_name_cmp(const char *a, size_t al, const char *b, size_t bl);
 /* Looks name up in directory dir by binary search; returns the ino or 0. */
 uint32_t compose_index_lookup(const struct compose_index *idx, uint64_t dir, const char *name,
                               size_t len);
@@ -197,9 +199,10 @@ struct compose_dpkg_package {
 
 /* The status (status true) or available text for pkgs, as `dpkg --unpack` of them in this order
  * leaves it: dpkg's field order and canonical forms, "Status: install ok unpacked", conffiles
- * with their MD5 where known (else "newconffile"), a later package replacing an earlier one of the same name (and arch, for
- * Multi-Arch: same), paragraphs sorted as dpkg sorts them (name, then unqualified before
- * name:arch). native_arch decides which architectures are foreign. Caller frees *out. */
+ * with their MD5 where known (else "newconffile"), a later package replacing an earlier one of the
+ * same name (and arch, for Multi-Arch: same), paragraphs sorted as dpkg sorts them (name, then
+ * unqualified before name:arch). native_arch decides which architectures are foreign. Caller frees
+ * *out. */
 int compose_dpkg_text(const struct compose_dpkg_package *pkgs, size_t n, const char *native_arch,
                       bool status, char **out, struct mosaic_error *err);
 /* Writes the whole database into the empty directory root: var/lib/dpkg/{status, available,

@@ -199,7 +199,7 @@ const struct compose_dirent *compose_index_dirents(const struct compose_index *x
 	return x->dirents + in->data_off;
 }
 
-static int name_cmp(const char *a, size_t al, const char *b, size_t bl)
+int compose_name_cmp(const char *a, size_t al, const char *b, size_t bl)
 {
 	int c = memcmp(a, b, al < bl ? al : bl);
 	return c ? c : (al > bl) - (al < bl);
@@ -213,7 +213,7 @@ int64_t compose_index_find(const struct compose_index *x, uint64_t dir, const ch
 	size_t lo = 0, hi = n;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		int c = name_cmp(name, len, x->strings + d[mid].name_off, d[mid].name_len);
+		int c = compose_name_cmp(name, len, x->strings + d[mid].name_off, d[mid].name_len);
 		if (c == 0)
 			return mid;
 		if (c < 0)

@@ -39,3 +39,20 @@ int fusefs_mount(const struct fusefs_options *o, enum fusefs_writable *picked,
 int fusefs_umount(const char *mountpoint, bool lazy, struct mosaic_error *err);
 /* The daemon's state and statistics (pid, mode, fragments, fragment opens). Caller puts. */
 int fusefs_status(const char *mountpoint, json_object **out, struct mosaic_error *err);
+
+struct fusefs_switch_result {
+	uint64_t kept, added, removed, changed; /* view inodes kept; paths added, gone, replaced */
+	uint64_t invalidations;                 /* sent to the kernel */
+	uint64_t stranded; /* old inodes still held (open files, working directories) */
+	double ms;         /* in the daemon, from the request to the last invalidation */
+};
+/* Switches the running mount at mountpoint to the index at index_path with its images (index
+ * order). The daemon verifies every fragment it does not serve yet before anything changes;
+ * once this returns, every path of the mount shows the new composition, and processes keep what
+ * they hold open. info (may be NULL) is kept as the generation's description (mosaic status),
+ * reason in the mount's history of switches. The daemon keeps what it served before as
+ * "previous" in its state (newest last); rollback says this switch goes back to the newest of
+ * them, which it then forgets. */
+int fusefs_switch(const char *mountpoint, const char *index_path, char *const *images, size_t n,
+                  json_object *info, const char *reason, bool rollback,
+                  struct fusefs_switch_result *res, struct mosaic_error *err);

@@ -15,24 +15,63 @@ struct fragment_image;
 struct fragment_file;
 struct upper;
 
+/* A fragment image a served composition uses; shared by every generation that has it. */
 struct frag {
 	pthread_mutex_t lock; /* libsquashfuse's caches are per handle and not thread-safe */
 	char *path;
+	char digest[65];
 	struct fragment_image *image; /* opened and verified on first use */
 	int error;                    /* a first use that failed fails every later one */
+	uint64_t refs;                /* the generations that use it; atomics */
 };
 
-struct daemon {
+/* One composition the daemon serves or served (live.c): its index and fragments, and the view
+ * inode number of each of its index inodes. A generation stays while the kernel holds a view
+ * inode of it (an open file, a cwd), after a switch away from it. */
+struct gen {
 	struct compose_index *idx;
-	struct frag *frags;
+	struct frag **frags; /* index order */
 	size_t n_frags;
+	uint32_t *to_view; /* [index ino] its view ino; NULL: the same number (the first one) */
+	uint64_t refs;     /* view inodes on it, +1 while served; atomics */
+	uint64_t total_bytes;
+	char *index_path;
+	json_object *info; /* what the switch request said of it (generation, label) */
+};
+
+/* A view inode: what a node id the kernel holds means. A node id is never given two meanings:
+ * a path whose content changes gets a new one, as a rename over it would. */
+struct vnode {
+	struct gen *gen;  /* NULL: unused */
+	uint32_t ino;     /* its index inode in gen */
+	uint64_t nlookup; /* the kernel's references; atomics */
+};
+#define VCHUNK_BITS 16
+#define VCHUNK_SIZE (1u << VCHUNK_BITS)
+#define VCHUNKS     (1u << 16)
+
+struct daemon {
+	struct gen *cur;           /* the generation served */
+	struct compose_index *idx; /* cur->idx (the upper's code reads it) */
+	pthread_rwlock_t live;     /* requests read, a switch applies under the write side */
+	struct vnode **vchunks;    /* [VCHUNKS] of VCHUNK_SIZE view inodes */
+	uint32_t next_vino;        /* the next view inode number to give */
+	struct fuse_session *se;
 	struct keyring *keyring;
 	char *state_dir;
-	uint64_t fragment_opens, reads, bytes_read; /* atomics */
+	const char *mountpoint, *lower, *upper, *work; /* absolute */
+	char *fallback; /* why kernel overlayfs was refused, when it was */
+	uint64_t fragment_opens, reads, bytes_read, invalidations; /* atomics */
 	pthread_mutex_t stats_lock;
-	uint64_t total_bytes; /* for statfs */
-	double timeout;   /* entry and attribute timeout: the view never changes while mounted */
+	double timeout;   /* entry and attribute timeout: changes come with invalidations */
 	struct upper *up; /* --writable=fuse: the daemon's own upper layer (upper.c); else NULL */
+	enum fusefs_writable mode;
+	json_object *history;  /* the switches done, oldest first (state.json) */
+	json_object *previous; /* what was served before each switch not undone, newest last */
+	pthread_mutex_t switch_lock;     /* one switch at a time */
+	int control_fd, control_stop[2]; /* control.c's socket and the pipe that stops it */
+	pthread_t control;
+	bool control_started;
 };
 
 /* An open regular file: an upper file (fd) or a file inside a fragment. */
@@ -50,20 +89,59 @@ struct open_file {
 
 /* The attributes of index inode in, reported as ino. */
 void fusefs_index_stat(const struct compose_inode *in, fuse_ino_t ino, struct stat *st);
-/* Opens the regular file in of the index in its fragment (verifying the fragment on its first
- * use). Caller frees with fusefs_open_file_free. */
-int fusefs_frag_open(struct daemon *d, const struct compose_inode *in, struct open_file **out);
+/* Opens the regular file in of generation g's index in its fragment (verifying the fragment on
+ * its first use). Caller frees with fusefs_open_file_free. */
+int fusefs_frag_open(struct daemon *d, const struct gen *g, const struct compose_inode *in,
+                     struct open_file **out);
 /* Reads from a fragment file under its fragment's lock; bytes read or -errno. */
 ssize_t fusefs_frag_pread(struct open_file *of, void *buf, size_t size, off_t off);
-/* Reads index file ino without an open handle: its fragment is found from the inode, and opened
- * and verified on its first use. Bytes read or -errno. */
-ssize_t fusefs_index_read(struct daemon *d, fuse_ino_t ino, void *buf, size_t size, off_t off);
+/* Reads index file ino of g without an open handle: its fragment is found from the inode, and
+ * opened and verified on its first use. Bytes read or -errno. */
+ssize_t fusefs_index_read(struct daemon *d, const struct gen *g, uint32_t ino, void *buf,
+                          size_t size, off_t off);
 /* Closes the upper fd or the fragment file and frees of (NULL is fine). */
 void fusefs_open_file_free(struct open_file *of);
 /* Writes o as <dir>/<name>, pretty-printed, atomically. */
 int daemon_write_json(const char *dir, const char *name, json_object *o);
 /* Rewrites <state_dir>/stats.json from the counters. */
 void daemon_write_stats(struct daemon *d);
+/* Rewrites <state_dir>/state.json: pid, mountpoint, mode, layers, the served generation's index,
+ * fragments and what its switch said of it, and the history of switches. */
+void daemon_write_state(struct daemon *d);
+
+/* ---- live.c: generations, view inodes and switching ---------------------------------------- */
+
+/* Serves the index at index_path with its images as the first generation: its view inodes are
+ * its index inodes. */
+int live_start(struct daemon *d, const char *index_path, char *const *images, size_t n,
+               struct mosaic_error *err);
+/* Lets go of every generation (the kernel holds nothing any more). */
+void live_stop(struct daemon *d);
+/* With d->live held for reading: the index inode that view inode v is, with its generation and
+ * number there; NULL for a node id that means nothing. */
+const struct compose_inode *view_get(struct daemon *d, fuse_ino_t v, struct gen **g, uint32_t *ino);
+/* The view inode of index inode ino of g. */
+static inline fuse_ino_t view_ino(const struct gen *g, uint32_t ino)
+{
+	return g->to_view ? g->to_view[ino] : ino;
+}
+/* The kernel took one more reference to v (a lookup or a readdirplus entry), or let go of
+ * count of them; with d->live held for reading. */
+void view_ref(struct daemon *d, fuse_ino_t v);
+void view_forget(struct daemon *d, fuse_ino_t v, uint64_t count);
+
+struct live_switch_result {
+	uint64_t kept, added, removed, changed; /* view inodes kept; paths added, gone, replaced */
+	uint64_t invalidations;                 /* sent to the kernel */
+	uint64_t stranded; /* old view inodes the kernel still holds (open files, cwds) */
+	double planned_ms, ms;
+};
+/* Switches the view to the index at index_path with its images: every fragment the served
+ * generation does not have is verified and opened first (a failure changes nothing); the view
+ * then changes at once, and the kernel is told exactly what changed before this returns.
+ * info is kept with the generation (what status shows of it). */
+int live_switch(struct daemon *d, const char *index_path, char *const *images, size_t n,
+                json_object *info, struct live_switch_result *res, struct mosaic_error *err);
 
 /* ---- ops.c: the read-only view's handlers ------------------------------------------------ */
 
@@ -96,3 +174,14 @@ int upper_open(struct daemon *d, const char *upper, const char *work, struct mos
 void upper_start(struct daemon *d, struct fuse_session *se);
 /* Stops that thread, flushes the upper (syncfs) and frees d->up. */
 void upper_close(struct daemon *d);
+
+/* ---- control.c: the control channel ------------------------------------------------------- */
+
+/* Listens on <state_dir>/control for requests (a switch, a ping) from root or the mount's
+ * owner, in a thread of its own, once the session (d->se) serves. */
+int control_start(struct daemon *d, struct mosaic_error *err);
+void control_stop(struct daemon *d);
+/* Sends req to the daemon whose state directory is state_dir; its reply in *out when it says
+ * ok, else the error it gave (-EPERM for a caller it does not serve). */
+int fusefs_control(const char *state_dir, const char *mountpoint, json_object *req,
+                   json_object **out, struct mosaic_error *err);

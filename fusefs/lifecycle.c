@@ -16,21 +16,6 @@
 #include <sys/wait.h>
 #include <time.h>
 
-const char *fusefs_writable_name(enum fusefs_writable w)
-{
-	switch (w) {
-	case FUSEFS_READ_ONLY:
-		return "read-only";
-	case FUSEFS_WRITABLE_AUTO:
-		return "auto";
-	case FUSEFS_WRITABLE_OVERLAY:
-		return "overlay";
-	case FUSEFS_WRITABLE_FUSE:
-		return "fuse";
-	}
-	return "?";
-}
-
 static char *runtime_dir(void)
 {
 	if (geteuid() == 0)
@@ -154,29 +139,6 @@ static json_object *read_json(const char *dir, const char *name)
 
 /* ---- the daemon --------------------------------------------------------------------------- */
 
-static void write_state(const char *state, const struct fusefs_options *o, const char *mnt,
-                        enum fusefs_writable mode, const char *lower, const char *fallback)
-{
-	json_object *s = json_object_new_object();
-	json_object_object_add(s, "pid", json_object_new_int(getpid()));
-	json_object_object_add(s, "mountpoint", json_object_new_string(mnt));
-	json_object_object_add(s, "mode", json_object_new_string(fusefs_writable_name(mode)));
-	if (fallback)
-		json_object_object_add(s, "fallback", json_object_new_string(fallback));
-	json_object_object_add(s, "index", json_object_new_string(o->index_path));
-	json_object_object_add(
-	    s, "lower", mode == FUSEFS_WRITABLE_OVERLAY ? json_object_new_string(lower) : NULL);
-	json_object_object_add(s, "upper", o->upper ? json_object_new_string(o->upper) : NULL);
-	json_object_object_add(s, "work",
-	                       o->work && o->upper ? json_object_new_string(o->work) : NULL);
-	json_object *fr = json_object_new_array();
-	for (size_t i = 0; i < o->n_images; i++)
-		json_object_array_add(fr, json_object_new_string(o->images[i]));
-	json_object_object_add(s, "fragments", fr);
-	daemon_write_json(state, "state.json", s);
-	json_object_put(s);
-}
-
 struct ready {
 	const struct fusefs_options *o;
 	const char *mountpoint, *lower;
@@ -293,6 +255,10 @@ static int serve(struct daemon *d, const struct fusefs_options *o, const char *m
 	}
 	if (writable)
 		upper_start(d, se);
+	d->se = se;
+	struct mosaic_error cerr = {0};
+	if (control_start(d, &cerr) < 0) /* the mount serves; only switching is not possible */
+		fprintf(stderr, "mosaic: no control channel: %s\n", cerr.msg);
 	struct ready rd = {.o = o,
 	                   .mountpoint = mountpoint,
 	                   .lower = lower,
@@ -308,6 +274,8 @@ static int serve(struct daemon *d, const struct fusefs_options *o, const char *m
 	int r = fuse_session_loop_mt(se, cfg);
 	fuse_loop_cfg_destroy(cfg);
 	pthread_join(t, NULL);
+	control_stop(d);
+	d->se = NULL;
 	/* SIGTERM, or the view was unmounted: take down what is still mounted, upper first. */
 	if (rd.overlay_mounted && is_mountpoint(mountpoint))
 		umount2(mountpoint, MNT_DETACH);
@@ -349,48 +317,48 @@ static int daemon_main(const struct fusefs_options *o, const char *mountpoint,
 {
 	raise_fd_limit();
 	struct mosaic_error err = {0};
-	struct daemon d = {
-	    .keyring = o->keyring, .state_dir = xstrdup(state_dir), .timeout = 86400};
+	_cleanup_free_ char *lower = path_join(state_dir, "lower");
+	struct daemon d = {.keyring = o->keyring,
+	                   .state_dir = xstrdup(state_dir),
+	                   .timeout = 86400,
+	                   .mountpoint = mountpoint,
+	                   .lower = lower,
+	                   .upper = o->upper,
+	                   .work = o->work,
+	                   .mode = mode};
 	char msg[1200];
-	int r = compose_index_open(o->index_path, &d.idx, &err);
+	pthread_mutex_init(&d.stats_lock, NULL);
+	int r = live_start(&d, o->index_path, o->images, o->n_images, &err);
 	if (r < 0) {
 		snprintf(msg, sizeof(msg), "%s\n", err.msg);
 		say(pipe_fd, msg);
+		live_stop(&d);
 		free(d.state_dir);
 		return 1;
 	}
-	pthread_mutex_init(&d.stats_lock, NULL);
-	d.n_frags = o->n_images;
-	d.frags = xcalloc(d.n_frags ? d.n_frags : 1, sizeof(*d.frags));
-	for (size_t i = 0; i < d.n_frags; i++) {
-		pthread_mutex_init(&d.frags[i].lock, NULL);
-		d.frags[i].path = o->images[i];
-	}
-	for (uint32_t i = 1; i <= compose_index_inodes(d.idx); i++)
-		if (S_ISREG(compose_index_inode(d.idx, i)->mode))
-			d.total_bytes += compose_index_inode(d.idx, i)->size;
+	daemon_write_state(&d);
 	daemon_write_stats(&d);
-
-	_cleanup_free_ char *lower = path_join(state_dir, "lower");
 	int rc;
 	for (;;) {
 		bool fell_back;
 		char reason[256];
-		rc = serve(&d, o, mountpoint, state_dir, mode, may_fall_back, pipe_fd, &fell_back,
+		rc = serve(&d, o, mountpoint, state_dir, d.mode, may_fall_back, pipe_fd, &fell_back,
 		           reason);
 		if (!fell_back)
 			break;
 		fprintf(stderr, "mosaic: %s; serving the upper with the daemon's own copy-up\n",
 		        reason);
-		mode = FUSEFS_WRITABLE_FUSE;
+		d.mode = FUSEFS_WRITABLE_FUSE;
 		may_fall_back = false;
-		write_state(state_dir, o, mountpoint, mode, lower, reason);
+		free(d.fallback);
+		d.fallback = xstrdup(reason);
+		daemon_write_state(&d);
 	}
-	*served = mode;
-	for (size_t i = 0; i < d.n_frags; i++)
-		fragment_image_close(d.frags[i].image);
-	free(d.frags);
-	compose_index_close(d.idx);
+	*served = d.mode;
+	live_stop(&d);
+	json_object_put(d.history);
+	json_object_put(d.previous);
+	free(d.fallback);
 	remove_state(state_dir);
 	free(d.state_dir);
 	return rc;
@@ -533,7 +501,6 @@ static int do_mount(const struct fusefs_options *o, enum fusefs_writable *picked
 			dup2(null, 1);
 			dup2(lfd >= 0 ? lfd : null, 2);
 		}
-		write_state(state, o, mnt, mode, lower, NULL);
 		if (o->foreground) {
 			close(pfd[0]);
 			close(pfd[1]);
@@ -639,5 +606,54 @@ int fusefs_status(const char *mountpoint, json_object **out, struct mosaic_error
 	}
 	json_object_put(stats);
 	*out = s;
+	return 0;
+}
+
+int fusefs_switch(const char *mountpoint, const char *index_path, char *const *images, size_t n,
+                  json_object *info, const char *reason, bool rollback,
+                  struct fusefs_switch_result *res, struct mosaic_error *err)
+{
+	char mnt[PATH_MAX];
+	int r = mountpoint_path(mountpoint, mnt);
+	if (r < 0)
+		return mosaic_errorf(err, r, "mountpoint %s: %s", mountpoint, strerror(-r));
+	_cleanup_free_ char *state = state_dir_for(mnt);
+	_cleanup_free_ char *state_file = path_join(state, "state.json");
+	if (access(state_file, F_OK) < 0)
+		return mosaic_errorf(err, -EINVAL, "%s is not mounted by mosaic", mnt);
+	_cleanup_free_ char *index = absolute(index_path);
+	json_object *req = json_object_new_object(), *imgs = json_object_new_array();
+	json_object_object_add(req, "op", json_object_new_string("switch"));
+	json_object_object_add(req, "index", json_object_new_string(index));
+	for (size_t i = 0; i < n; i++) {
+		_cleanup_free_ char *a = absolute(images[i]);
+		json_object_array_add(imgs, json_object_new_string(a));
+	}
+	json_object_object_add(req, "images", imgs);
+	if (info)
+		json_object_object_add(req, "info", json_object_get(info));
+	if (reason)
+		json_object_object_add(req, "reason", json_object_new_string(reason));
+	json_object_object_add(req, "rollback", json_object_new_boolean(rollback));
+	json_object *out = NULL;
+	r = fusefs_control(state, mnt, req, &out, err);
+	json_object_put(req);
+	if (r < 0)
+		return r;
+	json_object *v;
+	*res = (struct fusefs_switch_result){0};
+#define GET(f)                                                                                     \
+	if (json_object_object_get_ex(out, #f, &v))                                                \
+	res->f = json_object_get_int64(v)
+	GET(kept);
+	GET(added);
+	GET(removed);
+	GET(changed);
+	GET(invalidations);
+	GET(stranded);
+#undef GET
+	if (json_object_object_get_ex(out, "ms", &v))
+		res->ms = json_object_get_double(v);
+	json_object_put(out);
 	return 0;
 }

@@ -26,63 +26,117 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 	conn->max_readahead = 1 << 20;
 }
 
+/* Every handler reads the view under d->live, so a switch never shows it half done. */
+static void live_lock(struct daemon *d)
+{
+	pthread_rwlock_rdlock(&d->live);
+}
+
+static void live_unlock(struct daemon *d)
+{
+	pthread_rwlock_unlock(&d->live);
+}
+
 static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct daemon *d = D(req);
 	struct fuse_entry_param e = {.attr_timeout = d->timeout, .entry_timeout = d->timeout};
-	const struct compose_inode *dir = compose_index_inode(d->idx, parent);
-	if (!dir)
-		return (void)fuse_reply_err(req, ENOENT);
-	if (!S_ISDIR(dir->mode))
-		return (void)fuse_reply_err(req, ENOTDIR);
-	uint32_t ino = strcmp(name, ".") == 0 ? parent
+	struct gen *g;
+	uint32_t dino;
+	live_lock(d);
+	const struct compose_inode *dir = view_get(d, parent, &g, &dino);
+	int r = !dir ? ENOENT : !S_ISDIR(dir->mode) ? ENOTDIR : 0;
+	/* A directory the served composition no longer has is empty, as a removed one is. */
+	if (r == 0 && g != d->cur)
+		r = ENOENT;
+	if (r) {
+		live_unlock(d);
+		return (void)fuse_reply_err(req, r);
+	}
+	uint32_t ino = strcmp(name, ".") == 0 ? dino
 	               : strcmp(name, "..") == 0
 	                   ? dir->parent
-	                   : compose_index_lookup(d->idx, parent, name, strlen(name));
+	                   : compose_index_lookup(g->idx, dino, name, strlen(name));
 	if (ino) {
-		e.ino = ino;
-		fusefs_index_stat(compose_index_inode(d->idx, ino), ino, &e.attr);
+		e.ino = view_ino(g, ino);
+		fusefs_index_stat(compose_index_inode(g->idx, ino), e.ino, &e.attr);
+		view_ref(d, e.ino);
 	}
-	/* ino 0 with a timeout: the kernel caches the negative answer. */
+	/* ino 0 with a timeout: the kernel caches the negative answer (a switch that adds the
+	 * name invalidates it). */
 	fuse_reply_entry(req, &e);
+	live_unlock(d);
+}
+
+static void fs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	struct daemon *d = D(req);
+	live_lock(d);
+	view_forget(d, ino, nlookup);
+	live_unlock(d);
+	fuse_reply_none(req);
+}
+
+static void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	struct daemon *d = D(req);
+	live_lock(d);
+	for (size_t i = 0; i < count; i++)
+		view_forget(d, forgets[i].ino, forgets[i].nlookup);
+	live_unlock(d);
+	fuse_reply_none(req);
 }
 
 static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct daemon *d = D(req);
-	const struct compose_inode *in = compose_index_inode(d->idx, ino);
-	if (!in)
+	struct gen *g;
+	uint32_t x;
+	live_lock(d);
+	const struct compose_inode *in = view_get(d, ino, &g, &x);
+	if (!in) {
+		live_unlock(d);
 		return (void)fuse_reply_err(req, ENOENT);
+	}
 	struct stat st;
 	fusefs_index_stat(in, ino, &st);
+	live_unlock(d);
 	fuse_reply_attr(req, &st, d->timeout);
 }
 
 static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 {
 	struct daemon *d = D(req);
-	const struct compose_inode *in = compose_index_inode(d->idx, ino);
-	if (!in || !S_ISLNK(in->mode))
+	struct gen *g;
+	uint32_t x;
+	live_lock(d);
+	const struct compose_inode *in = view_get(d, ino, &g, &x);
+	if (!in || !S_ISLNK(in->mode)) {
+		live_unlock(d);
 		return (void)fuse_reply_err(req, in ? EINVAL : ENOENT);
+	}
 	char buf[PATH_MAX + 1];
 	size_t n = in->data_len < PATH_MAX ? in->data_len : PATH_MAX;
-	memcpy(buf, compose_index_string(d->idx, in->data_off), n);
+	memcpy(buf, compose_index_string(g->idx, in->data_off), n);
 	buf[n] = '\0';
+	live_unlock(d);
 	fuse_reply_readlink(req, buf);
 }
 
-/* The view never changes while mounted, so the kernel needs no open of a directory or file:
- * ENOSYS makes it stop sending OPEN/OPENDIR and RELEASE altogether (fuse no_open/no_opendir,
- * Linux >= 5.1) and keep page cache and cached listings by default. A warm read or find then
- * never reaches the daemon. */
+/* The view changes only with a switch, which tells the kernel what changed, so the kernel needs
+ * no open of a directory or file: ENOSYS makes it stop sending OPEN/OPENDIR and RELEASE
+ * altogether (fuse no_open/no_opendir, Linux >= 5.1) and keep page cache and cached listings
+ * by default. A warm read or find then never reaches the daemon. */
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	const struct compose_inode *in = compose_index_inode(D(req)->idx, ino);
-	if (!in)
-		return (void)fuse_reply_err(req, ENOENT);
-	if (!S_ISDIR(in->mode))
-		return (void)fuse_reply_err(req, ENOTDIR);
-	fuse_reply_err(req, ENOSYS);
+	struct daemon *d = D(req);
+	struct gen *g;
+	uint32_t x;
+	live_lock(d);
+	const struct compose_inode *in = view_get(d, ino, &g, &x);
+	int r = !in ? ENOENT : !S_ISDIR(in->mode) ? ENOTDIR : ENOSYS;
+	live_unlock(d);
+	fuse_reply_err(req, r);
 }
 
 /* Offsets: 1 is ".", 2 is "..", 3 + i is the i-th entry. */
@@ -90,32 +144,42 @@ void fusefs_index_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off
                           const struct fusefs_readdir_hooks *hooks)
 {
 	struct daemon *d = D(req);
-	const struct compose_inode *dir = compose_index_inode(d->idx, ino);
-	if (!dir)
-		return (void)fuse_reply_err(req, ENOENT);
-	uint32_t n;
-	const struct compose_dirent *de = compose_index_dirents(d->idx, ino, &n);
+	struct gen *g;
+	uint32_t dino;
 	char *buf = malloc(size);
 	if (!buf)
 		return (void)fuse_reply_err(req, ENOMEM);
+	live_lock(d);
+	const struct compose_inode *dir = view_get(d, ino, &g, &dino);
+	if (!dir) {
+		live_unlock(d);
+		free(buf);
+		return (void)fuse_reply_err(req, ENOENT);
+	}
+	uint32_t n = 0;
+	const struct compose_dirent *de = compose_index_dirents(g->idx, dino, &n);
+	if (g != d->cur)
+		n = 0; /* gone from the served composition: empty */
 	size_t used = 0;
 	char name[256];
 	for (off_t i = off; i < (off_t)n + 2; i++) {
 		struct fuse_entry_param e = {.attr_timeout = d->timeout,
 		                             .entry_timeout = d->timeout};
 		const char *nm;
+		uint32_t x;
 		if (i == 0 || i == 1) {
 			nm = i == 0 ? "." : "..";
-			e.ino = i == 0 ? ino : dir->parent;
+			x = i == 0 ? dino : dir->parent;
 		} else {
-			const struct compose_dirent *x = &de[i - 2];
-			size_t l = x->name_len < 255 ? x->name_len : 255;
-			memcpy(name, compose_index_string(d->idx, x->name_off), l);
+			const struct compose_dirent *y = &de[i - 2];
+			size_t l = y->name_len < 255 ? y->name_len : 255;
+			memcpy(name, compose_index_string(g->idx, y->name_off), l);
 			name[l] = '\0';
 			nm = name;
-			e.ino = x->ino;
+			x = y->ino;
 		}
-		fusefs_index_stat(compose_index_inode(d->idx, e.ino), e.ino, &e.attr);
+		e.ino = view_ino(g, x);
+		fusefs_index_stat(compose_index_inode(g->idx, x), e.ino, &e.attr);
 		if (plus && hooks && i >= 2)
 			e.ino = hooks->nodeid(d, e.ino, ino, i - 2);
 		size_t rem = size - used, need;
@@ -131,10 +195,15 @@ void fusefs_index_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off
 		if (need > rem)
 			break;
 		used += need;
-		if (plus && hooks && i >= 2)
-			hooks->looked_up(d, e.ino, ino, i - 2);
+		if (plus && i >= 2) {
+			if (hooks)
+				hooks->looked_up(d, e.ino, ino, i - 2);
+			else
+				view_ref(d, e.ino);
+		}
 	}
 	fuse_reply_buf(req, buf, used);
+	live_unlock(d);
 	free(buf);
 }
 
@@ -155,17 +224,19 @@ static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 void fusefs_index_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct daemon *d = D(req);
-	const struct compose_inode *in = compose_index_inode(d->idx, ino);
-	if (!in)
-		return (void)fuse_reply_err(req, ENOENT);
+	struct gen *g;
+	uint32_t x;
 	if ((fi->flags & O_ACCMODE) != O_RDONLY)
 		return (void)fuse_reply_err(req, EROFS);
-	struct open_file *of;
-	int r = fusefs_frag_open(d, in, &of);
+	live_lock(d);
+	const struct compose_inode *in = view_get(d, ino, &g, &x);
+	struct open_file *of = NULL;
+	int r = in ? fusefs_frag_open(d, g, in, &of) : -ENOENT;
+	live_unlock(d);
 	if (r < 0)
 		return (void)fuse_reply_err(req, -r);
 	fi->fh = (uintptr_t)of;
-	/* Fragment content never changes under a mount: keep the page cache across opens. */
+	/* Fragment content never changes: keep the page cache across opens. */
 	fi->keep_cache = 1;
 	fuse_reply_open(req, fi);
 }
@@ -173,7 +244,11 @@ void fusefs_index_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct daemon *d = D(req);
-	const struct compose_inode *in = compose_index_inode(d->idx, ino);
+	struct gen *g;
+	uint32_t x;
+	live_lock(d);
+	const struct compose_inode *in = view_get(d, ino, &g, &x);
+	live_unlock(d);
 	if (!in)
 		return (void)fuse_reply_err(req, ENOENT);
 	if ((fi->flags & O_ACCMODE) != O_RDONLY)
@@ -184,6 +259,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
+	struct daemon *d = D(req);
 	struct open_file *of = (void *)(uintptr_t)fi->fh;
 	if (of && of->fd >= 0) {
 		/* An upper file (--writable=fuse): libfuse splices straight from it. */
@@ -198,8 +274,18 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	char *buf = size <= sizeof(stackbuf) ? stackbuf : malloc(size);
 	if (!buf)
 		return (void)fuse_reply_err(req, ENOMEM);
-	ssize_t n = of ? fusefs_frag_pread(of, buf, size, off)
-	               : fusefs_index_read(D(req), ino, buf, size, off);
+	ssize_t n;
+	if (of)
+		n = fusefs_frag_pread(of, buf, size, off);
+	else {
+		/* The read-only view: the file the node id means, in its own generation (an old
+		 * one for a file opened before a switch). */
+		struct gen *g;
+		uint32_t x;
+		live_lock(d);
+		n = view_get(d, ino, &g, &x) ? fusefs_index_read(d, g, x, buf, size, off) : -ENOENT;
+		live_unlock(d);
+	}
 	if (n < 0)
 		fuse_reply_err(req, -n);
 	else
@@ -217,57 +303,72 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
 {
 	struct daemon *d = D(req);
+	live_lock(d);
 	struct statvfs sv = {
 	    .f_bsize = 4096,
 	    .f_frsize = 4096,
-	    .f_blocks = (d->total_bytes + 4095) / 4096,
-	    .f_files = compose_index_inodes(d->idx),
+	    .f_blocks = (d->cur->total_bytes + 4095) / 4096,
+	    .f_files = compose_index_inodes(d->cur->idx),
 	    .f_namemax = 255,
 	};
+	live_unlock(d);
 	fuse_reply_statfs(req, &sv);
 }
 
 static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct daemon *d = D(req);
-	uint32_t n;
-	const struct compose_xattr *x = compose_index_xattrs(d->idx, ino, &n);
+	struct gen *g;
+	uint32_t n = 0, y;
+	live_lock(d);
+	const struct compose_xattr *x =
+	    view_get(d, ino, &g, &y) ? compose_index_xattrs(g->idx, y, &n) : NULL;
 	size_t nl = strlen(name);
+	int r = ENODATA;
 	for (uint32_t i = 0; i < n; i++) {
 		if (x[i].name_len != nl ||
-		    memcmp(compose_index_string(d->idx, x[i].name_off), name, nl))
+		    memcmp(compose_index_string(g->idx, x[i].name_off), name, nl))
 			continue;
 		if (size == 0)
-			return (void)fuse_reply_xattr(req, x[i].value_len);
-		if (size < x[i].value_len)
-			return (void)fuse_reply_err(req, ERANGE);
-		return (void)fuse_reply_buf(req, compose_index_string(d->idx, x[i].value_off),
-		                            x[i].value_len);
+			r = -1, fuse_reply_xattr(req, x[i].value_len);
+		else if (size < x[i].value_len)
+			r = ERANGE;
+		else
+			r = -1, fuse_reply_buf(req, compose_index_string(g->idx, x[i].value_off),
+			                       x[i].value_len);
+		break;
 	}
-	fuse_reply_err(req, ENODATA);
+	live_unlock(d);
+	if (r > 0)
+		fuse_reply_err(req, r);
 }
 
 static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	struct daemon *d = D(req);
-	uint32_t n;
-	const struct compose_xattr *x = compose_index_xattrs(d->idx, ino, &n);
+	struct gen *g;
+	uint32_t n = 0, y;
+	live_lock(d);
+	const struct compose_xattr *x =
+	    view_get(d, ino, &g, &y) ? compose_index_xattrs(g->idx, y, &n) : NULL;
 	size_t total = 0;
 	for (uint32_t i = 0; i < n; i++)
 		total += x[i].name_len + 1;
-	if (size == 0)
-		return (void)fuse_reply_xattr(req, total);
-	if (size < total)
-		return (void)fuse_reply_err(req, ERANGE);
-	char *buf = malloc(total ? total : 1), *p = buf;
-	if (!buf)
-		return (void)fuse_reply_err(req, ENOMEM);
-	for (uint32_t i = 0; i < n; i++) {
-		memcpy(p, compose_index_string(d->idx, x[i].name_off), x[i].name_len);
+	char *buf = size && size >= total ? malloc(total ? total : 1) : NULL, *p = buf;
+	for (uint32_t i = 0; buf && i < n; i++) {
+		memcpy(p, compose_index_string(g->idx, x[i].name_off), x[i].name_len);
 		p += x[i].name_len;
 		*p++ = '\0';
 	}
-	fuse_reply_buf(req, buf, total);
+	live_unlock(d);
+	if (size == 0)
+		fuse_reply_xattr(req, total);
+	else if (size < total)
+		fuse_reply_err(req, ERANGE);
+	else if (!buf)
+		fuse_reply_err(req, ENOMEM);
+	else
+		fuse_reply_buf(req, buf, total);
 	free(buf);
 }
 
@@ -280,6 +381,8 @@ static void fs_access(fuse_req_t req, fuse_ino_t ino, int mask)
 const struct fuse_lowlevel_ops fusefs_ops = {
     .init = fs_init,
     .lookup = fs_lookup,
+    .forget = fs_forget,
+    .forget_multi = fs_forget_multi,
     .getattr = fs_getattr,
     .readlink = fs_readlink,
     .opendir = fs_opendir,

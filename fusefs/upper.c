@@ -896,7 +896,7 @@ static int copy_data(struct daemon *d, int fd, const struct compose_inode *in, u
 	if (size == 0)
 		return 0;
 	struct open_file *of;
-	int r = fusefs_frag_open(d, in, &of);
+	int r = fusefs_frag_open(d, d->cur, in, &of);
 	if (r < 0)
 		return r;
 	_cleanup_free_ char *buf = xmalloc(COPY_CHUNK);

@@ -50,11 +50,12 @@ static int frag_use(struct daemon *d, struct frag *f)
 	return 0;
 }
 
-int fusefs_frag_open(struct daemon *d, const struct compose_inode *in, struct open_file **out)
+int fusefs_frag_open(struct daemon *d, const struct gen *g, const struct compose_inode *in,
+                     struct open_file **out)
 {
-	if (!S_ISREG(in->mode) || in->fragment >= d->n_frags)
+	if (!S_ISREG(in->mode) || in->fragment >= g->n_frags)
 		return -EIO;
-	struct frag *f = &d->frags[in->fragment];
+	struct frag *f = g->frags[in->fragment];
 	struct open_file *of = calloc(1, sizeof(*of));
 	if (!of)
 		return -ENOMEM;
@@ -93,14 +94,15 @@ void fusefs_open_file_free(struct open_file *of)
 
 /* A read without an open handle: the fragment is found from the inode, and opened and
  * verified here on its first use. */
-ssize_t fusefs_index_read(struct daemon *d, fuse_ino_t ino, void *buf, size_t size, off_t off)
+ssize_t fusefs_index_read(struct daemon *d, const struct gen *g, uint32_t ino, void *buf,
+                          size_t size, off_t off)
 {
-	const struct compose_inode *in = compose_index_inode(d->idx, ino);
+	const struct compose_inode *in = compose_index_inode(g->idx, ino);
 	if (!in)
 		return -ENOENT;
-	if (!S_ISREG(in->mode) || in->fragment >= d->n_frags)
+	if (!S_ISREG(in->mode) || in->fragment >= g->n_frags)
 		return -EIO;
-	struct frag *f = &d->frags[in->fragment];
+	struct frag *f = g->frags[in->fragment];
 	pthread_mutex_lock(&f->lock);
 	ssize_t n = frag_use(d, f);
 	if (n == 0)
@@ -110,6 +112,21 @@ ssize_t fusefs_index_read(struct daemon *d, fuse_ino_t ino, void *buf, size_t si
 }
 
 /* ---- the state directory ------------------------------------------------------------------ */
+
+const char *fusefs_writable_name(enum fusefs_writable w)
+{
+	switch (w) {
+	case FUSEFS_READ_ONLY:
+		return "read-only";
+	case FUSEFS_WRITABLE_AUTO:
+		return "auto";
+	case FUSEFS_WRITABLE_OVERLAY:
+		return "overlay";
+	case FUSEFS_WRITABLE_FUSE:
+		return "fuse";
+	}
+	return "?";
+}
 
 int daemon_write_json(const char *dir, const char *name, json_object *o)
 {
@@ -126,7 +143,39 @@ void daemon_write_stats(struct daemon *d)
 	json_object_object_add(
 	    o, "fragment_opens",
 	    json_object_new_int64(__atomic_load_n(&d->fragment_opens, __ATOMIC_RELAXED)));
+	json_object_object_add(
+	    o, "invalidations",
+	    json_object_new_int64(__atomic_load_n(&d->invalidations, __ATOMIC_RELAXED)));
 	daemon_write_json(d->state_dir, "stats.json", o);
 	json_object_put(o);
 	pthread_mutex_unlock(&d->stats_lock);
+}
+
+void daemon_write_state(struct daemon *d)
+{
+	json_object *s = json_object_new_object();
+	json_object_object_add(s, "pid", json_object_new_int(getpid()));
+	json_object_object_add(s, "mountpoint", json_object_new_string(d->mountpoint));
+	json_object_object_add(s, "mode", json_object_new_string(fusefs_writable_name(d->mode)));
+	if (d->fallback)
+		json_object_object_add(s, "fallback", json_object_new_string(d->fallback));
+	json_object_object_add(s, "index", json_object_new_string(d->cur->index_path));
+	json_object_object_add(s, "lower",
+	                       d->mode == FUSEFS_WRITABLE_OVERLAY ? json_object_new_string(d->lower)
+	                                                          : NULL);
+	json_object_object_add(s, "upper", d->upper ? json_object_new_string(d->upper) : NULL);
+	json_object_object_add(s, "work",
+	                       d->work && d->upper ? json_object_new_string(d->work) : NULL);
+	json_object *fr = json_object_new_array();
+	for (size_t i = 0; i < d->cur->n_frags; i++)
+		json_object_array_add(fr, json_object_new_string(d->cur->frags[i]->path));
+	json_object_object_add(s, "fragments", fr);
+	if (d->cur->info)
+		json_object_object_add(s, "generation", json_object_get(d->cur->info));
+	if (d->history)
+		json_object_object_add(s, "history", json_object_get(d->history));
+	if (d->previous)
+		json_object_object_add(s, "previous", json_object_get(d->previous));
+	daemon_write_json(d->state_dir, "state.json", s);
+	json_object_put(s);
 }

@@ -181,6 +181,38 @@ int pipeline_origin(const char *mountpoint, const char *path, struct pipeline_or
                     struct mosaic_error *err);
 void pipeline_origin_clear(struct pipeline_origin *o);
 
+/* ---- switching a running mount (switch.c) ------------------------------------------------- */
+
+struct pipeline_switch_options {
+	const char *mountpoint;
+	/* What to switch to: target (a MANIFEST, INDEX or FRAGMENTs); else, with rollback, what
+	 * was served before the last switch not rolled back; else the served fragments edited:
+	 * remove (fragment names), replace (NAME=FRAGMENT) and add (FRAGMENTs, on top). */
+	const struct pipeline_source *target;
+	bool rollback;
+	char *const *remove, *const *replace, *const *add;
+	size_t n_remove, n_replace, n_add;
+	const char *store, *keyring; /* for the edits' FRAGMENTs; NULL: the defaults */
+	/* A health check: sh -c check in a chroot of the view (on the host with check_on_host),
+	 * $MOSAIC_MOUNT set; if it fails or runs longer than check_timeout seconds (0: no limit),
+	 * the mount is switched back. */
+	const char *check;
+	bool check_on_host;
+	double check_timeout;
+};
+struct pipeline_switch_result {
+	struct fusefs_switch_result sw;
+	size_t n_fragments;
+	json_object *served; /* what the switch said of the new composition */
+	char *check_failed;  /* why the check failed, when it did (the mount was switched back) */
+	bool rolled_back;
+};
+void pipeline_switch_result_clear(struct pipeline_switch_result *res);
+/* Switches the running mount o->mountpoint as o says; -ECANCELED when the check failed and the
+ * mount serves the old composition again. */
+int pipeline_switch(const struct pipeline_switch_options *o, struct pipeline_switch_result *res,
+                    struct pipeline_events *ev, struct mosaic_error *err);
+
 /* ---- the build (build.c, one file per step) ----------------------------------------------- */
 
 struct pipeline_build_options {

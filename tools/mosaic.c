@@ -20,6 +20,9 @@ static const char usage[] =
     "                                   mount a composition (read-only, or with an upper)\n"
     "  umount DIR                       unmount it and stop its daemon\n"
     "  status DIR                       show a mount's mode, fragments and fragment opens\n"
+    "  switch DIR (MANIFEST|INDEX|FRAGMENT...)\n"
+    "                                   switch a running mount to another composition\n"
+    "  rollback DIR                     switch it back to what it served before\n"
     "  configure DIR                    run the packages' scripts in a chroot, into the upper\n"
   "  commit DIR -o STORE              freeze a mount's upper into a signed config fragment\n"
     "  diff DIR                         list what the upper adds, modifies and deletes\n"
@@ -79,5 +82,9 @@ int main(int argc, char **argv)
 		return cmd_umount(argc - 1, argv + 1);
 	if (strcmp(cmd, "status") == 0)
 		return cmd_status(argc - 1, argv + 1);
+	if (strcmp(cmd, "switch") == 0)
+		return cmd_switch(argc - 1, argv + 1);
+	if (strcmp(cmd, "rollback") == 0)
+		return cmd_rollback(argc - 1, argv + 1);
 	return cli_usage(usage, "unknown command '%s'", cmd);
 }

@@ -1,0 +1,495 @@
+/* The served composition as a live, versioned object: generations (an index and its fragments),
+ * the view inode numbers the kernel holds, and the switch from one generation to another.
+ *
+ * A node id the kernel holds is a view inode: a generation and an inode of its index. The first
+ * generation's view inodes are its index inodes. A switch pairs the two indexes path by path (a
+ * merge of their sorted directories) and gives a path of the new index the view inode it had
+ * when its content is the same (same type and fragment file, link target or device), else a new
+ * number, as a rename over the path would. The kernel is then told exactly what changed: the
+ * entries whose inode changed, appeared or went, the listings that changed, and the attributes
+ * of kept inodes that differ. A view inode whose path changed keeps its old generation, so an
+ * open file or a running program reads what it opened until the kernel lets go of it; the old
+ * generation's index and fragments stay open until then. docs/fusefs.md has the whole design. */
+#include "fusefs/internal.h"
+#include "fragments/fragment.h"
+
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+/* ---- generations ---------------------------------------------------------------------------- */
+
+static void frag_put(struct frag *f)
+{
+	if (!f || __atomic_sub_fetch(&f->refs, 1, __ATOMIC_ACQ_REL) != 0)
+		return;
+	fragment_image_close(f->image);
+	pthread_mutex_destroy(&f->lock);
+	free(f->path);
+	free(f);
+}
+
+static struct frag *frag_new(const char *path, const char *digest)
+{
+	struct frag *f = xcalloc(1, sizeof(*f));
+	pthread_mutex_init(&f->lock, NULL);
+	f->path = xstrdup(path);
+	snprintf(f->digest, sizeof(f->digest), "%s", digest);
+	f->refs = 1;
+	return f;
+}
+
+static void gen_free(struct gen *g)
+{
+	if (!g)
+		return;
+	for (size_t i = 0; i < g->n_frags; i++)
+		frag_put(g->frags[i]);
+	free(g->frags);
+	free(g->to_view);
+	compose_index_close(g->idx);
+	free(g->index_path);
+	json_object_put(g->info);
+	free(g);
+}
+
+static void gen_put(struct gen *g)
+{
+	if (g && __atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		gen_free(g);
+}
+
+/* Opens the index at index_path with its images; a fragment the current generation has (same
+ * digest) is shared with it, so it is not opened or verified again. */
+static int gen_open(struct daemon *d, const char *index_path, char *const *images, size_t n,
+                    struct gen **out, struct mosaic_error *err)
+{
+	struct gen *g = xcalloc(1, sizeof(*g));
+	g->index_path = xstrdup(index_path);
+	int r = compose_index_open(index_path, &g->idx, err);
+	if (r < 0) {
+		gen_free(g);
+		return r;
+	}
+	if (compose_index_fragments(g->idx) != n) {
+		r = mosaic_errorf(err, -EINVAL, "index %s has %u fragments, %zu images given",
+		                  index_path, compose_index_fragments(g->idx), n);
+		gen_free(g);
+		return r;
+	}
+	g->frags = xcalloc(n ? n : 1, sizeof(*g->frags));
+	g->n_frags = n;
+	for (size_t i = 0; i < n; i++) {
+		char dg[65];
+		compose_index_fragment_digest(g->idx, i, dg);
+		struct frag *f = NULL;
+		for (size_t j = 0; d->cur && j < d->cur->n_frags && !f; j++)
+			if (strcmp(d->cur->frags[j]->digest, dg) == 0)
+				f = d->cur->frags[j];
+		if (f)
+			__atomic_add_fetch(&f->refs, 1, __ATOMIC_RELAXED);
+		else
+			f = frag_new(images[i], dg);
+		g->frags[i] = f;
+	}
+	for (uint32_t i = 1; i <= compose_index_inodes(g->idx); i++)
+		if (S_ISREG(compose_index_inode(g->idx, i)->mode))
+			g->total_bytes += compose_index_inode(g->idx, i)->size;
+	g->refs = 1;
+	*out = g;
+	return 0;
+}
+
+/* ---- view inodes ---------------------------------------------------------------------------- */
+
+static struct vnode *vnode_slot(struct daemon *d, fuse_ino_t v)
+{
+	if (v == 0 || v >= d->next_vino)
+		return NULL;
+	struct vnode *c = d->vchunks[v >> VCHUNK_BITS];
+	return c ? &c[v & (VCHUNK_SIZE - 1)] : NULL;
+}
+
+/* Makes room for view inodes up to last (only the switching thread grows the table). */
+static void vnode_reserve(struct daemon *d, uint64_t last)
+{
+	for (uint64_t c = 0; c <= last >> VCHUNK_BITS && c < VCHUNKS; c++)
+		if (!d->vchunks[c])
+			__atomic_store_n(&d->vchunks[c], xcalloc(VCHUNK_SIZE, sizeof(struct vnode)),
+			                 __ATOMIC_RELEASE);
+}
+
+const struct compose_inode *view_get(struct daemon *d, fuse_ino_t v, struct gen **g, uint32_t *ino)
+{
+	struct vnode *n = vnode_slot(d, v);
+	if (!n || !n->gen)
+		return NULL;
+	*g = n->gen;
+	*ino = n->ino;
+	return compose_index_inode(n->gen->idx, n->ino);
+}
+
+void view_ref(struct daemon *d, fuse_ino_t v)
+{
+	struct vnode *n = vnode_slot(d, v);
+	if (n)
+		__atomic_add_fetch(&n->nlookup, 1, __ATOMIC_RELAXED);
+}
+
+void view_forget(struct daemon *d, fuse_ino_t v, uint64_t count)
+{
+	struct vnode *n = vnode_slot(d, v);
+	if (!n || !n->gen)
+		return;
+	uint64_t left = __atomic_sub_fetch(&n->nlookup, count, __ATOMIC_ACQ_REL);
+	/* A view inode of a generation no longer served lives only as long as the kernel holds
+	 * it; the served one's stay for the next lookup. */
+	if (left == 0 && n->gen != d->cur) {
+		struct gen *g = n->gen;
+		n->gen = NULL;
+		gen_put(g);
+	}
+}
+
+int live_start(struct daemon *d, const char *index_path, char *const *images, size_t n,
+               struct mosaic_error *err)
+{
+	pthread_rwlockattr_t a;
+	pthread_rwlockattr_init(&a);
+	/* A stream of readers must not keep a switch waiting. */
+	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&d->live, &a);
+	pthread_rwlockattr_destroy(&a);
+	pthread_mutex_init(&d->switch_lock, NULL);
+	d->vchunks = xcalloc(VCHUNKS, sizeof(*d->vchunks));
+	struct gen *g;
+	int r = gen_open(d, index_path, images, n, &g, err);
+	if (r < 0)
+		return r;
+	uint32_t ni = compose_index_inodes(g->idx);
+	d->next_vino = ni + 1;
+	vnode_reserve(d, ni);
+	for (uint32_t i = 1; i <= ni; i++)
+		*vnode_slot(d, i) = (struct vnode){.gen = g, .ino = i};
+	d->cur = g;
+	d->idx = g->idx;
+	return 0;
+}
+
+void live_stop(struct daemon *d)
+{
+	if (!d->vchunks)
+		return;
+	/* The kernel holds nothing any more: every generation goes. */
+	struct gen *cur = d->cur;
+	for (size_t c = 0; c < VCHUNKS; c++) {
+		struct vnode *ch = d->vchunks[c];
+		for (size_t i = 0; ch && i < VCHUNK_SIZE; i++)
+			if (ch[i].gen && ch[i].gen != cur) {
+				struct gen *g = ch[i].gen;
+				ch[i].gen = NULL;
+				gen_put(g);
+			}
+		free(ch);
+	}
+	free(d->vchunks);
+	d->vchunks = NULL;
+	gen_put(cur);
+	d->cur = NULL;
+	d->idx = NULL;
+	pthread_rwlock_destroy(&d->live);
+	pthread_mutex_destroy(&d->switch_lock);
+}
+
+/* ---- a switch ------------------------------------------------------------------------------- */
+
+struct notice_entry {
+	fuse_ino_t parent, ino; /* an entry (name set) or an inode */
+	char *name;
+	size_t len;
+	off_t off; /* inode: -1 for its attributes, 0 for attributes and contents (listings) */
+};
+
+struct plan {
+	struct daemon *d;
+	struct gen *old, *new;
+	uint32_t *claimed; /* [old ino] the new inode that kept its view inode, 0 none */
+	uint32_t next_vino;
+	struct notice_entry *notes;
+	size_t n_notes, cap_notes;
+	struct live_switch_result *res;
+};
+
+static void note(struct plan *p, fuse_ino_t parent, const char *name, size_t len, fuse_ino_t ino,
+                 off_t off)
+{
+	if (p->n_notes == p->cap_notes) {
+		p->cap_notes = p->cap_notes ? 2 * p->cap_notes : 256;
+		p->notes = xrealloc(p->notes, p->cap_notes * sizeof(*p->notes));
+	}
+	p->notes[p->n_notes++] = (struct notice_entry){.parent = parent,
+	                                               .ino = ino,
+	                                               .name = name ? xstrndup(name, len) : NULL,
+	                                               .len = len,
+	                                               .off = off};
+}
+
+static fuse_ino_t old_view(const struct plan *p, uint32_t ino)
+{
+	return view_ino(p->old, ino);
+}
+
+static bool same_xattrs(const struct plan *p, uint32_t o, uint32_t n)
+{
+	uint32_t no, nn;
+	const struct compose_xattr *xo = compose_index_xattrs(p->old->idx, o, &no);
+	const struct compose_xattr *xn = compose_index_xattrs(p->new->idx, n, &nn);
+	if (no != nn)
+		return false;
+	for (uint32_t i = 0; i < no; i++)
+		if (xo[i].name_len != xn[i].name_len || xo[i].value_len != xn[i].value_len ||
+		    memcmp(compose_index_string(p->old->idx, xo[i].name_off),
+		           compose_index_string(p->new->idx, xn[i].name_off), xo[i].name_len) ||
+		    memcmp(compose_index_string(p->old->idx, xo[i].value_off),
+		           compose_index_string(p->new->idx, xn[i].value_off), xo[i].value_len))
+			return false;
+	return true;
+}
+
+/* Whether what a reader of the file gets is the same: the type, and a regular file's fragment
+ * file, a link's target, a device's number. */
+static bool same_content(const struct plan *p, const struct compose_inode *a,
+                         const struct compose_inode *b)
+{
+	if ((a->mode & S_IFMT) != (b->mode & S_IFMT))
+		return false;
+	switch (a->mode & S_IFMT) {
+	case S_IFREG:
+		return a->size == b->size && a->frag_inode == b->frag_inode &&
+		       a->fragment < p->old->n_frags && b->fragment < p->new->n_frags &&
+		       p->old->frags[a->fragment] == p->new->frags[b->fragment];
+	case S_IFLNK:
+		return a->data_len == b->data_len &&
+		       memcmp(compose_index_string(p->old->idx, a->data_off),
+		              compose_index_string(p->new->idx, b->data_off), a->data_len) == 0;
+	case S_IFCHR:
+	case S_IFBLK:
+		return a->rdev == b->rdev;
+	}
+	return true;
+}
+
+static bool same_attrs(const struct plan *p, uint32_t o, uint32_t n)
+{
+	const struct compose_inode *a = compose_index_inode(p->old->idx, o);
+	const struct compose_inode *b = compose_index_inode(p->new->idx, n);
+	return a->mode == b->mode && a->uid == b->uid && a->gid == b->gid && a->nlink == b->nlink &&
+	       a->size == b->size && a->mtime == b->mtime && same_xattrs(p, o, n);
+}
+
+/* Gives new inode n, and everything below it, view inodes of their own. */
+static fuse_ino_t assign_new(struct plan *p, uint32_t n)
+{
+	if (p->new->to_view[n])
+		return p->new->to_view[n]; /* another link of it */
+	fuse_ino_t v = p->next_vino++;
+	p->new->to_view[n] = v;
+	p->res->added++;
+	const struct compose_inode *in = compose_index_inode(p->new->idx, n);
+	if (S_ISDIR(in->mode)) {
+		uint32_t k;
+		const struct compose_dirent *de = compose_index_dirents(p->new->idx, n, &k);
+		for (uint32_t i = 0; i < k; i++)
+			assign_new(p, de[i].ino);
+	}
+	return v;
+}
+
+/* The view inode old inode o had, for new inode n when their content is the same; else 0. */
+static fuse_ino_t keep(struct plan *p, uint32_t o, uint32_t n)
+{
+	fuse_ino_t v = old_view(p, o);
+	if (!same_content(p, compose_index_inode(p->old->idx, o),
+	                  compose_index_inode(p->new->idx, n)))
+		return 0;
+	/* Links that the new index splits or joins: one of them keeps the number. */
+	if ((p->claimed[o] && p->claimed[o] != n) ||
+	    (p->new->to_view[n] && p->new->to_view[n] != v))
+		return 0;
+	if (!p->claimed[o])
+		p->res->kept++;
+	p->claimed[o] = n;
+	p->new->to_view[n] = v;
+	return v;
+}
+
+static void pair_dirs(struct plan *p, uint32_t od, uint32_t nd, fuse_ino_t vdir);
+
+/* One name both directories have. Whether the directory's listing changed. */
+static bool pair_entry(struct plan *p, fuse_ino_t vdir, const char *name, size_t len, uint32_t o,
+                       uint32_t n)
+{
+	fuse_ino_t v = keep(p, o, n);
+	if (v) {
+		if (!same_attrs(p, o, n))
+			note(p, 0, NULL, 0, v, -1);
+		if (S_ISDIR(compose_index_inode(p->new->idx, n)->mode))
+			pair_dirs(p, o, n, v);
+		return false;
+	}
+	p->res->changed++;
+	assign_new(p, n);
+	note(p, vdir, name, len, 0, 0);
+	return true;
+}
+
+static void pair_dirs(struct plan *p, uint32_t od, uint32_t nd, fuse_ino_t vdir)
+{
+	struct compose_index *oi = p->old->idx, *ni = p->new->idx;
+	uint32_t on, nn, i = 0, j = 0;
+	const struct compose_dirent *oe = compose_index_dirents(oi, od, &on);
+	const struct compose_dirent *ne = compose_index_dirents(ni, nd, &nn);
+	bool listing = false;
+	while (i < on || j < nn) {
+		int c = i == on   ? 1
+		        : j == nn ? -1
+		                  : compose_name_cmp(
+		                        compose_index_string(oi, oe[i].name_off), oe[i].name_len,
+		                        compose_index_string(ni, ne[j].name_off), ne[j].name_len);
+		if (c == 0) {
+			listing |= pair_entry(p, vdir, compose_index_string(ni, ne[j].name_off),
+			                      ne[j].name_len, oe[i].ino, ne[j].ino);
+			i++, j++;
+		} else if (c < 0) { /* gone */
+			p->res->removed++;
+			note(p, vdir, compose_index_string(oi, oe[i].name_off), oe[i].name_len, 0,
+			     0);
+			listing = true;
+			i++;
+		} else { /* new: the kernel may hold a negative entry for it */
+			assign_new(p, ne[j].ino);
+			note(p, vdir, compose_index_string(ni, ne[j].name_off), ne[j].name_len, 0,
+			     0);
+			listing = true;
+			j++;
+		}
+	}
+	if (listing)
+		note(p, 0, NULL, 0, vdir, 0);
+}
+
+static void plan_clear(struct plan *p)
+{
+	for (size_t i = 0; i < p->n_notes; i++)
+		free(p->notes[i].name);
+	free(p->notes);
+	free(p->claimed);
+}
+
+/* Verifies and opens every fragment of g that the served generation does not have. */
+static int verify_new(struct daemon *d, struct gen *g, struct mosaic_error *err)
+{
+	for (size_t i = 0; i < g->n_frags; i++) {
+		struct frag *f = g->frags[i];
+		if (f->image)
+			continue;
+		int r = d->keyring ? fragment_verify(d->keyring, f->path, NULL, err) : 0;
+		if (r == 0)
+			r = fragment_image_open(f->path, &f->image, err);
+		if (r < 0)
+			return mosaic_errorf(err, r, "fragment %.12s (%s): %s; %s", f->digest,
+			                     f->path, err->msg,
+			                     "the served composition is unchanged");
+		__atomic_add_fetch(&d->fragment_opens, 1, __ATOMIC_RELAXED);
+	}
+	return 0;
+}
+
+static double now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+int live_switch(struct daemon *d, const char *index_path, char *const *images, size_t n,
+                json_object *info, struct live_switch_result *res, struct mosaic_error *err)
+{
+	*res = (struct live_switch_result){0};
+	double t0 = now_ms();
+	pthread_mutex_lock(&d->switch_lock);
+	struct gen *g = NULL;
+	int r = gen_open(d, index_path, images, n, &g, err);
+	if (r == 0)
+		r = verify_new(d, g, err);
+	if (r < 0) {
+		pthread_mutex_unlock(&d->switch_lock);
+		gen_free(g);
+		return r;
+	}
+	g->info = json_object_get(info);
+	struct plan p = {.d = d, .old = d->cur, .new = g, .next_vino = d->next_vino, .res = res};
+	uint32_t n_old = compose_index_inodes(p.old->idx), n_new = compose_index_inodes(g->idx);
+	p.claimed = xcalloc(n_old + 1, sizeof(*p.claimed));
+	g->to_view = xcalloc(n_new + 1, sizeof(*g->to_view));
+	if (!keep(&p, COMPOSE_ROOT_INO, COMPOSE_ROOT_INO)) {
+		/* both roots are directories: a root always keeps its number */
+		g->to_view[COMPOSE_ROOT_INO] = FUSE_ROOT_ID;
+		p.claimed[COMPOSE_ROOT_INO] = COMPOSE_ROOT_INO;
+	}
+	if (!same_attrs(&p, COMPOSE_ROOT_INO, COMPOSE_ROOT_INO))
+		note(&p, 0, NULL, 0, FUSE_ROOT_ID, -1);
+	pair_dirs(&p, COMPOSE_ROOT_INO, COMPOSE_ROOT_INO, FUSE_ROOT_ID);
+	for (uint32_t i = 1; i <= n_new; i++) /* unreachable inodes: an index has none */
+		if (!g->to_view[i])
+			g->to_view[i] = p.next_vino++;
+	vnode_reserve(d, p.next_vino);
+	res->planned_ms = now_ms() - t0;
+
+	/* Apply: no request runs while the view inodes change meaning. */
+	pthread_rwlock_wrlock(&d->live);
+	struct gen *old = d->cur;
+	for (uint32_t i = 1; i <= n_new; i++) {
+		struct vnode *vn =
+		    &d->vchunks[g->to_view[i] >> VCHUNK_BITS][g->to_view[i] & (VCHUNK_SIZE - 1)];
+		vn->gen = g;
+		vn->ino = i;
+	}
+	d->next_vino = p.next_vino;
+	uint64_t stranded = 0;
+	for (uint32_t i = 1; i <= n_old; i++) {
+		if (p.claimed[i])
+			continue;
+		struct vnode *vn = vnode_slot(d, view_ino(old, i));
+		if (!vn || vn->gen != old || vn->ino != i)
+			continue;
+		if (__atomic_load_n(&vn->nlookup, __ATOMIC_RELAXED) == 0)
+			vn->gen = NULL;
+		else
+			stranded++; /* held by the kernel: it keeps the old generation alive */
+	}
+	d->cur = g;
+	d->idx = g->idx;
+	/* the served reference becomes the stranded ones' */
+	__atomic_add_fetch(&old->refs, stranded, __ATOMIC_ACQ_REL);
+	pthread_rwlock_unlock(&d->live);
+	gen_put(old);
+
+	/* Tell the kernel, outside the lock: an invalidation waits for the lookups running in
+	 * that directory, and those wait for the lock. */
+	for (size_t i = 0; i < p.n_notes; i++) {
+		const struct notice_entry *x = &p.notes[i];
+		int e = x->name
+		            ? fuse_lowlevel_notify_inval_entry(d->se, x->parent, x->name, x->len)
+		            : fuse_lowlevel_notify_inval_inode(d->se, x->ino, x->off, 0);
+		/* -ENOENT: the kernel holds nothing there, which is what was wanted */
+		if (e == 0 || e == -ENOENT)
+			res->invalidations++;
+	}
+	__atomic_add_fetch(&d->invalidations, res->invalidations, __ATOMIC_RELAXED);
+	res->stranded = stranded;
+	res->ms = now_ms() - t0;
+	plan_clear(&p);
+	pthread_mutex_unlock(&d->switch_lock);
+	return 0;
+}
