@@ -26,6 +26,7 @@ struct fusefs_options {
 	enum fusefs_writable writable;
 	bool foreground;
 	const char *fuse_options; /* extra -o options, comma separated; may be NULL */
+	json_object *info;        /* what the mount serves, for its state (may be NULL) */
 };
 
 const char *fusefs_writable_name(enum fusefs_writable w);

@@ -114,7 +114,7 @@ void daemon_write_state(struct daemon *d);
 /* Serves the index at index_path with its images as the first generation: its view inodes are
  * its index inodes. */
 int live_start(struct daemon *d, const char *index_path, char *const *images, size_t n,
-               struct mosaic_error *err);
+               json_object *info, struct mosaic_error *err);
 /* Lets go of every generation (the kernel holds nothing any more). */
 void live_stop(struct daemon *d);
 /* With d->live held for reading: the index inode that view inode v is, with its generation and

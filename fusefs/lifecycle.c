@@ -328,7 +328,7 @@ static int daemon_main(const struct fusefs_options *o, const char *mountpoint,
 	                   .mode = mode};
 	char msg[1200];
 	pthread_mutex_init(&d.stats_lock, NULL);
-	int r = live_start(&d, o->index_path, o->images, o->n_images, &err);
+	int r = live_start(&d, o->index_path, o->images, o->n_images, o->info, &err);
 	if (r < 0) {
 		snprintf(msg, sizeof(msg), "%s\n", err.msg);
 		say(pipe_fd, msg);

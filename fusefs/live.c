@@ -152,7 +152,7 @@ void view_forget(struct daemon *d, fuse_ino_t v, uint64_t count)
 }
 
 int live_start(struct daemon *d, const char *index_path, char *const *images, size_t n,
-               struct mosaic_error *err)
+               json_object *info, struct mosaic_error *err)
 {
 	pthread_rwlockattr_t a;
 	pthread_rwlockattr_init(&a);
@@ -171,6 +171,7 @@ int live_start(struct daemon *d, const char *index_path, char *const *images, si
 	vnode_reserve(d, ni);
 	for (uint32_t i = 1; i <= ni; i++)
 		*vnode_slot(d, i) = (struct vnode){.gen = g, .ino = i};
+	g->info = json_object_get(info);
 	d->cur = g;
 	d->idx = g->idx;
 	return 0;

@@ -4,6 +4,7 @@
 #include "compose/compose.h"
 #include "pipeline/internal.h"
 
+#include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -315,4 +316,20 @@ int pipeline_open_mount(const char *mountpoint, bool open_index, struct composit
 	}
 	*out = c;
 	return 0;
+}
+
+json_object *pipeline_composition_info(const struct pipeline_source *src,
+                                       const struct composition *c)
+{
+	json_object *o = json_object_new_object();
+	static const char *const kinds[] = {"manifest", "index", "fragments", "mount"};
+	json_object_object_add(o, "source", json_object_new_string(kinds[c->kind]));
+	if (c->kind == PIPELINE_FROM_MANIFEST || c->kind == PIPELINE_FROM_INDEX) {
+		char real[PATH_MAX];
+		json_object_object_add(o, "path",
+		                       json_object_new_string(realpath(src->args[0], real)
+		                                                  ? real
+		                                                  : src->args[0]));
+	}
+	return o;
 }

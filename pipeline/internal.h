@@ -93,3 +93,7 @@ int step_record_root(struct build *b, struct mosaic_error *err);
 int step_export(struct build *b, struct mosaic_error *err);
 
 void repos_clear(struct repos *rs);
+
+/* What a mount's state says of the composition c opened from src (source kind, path). */
+json_object *pipeline_composition_info(const struct pipeline_source *src,
+                                       const struct composition *c);

@@ -32,6 +32,7 @@ int pipeline_mount(const struct pipeline_source *src, const struct fusefs_option
 		o.index_path = c->index_path;
 		o.images = c->images;
 		o.n_images = c->n_images;
+		o.info = pipeline_composition_info(&s, c);
 		*res = (struct pipeline_mount_result){.n_fragments = c->n_images};
 		r = fusefs_mount(&o, &res->picked, err);
 	}
@@ -43,6 +44,7 @@ int pipeline_mount(const struct pipeline_source *src, const struct fusefs_option
 			res->fallback = xstrdup(json_object_get_string(fb));
 		json_object_put(st);
 	}
+	json_object_put(o.info);
 	composition_free(c);
 	keyring_free(k);
 	return r;

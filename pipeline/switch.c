@@ -157,16 +157,6 @@ static char *run_check(const char *mountpoint, const char *cmd, bool on_host, do
 	return xasprintf("the check '%s' was killed by signal %d", cmd, WTERMSIG(status));
 }
 
-static json_object *source_info(const struct pipeline_source *src, const struct composition *c)
-{
-	json_object *o = json_object_new_object();
-	static const char *const kinds[] = {"manifest", "index", "fragments", "mount"};
-	json_object_object_add(o, "source", json_object_new_string(kinds[c->kind]));
-	if (c->kind == PIPELINE_FROM_MANIFEST || c->kind == PIPELINE_FROM_INDEX)
-		json_object_object_add(o, "path", json_object_new_string(src->args[0]));
-	return o;
-}
-
 int pipeline_switch(const struct pipeline_switch_options *o, struct pipeline_switch_result *res,
                     struct pipeline_events *ev, struct mosaic_error *err)
 {
@@ -219,7 +209,7 @@ int pipeline_switch(const struct pipeline_switch_options *o, struct pipeline_swi
 			for (size_t i = 0; i < c->n_images; i++)
 				images[i] = xstrdup(c->images[i]);
 			n = c->n_images;
-			info = source_info(&s, c);
+			info = pipeline_composition_info(&s, c);
 		}
 	} else {
 		char **list = NULL;
