@@ -145,9 +145,6 @@ static json_object *do_switch(struct daemon *d, json_object *req)
 		    "change while mounted; unmount it and mount the new composition over the same "
 		    "upper, or mount with --writable=fuse to switch live",
 		    d->mountpoint);
-	if (d->up)
-		return failure("%s: switching a --writable=fuse mount is not supported yet",
-		               d->mountpoint);
 	size_t n = json_object_array_length(imgs);
 	char **images = xcalloc(n ? n : 1, sizeof(*images));
 	for (size_t i = 0; i < n; i++) {

@@ -14,6 +14,8 @@
 struct fragment_image;
 struct fragment_file;
 struct upper;
+struct node;
+struct switch_plan;
 
 /* A fragment image a served composition uses; shared by every generation that has it. */
 struct frag {
@@ -42,13 +44,17 @@ struct gen {
 /* A view inode: what a node id the kernel holds means. A node id is never given two meanings:
  * a path whose content changes gets a new one, as a rename over it would. */
 struct vnode {
-	struct gen *gen;  /* NULL: unused */
-	uint32_t ino;     /* its index inode in gen */
-	uint64_t nlookup; /* the kernel's references; atomics */
+	struct gen *gen;    /* NULL: unused */
+	uint32_t ino;       /* its index inode in gen */
+	uint64_t nlookup;   /* the kernel's references; atomics */
+	struct node *upper; /* --writable=fuse: its upper object, if it has one (upper.c) */
+	uint64_t last_name; /* --writable=fuse: view dir << 32 | (position + 1) where last seen */
 };
-#define VCHUNK_BITS 16
-#define VCHUNK_SIZE (1u << VCHUNK_BITS)
-#define VCHUNKS     (1u << 16)
+/* View inodes are numbered below this; the upper's own objects (--writable=fuse) above. */
+#define VIEW_INO_END ((fuse_ino_t)1 << 32)
+#define VCHUNK_BITS  16
+#define VCHUNK_SIZE  (1u << VCHUNK_BITS)
+#define VCHUNKS      (1u << 16)
 
 struct daemon {
 	struct gen *cur;           /* the generation served */
@@ -72,6 +78,9 @@ struct daemon {
 	int control_fd, control_stop[2]; /* control.c's socket and the pipe that stops it */
 	pthread_t control;
 	bool control_started;
+	/* --writable=fuse: called by a switch with the view held still, before the view inodes
+	 * change meaning, so the upper can follow (upper.c) */
+	void (*on_switch)(struct daemon *d, const struct switch_plan *p);
 };
 
 /* An open regular file: an upper file (fd) or a file inside a fragment. */
@@ -120,6 +129,8 @@ void live_stop(struct daemon *d);
 /* With d->live held for reading: the index inode that view inode v is, with its generation and
  * number there; NULL for a node id that means nothing. */
 const struct compose_inode *view_get(struct daemon *d, fuse_ino_t v, struct gen **g, uint32_t *ino);
+/* The view inode v (with d->live held), NULL for a number that means nothing. */
+struct vnode *view_node(struct daemon *d, fuse_ino_t v);
 /* The view inode of index inode ino of g. */
 static inline fuse_ino_t view_ino(const struct gen *g, uint32_t ino)
 {
@@ -129,6 +140,16 @@ static inline fuse_ino_t view_ino(const struct gen *g, uint32_t ino)
  * count of them; with d->live held for reading. */
 void view_ref(struct daemon *d, fuse_ino_t v);
 void view_forget(struct daemon *d, fuse_ino_t v, uint64_t count);
+/* Lets go of v when neither the kernel nor the upper holds it and its generation is no longer
+ * served (with d->live held for reading). */
+void view_release(struct daemon *d, fuse_ino_t v);
+
+/* What a switch pairs (d->on_switch reads it): the generations, and for each old index inode
+ * the new one that keeps its view inode (0: none). */
+struct switch_plan {
+	struct gen *old, *new;
+	const uint32_t *claimed;
+};
 
 struct live_switch_result {
 	uint64_t kept, added, removed, changed; /* view inodes kept; paths added, gone, replaced */
@@ -145,7 +166,20 @@ int live_switch(struct daemon *d, const char *index_path, char *const *images, s
 
 /* ---- ops.c: the read-only view's handlers ------------------------------------------------ */
 
-extern const struct fuse_lowlevel_ops fusefs_ops;
+/* A request handler fn run with d->live held for reading: locked_fn. */
+#define FUSEFS_LOCKED(fn, params, args)                                                            \
+	static void locked_##fn params                                                             \
+	{                                                                                          \
+		struct daemon *d_ = fuse_req_userdata(req);                                        \
+		pthread_rwlock_rdlock(&d_->live);                                                  \
+		fn args;                                                                           \
+		pthread_rwlock_unlock(&d_->live);                                                  \
+	}
+
+/* The read-only view's handlers, each holding d->live; and the same without taking it (for
+ * the upper's handlers, which hold it already): getattr, readlink, read, release, getxattr,
+ * listxattr. */
+extern const struct fuse_lowlevel_ops fusefs_ops, fusefs_index_ops;
 /* Opens an index file with a handle (fuse mode, whose connection must keep sending opens: the
  * read-only view instead answers ENOSYS so the kernel stops sending them). */
 void fusefs_index_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);

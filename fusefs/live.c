@@ -102,7 +102,7 @@ static int gen_open(struct daemon *d, const char *index_path, char *const *image
 
 /* ---- view inodes ---------------------------------------------------------------------------- */
 
-static struct vnode *vnode_slot(struct daemon *d, fuse_ino_t v)
+struct vnode *view_node(struct daemon *d, fuse_ino_t v)
 {
 	if (v == 0 || v >= d->next_vino)
 		return NULL;
@@ -121,7 +121,7 @@ static void vnode_reserve(struct daemon *d, uint64_t last)
 
 const struct compose_inode *view_get(struct daemon *d, fuse_ino_t v, struct gen **g, uint32_t *ino)
 {
-	struct vnode *n = vnode_slot(d, v);
+	struct vnode *n = view_node(d, v);
 	if (!n || !n->gen)
 		return NULL;
 	*g = n->gen;
@@ -131,24 +131,31 @@ const struct compose_inode *view_get(struct daemon *d, fuse_ino_t v, struct gen 
 
 void view_ref(struct daemon *d, fuse_ino_t v)
 {
-	struct vnode *n = vnode_slot(d, v);
+	struct vnode *n = view_node(d, v);
 	if (n)
 		__atomic_add_fetch(&n->nlookup, 1, __ATOMIC_RELAXED);
 }
 
+void view_release(struct daemon *d, fuse_ino_t v)
+{
+	struct vnode *n = view_node(d, v);
+	/* A view inode of a generation no longer served lives only as long as the kernel (or
+	 * the upper) holds it; the served one's stay for the next lookup. */
+	if (!n || !n->gen || n->gen == d->cur || __atomic_load_n(&n->nlookup, __ATOMIC_ACQUIRE) ||
+	    __atomic_load_n(&n->upper, __ATOMIC_ACQUIRE))
+		return;
+	struct gen *g = __atomic_exchange_n(&n->gen, NULL, __ATOMIC_ACQ_REL);
+	if (g)
+		gen_put(g);
+}
+
 void view_forget(struct daemon *d, fuse_ino_t v, uint64_t count)
 {
-	struct vnode *n = vnode_slot(d, v);
+	struct vnode *n = view_node(d, v);
 	if (!n || !n->gen)
 		return;
-	uint64_t left = __atomic_sub_fetch(&n->nlookup, count, __ATOMIC_ACQ_REL);
-	/* A view inode of a generation no longer served lives only as long as the kernel holds
-	 * it; the served one's stay for the next lookup. */
-	if (left == 0 && n->gen != d->cur) {
-		struct gen *g = n->gen;
-		n->gen = NULL;
-		gen_put(g);
-	}
+	__atomic_sub_fetch(&n->nlookup, count, __ATOMIC_ACQ_REL);
+	view_release(d, v);
 }
 
 int live_start(struct daemon *d, const char *index_path, char *const *images, size_t n,
@@ -170,7 +177,7 @@ int live_start(struct daemon *d, const char *index_path, char *const *images, si
 	d->next_vino = ni + 1;
 	vnode_reserve(d, ni);
 	for (uint32_t i = 1; i <= ni; i++)
-		*vnode_slot(d, i) = (struct vnode){.gen = g, .ino = i};
+		*view_node(d, i) = (struct vnode){.gen = g, .ino = i};
 	g->info = json_object_get(info);
 	d->cur = g;
 	d->idx = g->idx;
@@ -450,9 +457,13 @@ int live_switch(struct daemon *d, const char *index_path, char *const *images, s
 	/* Apply: no request runs while the view inodes change meaning. */
 	pthread_rwlock_wrlock(&d->live);
 	struct gen *old = d->cur;
+	if (d->on_switch)
+		d->on_switch(d, &(struct switch_plan){.old = old, .new = g, .claimed = p.claimed});
 	for (uint32_t i = 1; i <= n_new; i++) {
 		struct vnode *vn =
 		    &d->vchunks[g->to_view[i] >> VCHUNK_BITS][g->to_view[i] & (VCHUNK_SIZE - 1)];
+		if (vn->gen != old || !p.claimed[vn->ino] || p.claimed[vn->ino] != i)
+			vn->last_name = 0; /* a new view inode: nothing is known of it */
 		vn->gen = g;
 		vn->ino = i;
 	}
@@ -461,11 +472,11 @@ int live_switch(struct daemon *d, const char *index_path, char *const *images, s
 	for (uint32_t i = 1; i <= n_old; i++) {
 		if (p.claimed[i])
 			continue;
-		struct vnode *vn = vnode_slot(d, view_ino(old, i));
+		struct vnode *vn = view_node(d, view_ino(old, i));
 		if (!vn || vn->gen != old || vn->ino != i)
 			continue;
-		if (__atomic_load_n(&vn->nlookup, __ATOMIC_RELAXED) == 0)
-			vn->gen = NULL;
+		if (__atomic_load_n(&vn->nlookup, __ATOMIC_RELAXED) == 0 && !vn->upper)
+			*vn = (struct vnode){0};
 		else
 			stranded++; /* held by the kernel: it keeps the old generation alive */
 	}

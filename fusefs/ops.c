@@ -26,7 +26,8 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 	conn->max_readahead = 1 << 20;
 }
 
-/* Every handler reads the view under d->live, so a switch never shows it half done. */
+/* Every handler reads the view under d->live (FUSEFS_LOCKED below), so a switch never shows
+ * it half done. */
 static void live_lock(struct daemon *d)
 {
 	pthread_rwlock_rdlock(&d->live);
@@ -43,16 +44,13 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct fuse_entry_param e = {.attr_timeout = d->timeout, .entry_timeout = d->timeout};
 	struct gen *g;
 	uint32_t dino;
-	live_lock(d);
 	const struct compose_inode *dir = view_get(d, parent, &g, &dino);
 	int r = !dir ? ENOENT : !S_ISDIR(dir->mode) ? ENOTDIR : 0;
 	/* A directory the served composition no longer has is empty, as a removed one is. */
 	if (r == 0 && g != d->cur)
 		r = ENOENT;
-	if (r) {
-		live_unlock(d);
+	if (r)
 		return (void)fuse_reply_err(req, r);
-	}
 	uint32_t ino = strcmp(name, ".") == 0 ? dino
 	               : strcmp(name, "..") == 0
 	                   ? dir->parent
@@ -65,25 +63,20 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	/* ino 0 with a timeout: the kernel caches the negative answer (a switch that adds the
 	 * name invalidates it). */
 	fuse_reply_entry(req, &e);
-	live_unlock(d);
 }
 
 static void fs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
 	struct daemon *d = D(req);
-	live_lock(d);
 	view_forget(d, ino, nlookup);
-	live_unlock(d);
 	fuse_reply_none(req);
 }
 
 static void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
 {
 	struct daemon *d = D(req);
-	live_lock(d);
 	for (size_t i = 0; i < count; i++)
 		view_forget(d, forgets[i].ino, forgets[i].nlookup);
-	live_unlock(d);
 	fuse_reply_none(req);
 }
 
@@ -92,15 +85,11 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct daemon *d = D(req);
 	struct gen *g;
 	uint32_t x;
-	live_lock(d);
 	const struct compose_inode *in = view_get(d, ino, &g, &x);
-	if (!in) {
-		live_unlock(d);
+	if (!in)
 		return (void)fuse_reply_err(req, ENOENT);
-	}
 	struct stat st;
 	fusefs_index_stat(in, ino, &st);
-	live_unlock(d);
 	fuse_reply_attr(req, &st, d->timeout);
 }
 
@@ -109,17 +98,14 @@ static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 	struct daemon *d = D(req);
 	struct gen *g;
 	uint32_t x;
-	live_lock(d);
 	const struct compose_inode *in = view_get(d, ino, &g, &x);
 	if (!in || !S_ISLNK(in->mode)) {
-		live_unlock(d);
 		return (void)fuse_reply_err(req, in ? EINVAL : ENOENT);
 	}
 	char buf[PATH_MAX + 1];
 	size_t n = in->data_len < PATH_MAX ? in->data_len : PATH_MAX;
 	memcpy(buf, compose_index_string(g->idx, in->data_off), n);
 	buf[n] = '\0';
-	live_unlock(d);
 	fuse_reply_readlink(req, buf);
 }
 
@@ -132,14 +118,12 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct daemon *d = D(req);
 	struct gen *g;
 	uint32_t x;
-	live_lock(d);
 	const struct compose_inode *in = view_get(d, ino, &g, &x);
 	int r = !in ? ENOENT : !S_ISDIR(in->mode) ? ENOTDIR : ENOSYS;
-	live_unlock(d);
 	fuse_reply_err(req, r);
 }
 
-/* Offsets: 1 is ".", 2 is "..", 3 + i is the i-th entry. */
+/* Offsets: 1 is ".", 2 is "..", 3 + i is the i-th entry. With d->live held. */
 void fusefs_index_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus,
                           const struct fusefs_readdir_hooks *hooks)
 {
@@ -149,10 +133,8 @@ void fusefs_index_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off
 	char *buf = malloc(size);
 	if (!buf)
 		return (void)fuse_reply_err(req, ENOMEM);
-	live_lock(d);
 	const struct compose_inode *dir = view_get(d, ino, &g, &dino);
 	if (!dir) {
-		live_unlock(d);
 		free(buf);
 		return (void)fuse_reply_err(req, ENOENT);
 	}
@@ -203,7 +185,6 @@ void fusefs_index_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off
 		}
 	}
 	fuse_reply_buf(req, buf, used);
-	live_unlock(d);
 	free(buf);
 }
 
@@ -221,6 +202,7 @@ static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 
 /* ---- file data ---------------------------------------------------------------------------- */
 
+/* With d->live held. */
 void fusefs_index_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct daemon *d = D(req);
@@ -228,11 +210,9 @@ void fusefs_index_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	uint32_t x;
 	if ((fi->flags & O_ACCMODE) != O_RDONLY)
 		return (void)fuse_reply_err(req, EROFS);
-	live_lock(d);
 	const struct compose_inode *in = view_get(d, ino, &g, &x);
 	struct open_file *of = NULL;
 	int r = in ? fusefs_frag_open(d, g, in, &of) : -ENOENT;
-	live_unlock(d);
 	if (r < 0)
 		return (void)fuse_reply_err(req, -r);
 	fi->fh = (uintptr_t)of;
@@ -246,9 +226,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct daemon *d = D(req);
 	struct gen *g;
 	uint32_t x;
-	live_lock(d);
 	const struct compose_inode *in = view_get(d, ino, &g, &x);
-	live_unlock(d);
 	if (!in)
 		return (void)fuse_reply_err(req, ENOENT);
 	if ((fi->flags & O_ACCMODE) != O_RDONLY)
@@ -303,7 +281,6 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
 {
 	struct daemon *d = D(req);
-	live_lock(d);
 	struct statvfs sv = {
 	    .f_bsize = 4096,
 	    .f_frsize = 4096,
@@ -311,7 +288,6 @@ static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
 	    .f_files = compose_index_inodes(d->cur->idx),
 	    .f_namemax = 255,
 	};
-	live_unlock(d);
 	fuse_reply_statfs(req, &sv);
 }
 
@@ -320,27 +296,21 @@ static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 	struct daemon *d = D(req);
 	struct gen *g;
 	uint32_t n = 0, y;
-	live_lock(d);
 	const struct compose_xattr *x =
 	    view_get(d, ino, &g, &y) ? compose_index_xattrs(g->idx, y, &n) : NULL;
 	size_t nl = strlen(name);
-	int r = ENODATA;
 	for (uint32_t i = 0; i < n; i++) {
 		if (x[i].name_len != nl ||
 		    memcmp(compose_index_string(g->idx, x[i].name_off), name, nl))
 			continue;
 		if (size == 0)
-			r = -1, fuse_reply_xattr(req, x[i].value_len);
-		else if (size < x[i].value_len)
-			r = ERANGE;
-		else
-			r = -1, fuse_reply_buf(req, compose_index_string(g->idx, x[i].value_off),
-			                       x[i].value_len);
-		break;
+			return (void)fuse_reply_xattr(req, x[i].value_len);
+		if (size < x[i].value_len)
+			return (void)fuse_reply_err(req, ERANGE);
+		return (void)fuse_reply_buf(req, compose_index_string(g->idx, x[i].value_off),
+		                            x[i].value_len);
 	}
-	live_unlock(d);
-	if (r > 0)
-		fuse_reply_err(req, r);
+	fuse_reply_err(req, ENODATA);
 }
 
 static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
@@ -348,27 +318,24 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	struct daemon *d = D(req);
 	struct gen *g;
 	uint32_t n = 0, y;
-	live_lock(d);
 	const struct compose_xattr *x =
 	    view_get(d, ino, &g, &y) ? compose_index_xattrs(g->idx, y, &n) : NULL;
 	size_t total = 0;
 	for (uint32_t i = 0; i < n; i++)
 		total += x[i].name_len + 1;
-	char *buf = size && size >= total ? malloc(total ? total : 1) : NULL, *p = buf;
-	for (uint32_t i = 0; buf && i < n; i++) {
+	if (size == 0)
+		return (void)fuse_reply_xattr(req, total);
+	if (size < total)
+		return (void)fuse_reply_err(req, ERANGE);
+	char *buf = malloc(total ? total : 1), *p = buf;
+	if (!buf)
+		return (void)fuse_reply_err(req, ENOMEM);
+	for (uint32_t i = 0; i < n; i++) {
 		memcpy(p, compose_index_string(g->idx, x[i].name_off), x[i].name_len);
 		p += x[i].name_len;
 		*p++ = '\0';
 	}
-	live_unlock(d);
-	if (size == 0)
-		fuse_reply_xattr(req, total);
-	else if (size < total)
-		fuse_reply_err(req, ERANGE);
-	else if (!buf)
-		fuse_reply_err(req, ENOMEM);
-	else
-		fuse_reply_buf(req, buf, total);
+	fuse_reply_buf(req, buf, total);
 	free(buf);
 }
 
@@ -378,21 +345,52 @@ static void fs_access(fuse_req_t req, fuse_ino_t ino, int mask)
 	fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
 }
 
-const struct fuse_lowlevel_ops fusefs_ops = {
-    .init = fs_init,
-    .lookup = fs_lookup,
-    .forget = fs_forget,
-    .forget_multi = fs_forget_multi,
+FUSEFS_LOCKED(fs_lookup, (fuse_req_t req, fuse_ino_t parent, const char *name), (req, parent, name))
+FUSEFS_LOCKED(fs_forget, (fuse_req_t req, fuse_ino_t ino, uint64_t nlookup), (req, ino, nlookup))
+FUSEFS_LOCKED(fs_forget_multi, (fuse_req_t req, size_t count, struct fuse_forget_data *forgets),
+              (req, count, forgets))
+FUSEFS_LOCKED(fs_getattr, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi),
+              (req, ino, fi))
+FUSEFS_LOCKED(fs_readlink, (fuse_req_t req, fuse_ino_t ino), (req, ino))
+FUSEFS_LOCKED(fs_opendir, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi),
+              (req, ino, fi))
+FUSEFS_LOCKED(fs_readdir,
+              (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi),
+              (req, ino, size, off, fi))
+FUSEFS_LOCKED(fs_readdirplus,
+              (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi),
+              (req, ino, size, off, fi))
+FUSEFS_LOCKED(fs_open, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi), (req, ino, fi))
+FUSEFS_LOCKED(fs_statfs, (fuse_req_t req, fuse_ino_t ino), (req, ino))
+FUSEFS_LOCKED(fs_getxattr, (fuse_req_t req, fuse_ino_t ino, const char *name, size_t size),
+              (req, ino, name, size))
+FUSEFS_LOCKED(fs_listxattr, (fuse_req_t req, fuse_ino_t ino, size_t size), (req, ino, size))
+
+/* The handlers without the lock, for the upper's handlers, which hold it already. */
+const struct fuse_lowlevel_ops fusefs_index_ops = {
     .getattr = fs_getattr,
     .readlink = fs_readlink,
-    .opendir = fs_opendir,
-    .readdir = fs_readdir,
-    .readdirplus = fs_readdirplus,
-    .open = fs_open,
     .read = fs_read,
     .release = fs_release,
-    .statfs = fs_statfs,
     .getxattr = fs_getxattr,
     .listxattr = fs_listxattr,
+};
+
+const struct fuse_lowlevel_ops fusefs_ops = {
+    .init = fs_init,
+    .lookup = locked_fs_lookup,
+    .forget = locked_fs_forget,
+    .forget_multi = locked_fs_forget_multi,
+    .getattr = locked_fs_getattr,
+    .readlink = locked_fs_readlink,
+    .opendir = locked_fs_opendir,
+    .readdir = locked_fs_readdir,
+    .readdirplus = locked_fs_readdirplus,
+    .open = locked_fs_open,
+    .read = fs_read,
+    .release = fs_release,
+    .statfs = locked_fs_statfs,
+    .getxattr = locked_fs_getxattr,
+    .listxattr = locked_fs_listxattr,
     .access = fs_access,
 };

@@ -44,7 +44,7 @@ struct node {
 	struct file_handle *fh; /* instead of fd once the daemon holds up.fd_max of them */
 	mode_t type;            /* S_IFMT */
 	uint32_t lower;         /* directories: the index directory merged below (0: none) */
-	uint64_t nlookup;       /* upper-only nodes; index nodes count in upper.index_nlookup */
+	uint64_t nlookup;       /* upper-only nodes; index nodes count in their view inode's */
 	uint32_t nlink;         /* merged directories: 2 + subdirectories, cached; 0: unknown */
 	bool dead;              /* its object is gone from the upper (and from the dev table) */
 	struct node *next_ino, *next_dev, *next_where;
@@ -69,11 +69,7 @@ struct table {
 struct upper {
 	struct daemon *d;
 	int root_fd, work_fd, lock_fd; /* the upper, <work>/work, <work> (flock'd) */
-	uint32_t n_index;
-	struct node **by_index;  /* [ino] for index inos with an upper object; atomics */
-	uint64_t *index_nlookup; /* the kernel's lookup count of every index ino; atomics */
-	uint64_t *last_name;     /* index ino: dir << 32 | (position + 1) where last looked up */
-	pthread_mutex_t lock;    /* the hash tables, and every node's fd, nlookup and dead */
+	pthread_mutex_t lock;          /* the hash tables, and every node's fd, nlookup and dead */
 	struct table inos, devs, wheres; /* nodes by ino, by (st_dev, st_ino), by where */
 	fuse_ino_t next_ino;
 	size_t fd_count, fd_max; /* fds the nodes hold; past fd_max, file handles instead */
@@ -138,20 +134,81 @@ static bool ovl_name(const char *name)
 
 /* ---- the index side ------------------------------------------------------------------------ */
 
-/* The index ino of name in index directory dir when it is a directory, else 0. */
-static uint32_t index_subdir(const struct compose_index *idx, uint32_t dir, const char *name)
+/* The index side is read in view inode numbers: every ino this file keeps or hands out is a view
+ * inode (live.c), and a switch may change which index inode it is. An inode's strings and
+ * xattrs are in its own generation's index; directory entries are the served index's (a
+ * directory a switch took away has none). All with d->live held. */
+
+static const struct compose_inode *vx_inode(struct daemon *d, fuse_ino_t v)
 {
-	int64_t pos = compose_index_find(idx, dir, name, strlen(name));
+	struct gen *g;
+	uint32_t i;
+	return view_get(d, v, &g, &i);
+}
+
+/* The index v's strings (link target) are in. */
+static struct compose_index *vx_index(struct daemon *d, fuse_ino_t v)
+{
+	struct gen *g;
+	uint32_t i;
+	return view_get(d, v, &g, &i) ? g->idx : d->cur->idx;
+}
+
+/* The xattrs of v, with the index their strings are in. */
+static const struct compose_xattr *vx_xattrs(struct daemon *d, fuse_ino_t v, uint32_t *n,
+                                             struct compose_index **idx)
+{
+	struct gen *g;
+	uint32_t i;
+	*n = 0;
+	*idx = d->cur->idx;
+	if (!view_get(d, v, &g, &i))
+		return NULL;
+	*idx = g->idx;
+	return compose_index_xattrs(g->idx, i, n);
+}
+
+/* The entries of directory v in the served index; their inos are the served index's (vx_view
+ * turns one into a view inode) and their names in d->cur->idx. */
+static const struct compose_dirent *vx_dirents(struct daemon *d, fuse_ino_t v, uint32_t *n)
+{
+	struct gen *g;
+	uint32_t i;
+	*n = 0;
+	if (!view_get(d, v, &g, &i) || g != d->cur)
+		return NULL;
+	return compose_index_dirents(g->idx, i, n);
+}
+
+static fuse_ino_t vx_view(struct daemon *d, uint32_t ino)
+{
+	return view_ino(d->cur, ino);
+}
+
+/* The position of name among the entries of directory v, or -1. */
+static int64_t vx_find(struct daemon *d, fuse_ino_t v, const char *name)
+{
+	struct gen *g;
+	uint32_t i;
+	if (!v || !view_get(d, v, &g, &i) || g != d->cur)
+		return -1;
+	return compose_index_find(g->idx, i, name, strlen(name));
+}
+
+/* The view inode of name in index directory dir when it is a directory, else 0. */
+static fuse_ino_t vx_subdir(struct daemon *d, fuse_ino_t dir, const char *name)
+{
+	int64_t pos = vx_find(d, dir, name);
 	if (pos < 0)
 		return 0;
 	uint32_t n;
-	uint32_t ino = compose_index_dirents(idx, dir, &n)[pos].ino;
-	return S_ISDIR(compose_index_inode(idx, ino)->mode) ? ino : 0;
+	uint32_t ino = vx_dirents(d, dir, &n)[pos].ino;
+	return S_ISDIR(compose_index_inode(d->cur->idx, ino)->mode) ? vx_view(d, ino) : 0;
 }
 
-static bool index_has(const struct compose_index *idx, uint32_t dir, const char *name)
+static bool vx_has(struct daemon *d, fuse_ino_t dir, const char *name)
 {
-	return dir && compose_index_find(idx, dir, name, strlen(name)) >= 0;
+	return dir && vx_find(d, dir, name) >= 0;
 }
 
 static void index_name(const struct compose_index *idx, const struct compose_dirent *de,
@@ -293,9 +350,38 @@ static bool is_alias(const struct node *n)
 	return n && n->origin;
 }
 
+/* A view inode (an index inode of a generation), as opposed to an object only the upper has. */
 static bool is_index(struct upper *up, fuse_ino_t ino)
 {
-	return ino >= 1 && ino <= up->n_index;
+	return ino >= 1 && ino < VIEW_INO_END;
+}
+
+/* The upper object of view inode ino, if it has one; its view inode's lookup count. */
+static struct node *index_node(struct upper *up, fuse_ino_t ino)
+{
+	struct vnode *v = view_node(up->d, ino);
+	return v ? __atomic_load_n(&v->upper, __ATOMIC_ACQUIRE) : NULL;
+}
+
+static void index_node_set(struct upper *up, fuse_ino_t ino, struct node *n)
+{
+	struct vnode *v = view_node(up->d, ino);
+	if (v)
+		__atomic_store_n(&v->upper, n, __ATOMIC_RELEASE);
+}
+
+static uint64_t *index_nlookup(struct upper *up, fuse_ino_t ino)
+{
+	static uint64_t none;
+	struct vnode *v = view_node(up->d, ino);
+	return v ? &v->nlookup : &none;
+}
+
+static void set_last_name(struct upper *up, fuse_ino_t ino, uint64_t where)
+{
+	struct vnode *v = view_node(up->d, ino);
+	if (v)
+		__atomic_store_n(&v->last_name, where, __ATOMIC_RELAXED);
 }
 
 /* The node of an ino the kernel holds (so it cannot go away under the caller), or NULL for an
@@ -304,7 +390,7 @@ static bool is_index(struct upper *up, fuse_ino_t ino)
 static struct node *node_get(struct upper *up, fuse_ino_t ino)
 {
 	if (is_index(up, ino))
-		return __atomic_load_n(&up->by_index[ino], __ATOMIC_ACQUIRE);
+		return index_node(up, ino);
 	pthread_mutex_lock(&up->lock);
 	struct node *n = ino_find(up, ino);
 	pthread_mutex_unlock(&up->lock);
@@ -314,7 +400,7 @@ static struct node *node_get(struct upper *up, fuse_ino_t ino)
 static uint64_t refs_locked(struct upper *up, struct node *n)
 {
 	if (is_index(up, n->ino))
-		return __atomic_load_n(&up->index_nlookup[n->ino], __ATOMIC_RELAXED);
+		return __atomic_load_n(index_nlookup(up, n->ino), __ATOMIC_RELAXED);
 	return n->nlookup;
 }
 
@@ -406,9 +492,12 @@ static void node_unused_locked(struct upper *up, struct node *n)
 	}
 	if (!n->dead)
 		return;
-	if (is_index(up, n->ino))
-		__atomic_store_n(&up->by_index[n->ino], NULL, __ATOMIC_RELEASE);
-	else
+	if (n->lower && n->lower != n->ino && index_node(up, n->lower) == n)
+		index_node_set(up, n->lower, NULL);
+	if (is_index(up, n->ino)) {
+		index_node_set(up, n->ino, NULL);
+		view_release(up->d, n->ino);
+	} else
 		ino_remove(up, n);
 	free(n);
 }
@@ -422,16 +511,24 @@ static struct node *node_register(struct upper *up, const struct stat *st, int f
 {
 	pthread_mutex_lock(&up->lock);
 	struct node *n = dev_find(up, st->st_dev, st->st_ino);
+	if (n && want && S_ISDIR(st->st_mode) && !n->lower && !is_index(up, n->ino) &&
+	    view_node(up->d, want) && !index_node(up, want)) {
+		/* An upper directory that a switch put an index directory under: merged from
+		 * now on, under the number the kernel already has for it. */
+		n->lower = want;
+		n->nlink = 0;
+		index_node_set(up, want, n);
+	}
 	if (!n) {
 		n = xcalloc(1, sizeof(*n));
 		n->fd = -1;
 		n->dev = st->st_dev;
 		n->st_ino = st->st_ino;
 		n->type = st->st_mode & S_IFMT;
-		if (want && !up->by_index[want]) {
+		if (want && view_node(up->d, want) && !index_node(up, want)) {
 			n->ino = want;
 			n->lower = S_ISDIR(st->st_mode) ? want : 0;
-			__atomic_store_n(&up->by_index[want], n, __ATOMIC_RELEASE);
+			index_node_set(up, want, n);
 		} else {
 			n->ino = up->next_ino++;
 			ino_insert(up, n);
@@ -440,7 +537,7 @@ static struct node *node_register(struct upper *up, const struct stat *st, int f
 	}
 	if (ref) {
 		if (is_index(up, n->ino))
-			__atomic_add_fetch(&up->index_nlookup[n->ino], 1, __ATOMIC_RELAXED);
+			__atomic_add_fetch(index_nlookup(up, n->ino), 1, __ATOMIC_RELAXED);
 		else
 			n->nlookup++;
 	}
@@ -453,7 +550,7 @@ static struct node *node_register(struct upper *up, const struct stat *st, int f
 			int e = -r;
 			if (ref) {
 				if (is_index(up, n->ino))
-					__atomic_sub_fetch(&up->index_nlookup[n->ino], 1,
+					__atomic_sub_fetch(index_nlookup(up, n->ino), 1,
 					                   __ATOMIC_RELAXED);
 				else
 					n->nlookup--;
@@ -470,15 +567,15 @@ static struct node *node_register(struct upper *up, const struct stat *st, int f
 
 static void node_forget(struct upper *up, fuse_ino_t ino, uint64_t count)
 {
-	if (is_index(up, ino) && !__atomic_load_n(&up->by_index[ino], __ATOMIC_ACQUIRE)) {
-		__atomic_sub_fetch(&up->index_nlookup[ino], count, __ATOMIC_RELAXED);
+	if (is_index(up, ino) && !index_node(up, ino)) {
+		view_forget(up->d, ino, count);
 		return;
 	}
 	pthread_mutex_lock(&up->lock);
 	struct node *n;
 	if (is_index(up, ino)) {
-		__atomic_sub_fetch(&up->index_nlookup[ino], count, __ATOMIC_RELAXED);
-		n = up->by_index[ino];
+		__atomic_sub_fetch(index_nlookup(up, ino), count, __ATOMIC_RELAXED);
+		n = index_node(up, ino);
 	} else {
 		n = ino_find(up, ino);
 		if (n)
@@ -515,7 +612,7 @@ static void dir_changed(struct upper *up, fuse_ino_t dir)
 static fuse_ino_t upper_lower_nodeid(struct daemon *d, fuse_ino_t ino, fuse_ino_t dir, uint32_t pos)
 {
 	struct upper *up = d->up;
-	const struct compose_inode *in = compose_index_inode(d->idx, ino);
+	const struct compose_inode *in = vx_inode(d, ino);
 	if (!in || S_ISDIR(in->mode) || in->nlink <= 1)
 		return ino;
 	uint64_t where = (uint64_t)dir << 32 | (pos + 1);
@@ -542,9 +639,8 @@ static void upper_index_looked_up(struct daemon *d, fuse_ino_t ino, fuse_ino_t d
 {
 	struct upper *up = d->up;
 	if (is_index(up, ino)) {
-		__atomic_add_fetch(&up->index_nlookup[ino], 1, __ATOMIC_RELAXED);
-		__atomic_store_n(&up->last_name[ino], (uint64_t)dir << 32 | (pos + 1),
-		                 __ATOMIC_RELAXED);
+		view_ref(d, ino);
+		set_last_name(up, ino, (uint64_t)dir << 32 | (pos + 1));
 		return;
 	}
 	pthread_mutex_lock(&up->lock);
@@ -694,12 +790,12 @@ static uint32_t merged_nlink(struct daemon *d, struct node *n, int fd)
 	for (size_t i = 0; i < ne; i++)
 		c += e[i].type == DT_DIR;
 	uint32_t nl;
-	const struct compose_dirent *de = compose_index_dirents(d->idx, n->lower, &nl);
+	const struct compose_dirent *de = vx_dirents(d, n->lower, &nl);
 	char name[NAME_MAX + 1];
 	for (uint32_t i = 0; i < nl; i++) {
-		if (!S_ISDIR(compose_index_inode(d->idx, de[i].ino)->mode))
+		if (!S_ISDIR(compose_index_inode(d->cur->idx, de[i].ino)->mode))
 			continue;
-		index_name(d->idx, &de[i], name);
+		index_name(d->cur->idx, &de[i], name);
 		c += !uents_find(e, ne, name);
 	}
 	uents_free(e, ne);
@@ -723,22 +819,22 @@ static int upper_stat(struct daemon *d, struct node *n, int fd, struct stat *st)
 static void lower_entry(struct daemon *d, uint32_t dir, const char *name, bool ref,
                         struct fuse_entry_param *e)
 {
-	int64_t pos = compose_index_find(d->idx, dir, name, strlen(name));
+	int64_t pos = vx_find(d, dir, name);
 	/* Negative answers from the index are cached long too: a name appears only through the
 	 * kernel, which then drops the negative entry itself. */
 	e->entry_timeout = d->timeout;
 	if (pos < 0)
 		return;
 	uint32_t n;
-	uint32_t ino = compose_index_dirents(d->idx, dir, &n)[pos].ino;
+	uint32_t x = vx_dirents(d, dir, &n)[pos].ino;
+	fuse_ino_t ino = vx_view(d, x);
 	e->ino = upper_lower_nodeid(d, ino, dir, pos);
 	e->attr_timeout = d->timeout;
-	fusefs_index_stat(compose_index_inode(d->idx, ino), ino, &e->attr);
+	fusefs_index_stat(compose_index_inode(d->cur->idx, x), ino, &e->attr);
 	if (ref)
 		upper_index_looked_up(d, e->ino, dir, pos);
 	else if (e->ino == ino)
-		__atomic_store_n(&d->up->last_name[ino], (uint64_t)dir << 32 | (pos + 1),
-		                 __ATOMIC_RELAXED);
+		set_last_name(d->up, ino, (uint64_t)dir << 32 | (pos + 1));
 }
 
 /* Registers the upper object name of directory dirfd (merged with index directory lower, or
@@ -764,7 +860,7 @@ static int upper_entry(struct daemon *d, int dirfd, uint32_t lower, const char *
 		close(fd);
 		fd = dfd;
 		if (lower && !is_opaque(fd))
-			want = index_subdir(d->idx, lower, name);
+			want = vx_subdir(d, lower, name);
 	}
 	struct node *n = node_register(d->up, &st, fd, want, ref);
 	if (!n)
@@ -789,7 +885,7 @@ static int lookup_child(struct daemon *d, fuse_ino_t parent, const char *name, b
 	struct node *dir = node_get(up, parent);
 	if (!dir) {
 		/* No upper directory, so nothing below it has one: the index answers. */
-		const struct compose_inode *in = compose_index_inode(d->idx, parent);
+		const struct compose_inode *in = vx_inode(d, parent);
 		if (!in)
 			return -ESTALE;
 		if (!S_ISDIR(in->mode))
@@ -870,20 +966,21 @@ static int set_times(int fd, const struct timespec ts[2])
 /* Everything the index says about x but its content: owner, mode, xattrs, then times. */
 static int copy_attrs(struct daemon *d, int fd, uint32_t x)
 {
-	const struct compose_inode *in = compose_index_inode(d->idx, x);
+	const struct compose_inode *in = vx_inode(d, x);
 	int r = set_owner_mode(fd, in->mode & S_IFMT, in->uid, in->gid, in->mode);
 	if (r < 0)
 		return r;
 	uint32_t nx;
-	const struct compose_xattr *xa = compose_index_xattrs(d->idx, x, &nx);
+	struct compose_index *xi;
+	const struct compose_xattr *xa = vx_xattrs(d, x, &nx, &xi);
 	char p[32], name[XATTR_NAME_MAX + 1];
 	proc_path(fd, p);
 	for (uint32_t i = 0; i < nx; i++) {
 		size_t l = xa[i].name_len < XATTR_NAME_MAX ? xa[i].name_len : XATTR_NAME_MAX;
-		memcpy(name, compose_index_string(d->idx, xa[i].name_off), l);
+		memcpy(name, compose_index_string(xi, xa[i].name_off), l);
 		name[l] = '\0';
-		if (setxattr(p, name, compose_index_string(d->idx, xa[i].value_off),
-		             xa[i].value_len, 0) < 0)
+		if (setxattr(p, name, compose_index_string(xi, xa[i].value_off), xa[i].value_len,
+		             0) < 0)
 			return -errno;
 	}
 	struct timespec ts[2] = {{in->mtime, 0}, {in->mtime, 0}};
@@ -980,7 +1077,7 @@ static int index_dir_upper(struct daemon *d, uint32_t x, bool create, int *out)
 	}
 	/* A node with an fd answers; one the kernel let go of is found again by its path. */
 	pthread_mutex_lock(&up->lock);
-	struct node *n = up->by_index[x];
+	struct node *n = index_node(up, x);
 	int r = 1;
 	if (n && n->dead)
 		r = -ENOENT;
@@ -995,21 +1092,25 @@ static int index_dir_upper(struct daemon *d, uint32_t x, bool create, int *out)
 		*out = r;
 		return 0;
 	}
-	const struct compose_inode *in = compose_index_inode(d->idx, x);
-	uint32_t p = in->parent;
+	struct gen *g;
+	uint32_t xi;
+	const struct compose_inode *in = view_get(d, x, &g, &xi);
+	if (!in || g != d->cur)
+		return -ENOENT; /* a switch took it away */
+	uint32_t p = vx_view(d, in->parent);
 	_cleanup_close_ int pfd = -1;
 	r = index_dir_upper(d, p, create, &pfd);
 	if (r < 0)
 		return r;
 	uint32_t nd;
-	const struct compose_dirent *de = compose_index_dirents(d->idx, p, &nd);
+	const struct compose_dirent *de = compose_index_dirents(g->idx, in->parent, &nd);
 	uint32_t pos = 0;
-	while (pos < nd && de[pos].ino != x)
+	while (pos < nd && de[pos].ino != xi)
 		pos++;
 	if (pos == nd)
 		return -EIO;
 	char name[NAME_MAX + 1];
-	index_name(d->idx, &de[pos], name);
+	index_name(g->idx, &de[pos], name);
 	for (int tries = 0; tries < 4; tries++) {
 		struct stat st;
 		if (fstatat(pfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
@@ -1024,7 +1125,7 @@ static int index_dir_upper(struct daemon *d, uint32_t x, bool create, int *out)
 				close(fd);
 				return -EMFILE;
 			}
-			if (!n || n->ino != x) {
+			if (!n || (n->ino != x && n->lower != x)) {
 				close(fd);
 				return -ENOENT;
 			}
@@ -1050,7 +1151,7 @@ static int copy_up_at(struct daemon *d, int pfd, fuse_ino_t pdir, const char *na
                       uint64_t limit, struct node *alias, int *out, fuse_ino_t *out_ino)
 {
 	struct upper *up = d->up;
-	const struct compose_inode *in = compose_index_inode(d->idx, x);
+	const struct compose_inode *in = vx_inode(d, x);
 	char tmp[32];
 	tmp_name(up, tmp);
 	_cleanup_close_ int fd = -1;
@@ -1065,7 +1166,7 @@ static int copy_up_at(struct daemon *d, int pfd, fuse_ino_t pdir, const char *na
 	case S_IFLNK: {
 		char target[PATH_MAX + 1];
 		size_t n = in->data_len < PATH_MAX ? in->data_len : PATH_MAX;
-		memcpy(target, compose_index_string(d->idx, in->data_off), n);
+		memcpy(target, compose_index_string(vx_index(d, x), in->data_off), n);
 		target[n] = '\0';
 		if (symlinkat(target, up->work_fd, tmp) < 0)
 			return -errno;
@@ -1118,7 +1219,7 @@ static int copy_up_at(struct daemon *d, int pfd, fuse_ino_t pdir, const char *na
 /* The node of a name of a hard-linked index file, if the kernel was given one. */
 static struct node *alias_at(struct upper *up, uint32_t dir, const char *name)
 {
-	int64_t pos = compose_index_find(up->d->idx, dir, name, strlen(name));
+	int64_t pos = vx_find(up->d, dir, name);
 	if (pos < 0)
 		return NULL;
 	pthread_mutex_lock(&up->lock);
@@ -1133,10 +1234,10 @@ static bool lower_at(struct daemon *d, uint32_t x, uint32_t p, uint32_t pos,
                      char name[static NAME_MAX + 1], int *pfd_out)
 {
 	uint32_t nd;
-	const struct compose_dirent *de = compose_index_dirents(d->idx, p, &nd);
-	if (pos >= nd || de[pos].ino != x)
+	const struct compose_dirent *de = vx_dirents(d, p, &nd);
+	if (pos >= nd || vx_view(d, de[pos].ino) != x)
 		return false;
-	index_name(d->idx, &de[pos], name);
+	index_name(d->cur->idx, &de[pos], name);
 	int pfd = -1;
 	struct stat st;
 	if (index_dir_upper(d, p, true, &pfd) < 0)
@@ -1154,21 +1255,24 @@ static bool lower_at(struct daemon *d, uint32_t x, uint32_t p, uint32_t pos,
 static int locate_lower(struct daemon *d, uint32_t x, fuse_ino_t *dir,
                         char name[static NAME_MAX + 1], int *pfd_out)
 {
-	uint64_t last = __atomic_load_n(&d->up->last_name[x], __ATOMIC_RELAXED);
+	struct vnode *vx = view_node(d, x);
+	uint64_t last = vx ? __atomic_load_n(&vx->last_name, __ATOMIC_RELAXED) : 0;
 	if (last && lower_at(d, x, last >> 32, (uint32_t)last - 1, name, pfd_out)) {
 		*dir = last >> 32;
 		return 0;
 	}
 	if (last)
 		return -ENOENT; /* its one name shows something else now */
-	uint32_t n_index = compose_index_inodes(d->idx);
-	for (uint32_t p = 1; p <= n_index; p++) {
-		if (!S_ISDIR(compose_index_inode(d->idx, p)->mode))
+	struct compose_index *idx = d->cur->idx;
+	uint32_t n_index = compose_index_inodes(idx);
+	for (uint32_t i = 1; i <= n_index; i++) {
+		if (!S_ISDIR(compose_index_inode(idx, i)->mode))
 			continue;
 		uint32_t nd;
-		const struct compose_dirent *de = compose_index_dirents(d->idx, p, &nd);
-		for (uint32_t i = 0; i < nd; i++)
-			if (de[i].ino == x && lower_at(d, x, p, i, name, pfd_out)) {
+		fuse_ino_t p = vx_view(d, i);
+		const struct compose_dirent *de = compose_index_dirents(idx, i, &nd);
+		for (uint32_t j = 0; j < nd; j++)
+			if (vx_view(d, de[j].ino) == x && lower_at(d, x, p, j, name, pfd_out)) {
 				*dir = p;
 				return 0;
 			}
@@ -1212,7 +1316,7 @@ static int upper_object(struct daemon *d, fuse_ino_t ino, uint64_t limit, int *o
 		*out_ino = n->ino;
 		return 0;
 	}
-	const struct compose_inode *in = compose_index_inode(d->idx, ino);
+	const struct compose_inode *in = vx_inode(d, ino);
 	if (!in)
 		return -ESTALE;
 	*out_ino = ino;
@@ -1267,7 +1371,7 @@ static int dir_upper(struct daemon *d, fuse_ino_t ino, struct dirref *out)
 		out->lower = n->lower;
 		return out->fd < 0 ? out->fd : 0;
 	}
-	const struct compose_inode *in = compose_index_inode(d->idx, ino);
+	const struct compose_inode *in = vx_inode(d, ino);
 	if (!in)
 		return -ESTALE;
 	if (!S_ISDIR(in->mode))
@@ -1293,7 +1397,7 @@ static int slot_of(struct daemon *d, const struct dirref *p, const char *name, s
 		s->upper = true;
 		s->whiteout = is_whiteout(&s->st);
 		s->dir = S_ISDIR(s->st.st_mode);
-		if (s->dir && p->lower && index_subdir(d->idx, p->lower, name)) {
+		if (s->dir && p->lower && vx_subdir(d, p->lower, name)) {
 			int fd =
 			    openat(p->fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 			if (fd < 0)
@@ -1305,11 +1409,12 @@ static int slot_of(struct daemon *d, const struct dirref *p, const char *name, s
 	}
 	if (errno != ENOENT)
 		return -errno;
-	int64_t pos = p->lower ? compose_index_find(d->idx, p->lower, name, strlen(name)) : -1;
+	int64_t pos = p->lower ? vx_find(d, p->lower, name) : -1;
 	if (pos >= 0) {
 		uint32_t n;
-		s->lower = compose_index_dirents(d->idx, p->lower, &n)[pos].ino;
-		s->dir = S_ISDIR(compose_index_inode(d->idx, s->lower)->mode);
+		uint32_t x = vx_dirents(d, p->lower, &n)[pos].ino;
+		s->lower = vx_view(d, x);
+		s->dir = S_ISDIR(compose_index_inode(d->cur->idx, x)->mode);
 	}
 	return 0;
 }
@@ -1327,7 +1432,7 @@ static int slot_empty(struct daemon *d, const struct dirref *p, const char *name
 	*whiteouts = false;
 	uint32_t n;
 	if (!s->upper) {
-		compose_index_dirents(d->idx, s->lower, &n);
+		vx_dirents(d, s->lower, &n);
 		return n ? -ENOTEMPTY : 0;
 	}
 	_cleanup_close_ int fd =
@@ -1345,11 +1450,11 @@ static int slot_empty(struct daemon *d, const struct dirref *p, const char *name
 		*whiteouts = true;
 	}
 	if (r == 0 && s->merged) {
-		uint32_t lower = index_subdir(d->idx, p->lower, name);
-		const struct compose_dirent *de = compose_index_dirents(d->idx, lower, &n);
+		fuse_ino_t lower = vx_subdir(d, p->lower, name);
+		const struct compose_dirent *de = vx_dirents(d, lower, &n);
 		char nm[NAME_MAX + 1];
 		for (uint32_t i = 0; i < n && r == 0; i++) {
-			index_name(d->idx, &de[i], nm);
+			index_name(d->cur->idx, &de[i], nm);
 			if (!uents_find(e, ne, nm))
 				r = -ENOTEMPTY;
 		}
@@ -1448,10 +1553,10 @@ static void up_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct daemon *d = D(req);
 	struct node *n = node_get(d->up, ino);
 	if (!n)
-		return fusefs_ops.getattr(req, ino, fi);
+		return fusefs_index_ops.getattr(req, ino, fi);
 	if (is_alias(n)) {
 		struct stat st;
-		fusefs_index_stat(compose_index_inode(d->idx, n->origin), n->origin, &st);
+		fusefs_index_stat(vx_inode(d, n->origin), n->origin, &st);
 		return (void)fuse_reply_attr(req, &st, d->timeout);
 	}
 	struct open_file *of = fi ? (void *)(uintptr_t)fi->fh : NULL;
@@ -1526,7 +1631,7 @@ static void up_readlink(fuse_req_t req, fuse_ino_t ino)
 {
 	struct node *n = node_get(D(req)->up, ino);
 	if (!n || is_alias(n))
-		return fusefs_ops.readlink(req, n ? n->origin : ino);
+		return fusefs_index_ops.readlink(req, n ? n->origin : ino);
 	_cleanup_close_ int fd = node_fd(D(req)->up, n);
 	if (fd < 0)
 		return reply_err(req, fd);
@@ -1799,7 +1904,7 @@ static void up_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (r == 0 && s.dir)
 		r = -EISDIR;
 	char tmp[32] = "";
-	bool lower = index_has(d->idx, p.lower, name);
+	bool lower = vx_has(d, p.lower, name);
 	if (r == 0 && lower)
 		r = make_whiteout(up, tmp);
 	if (r == 0) {
@@ -1841,7 +1946,7 @@ static void up_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 		r = -ENOTDIR;
 	if (r == 0)
 		r = slot_empty(d, &p, name, &s, &whiteouts);
-	bool lower = index_has(d->idx, p.lower, name);
+	bool lower = vx_has(d, p.lower, name);
 	char tmp[32] = "", gone[32] = "";
 	if (r == 0 && lower)
 		r = make_whiteout(up, tmp);
@@ -1937,7 +2042,7 @@ static void up_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 	}
 	unsigned rflags = exchange ? RENAME_EXCHANGE : 0;
 	bool drop_whiteout = false;
-	if (!exchange && index_has(d->idx, sp.lower, name))
+	if (!exchange && vx_has(d, sp.lower, name))
 		/* the name leaves the index's entry behind: a whiteout takes its place */
 		rflags = dst.whiteout ? RENAME_EXCHANGE : RENAME_WHITEOUT;
 	else if (!exchange && src.dir && dst.whiteout) {
@@ -2016,17 +2121,16 @@ static int dir_load(struct daemon *d, struct node *n, int fd, struct dir_handle 
 	if (r < 0)
 		return r;
 	uint32_t nl = 0;
-	const struct compose_dirent *de =
-	    n->lower ? compose_index_dirents(d->idx, n->lower, &nl) : NULL;
+	const struct compose_dirent *de = n->lower ? vx_dirents(d, n->lower, &nl) : NULL;
 	h->e = xcalloc(ne + nl + 1, sizeof(*h->e));
 	for (size_t i = 0; i < ne; i++)
 		if (!e[i].whiteout)
 			h->e[h->n++] = (struct dent){xstrdup(e[i].name), 0, 0};
 	char name[NAME_MAX + 1];
 	for (uint32_t i = 0; i < nl; i++) {
-		index_name(d->idx, &de[i], name);
+		index_name(d->cur->idx, &de[i], name);
 		if (!uents_find(e, ne, name))
-			h->e[h->n++] = (struct dent){xstrdup(name), de[i].ino, i};
+			h->e[h->n++] = (struct dent){xstrdup(name), vx_view(d, de[i].ino), i};
 	}
 	uents_free(e, ne);
 	h->loaded = true;
@@ -2040,7 +2144,7 @@ static void up_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (n && !S_ISDIR(n->type))
 		return reply_err(req, -ENOTDIR);
 	if (!n) {
-		const struct compose_inode *in = compose_index_inode(d->idx, ino);
+		const struct compose_inode *in = vx_inode(d, ino);
 		if (!in)
 			return reply_err(req, -ESTALE);
 		if (!S_ISDIR(in->mode))
@@ -2098,8 +2202,7 @@ static void up_readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t
 			if (x->lower) {
 				e.ino = upper_lower_nodeid(d, x->lower, n->lower, x->pos);
 				e.attr_timeout = e.entry_timeout = d->timeout;
-				fusefs_index_stat(compose_index_inode(d->idx, x->lower), x->lower,
-				                  &e.attr);
+				fusefs_index_stat(vx_inode(d, x->lower), x->lower, &e.attr);
 				if (plus)
 					upper_index_looked_up(d, e.ino, n->lower, x->pos);
 			} else {
@@ -2170,7 +2273,7 @@ static void up_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 {
 	struct node *n = node_get(D(req)->up, ino);
 	if (!n || is_alias(n))
-		return fusefs_ops.getxattr(req, n ? n->origin : ino, name, size);
+		return fusefs_index_ops.getxattr(req, n ? n->origin : ino, name, size);
 	if (ovl_name(name))
 		return reply_err(req, -ENODATA);
 	_cleanup_close_ int fd = node_fd(D(req)->up, n);
@@ -2195,7 +2298,7 @@ static void up_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	struct node *n = node_get(D(req)->up, ino);
 	if (!n || is_alias(n))
-		return fusefs_ops.listxattr(req, n ? n->origin : ino, size);
+		return fusefs_index_ops.listxattr(req, n ? n->origin : ino, size);
 	_cleanup_close_ int fd = node_fd(D(req)->up, n);
 	if (fd < 0)
 		return reply_err(req, fd);
@@ -2257,12 +2360,12 @@ static void up_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	if (!node || is_alias(node)) {
 		/* nothing to copy up for a name the file does not have */
 		uint32_t n;
-		const struct compose_xattr *x =
-		    compose_index_xattrs(d->idx, node ? node->origin : ino, &n);
+		struct compose_index *xi;
+		const struct compose_xattr *x = vx_xattrs(d, node ? node->origin : ino, &n, &xi);
 		bool has = false;
 		for (uint32_t i = 0; i < n && !has; i++)
 			has = x[i].name_len == strlen(name) &&
-			      memcmp(compose_index_string(d->idx, x[i].name_off), name,
+			      memcmp(compose_index_string(xi, x[i].name_off), name,
 			             x[i].name_len) == 0;
 		if (!has)
 			return reply_err(req, -ENODATA);
@@ -2277,40 +2380,174 @@ static void up_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	reply_err(req, removexattr(p, name) < 0 ? -errno : 0);
 }
 
+/* Every handler that reads the view or the node table runs under d->live, so that a switch
+ * never shows it half done; those that only use an open file's fd do not need it. */
+FUSEFS_LOCKED(up_lookup, (fuse_req_t req, fuse_ino_t parent, const char *name), (req, parent, name))
+FUSEFS_LOCKED(up_forget, (fuse_req_t req, fuse_ino_t ino, uint64_t nlookup), (req, ino, nlookup))
+FUSEFS_LOCKED(up_forget_multi, (fuse_req_t req, size_t count, struct fuse_forget_data *forgets),
+              (req, count, forgets))
+FUSEFS_LOCKED(up_getattr, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi),
+              (req, ino, fi))
+FUSEFS_LOCKED(up_setattr,
+              (fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+               struct fuse_file_info *fi),
+              (req, ino, attr, to_set, fi))
+FUSEFS_LOCKED(up_readlink, (fuse_req_t req, fuse_ino_t ino), (req, ino))
+FUSEFS_LOCKED(up_mknod,
+              (fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev),
+              (req, parent, name, mode, rdev))
+FUSEFS_LOCKED(up_mkdir, (fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode),
+              (req, parent, name, mode))
+FUSEFS_LOCKED(up_unlink, (fuse_req_t req, fuse_ino_t parent, const char *name), (req, parent, name))
+FUSEFS_LOCKED(up_rmdir, (fuse_req_t req, fuse_ino_t parent, const char *name), (req, parent, name))
+FUSEFS_LOCKED(up_symlink, (fuse_req_t req, const char *link, fuse_ino_t parent, const char *name),
+              (req, link, parent, name))
+FUSEFS_LOCKED(up_rename,
+              (fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+               const char *newname, unsigned int flags),
+              (req, parent, name, newparent, newname, flags))
+FUSEFS_LOCKED(up_link, (fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname),
+              (req, ino, newparent, newname))
+FUSEFS_LOCKED(up_open, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi), (req, ino, fi))
+FUSEFS_LOCKED(up_opendir, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi),
+              (req, ino, fi))
+FUSEFS_LOCKED(up_readdir,
+              (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi),
+              (req, ino, size, off, fi))
+FUSEFS_LOCKED(up_readdirplus,
+              (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi),
+              (req, ino, size, off, fi))
+FUSEFS_LOCKED(up_fsyncdir,
+              (fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi),
+              (req, ino, datasync, fi))
+FUSEFS_LOCKED(up_statfs, (fuse_req_t req, fuse_ino_t ino), (req, ino))
+FUSEFS_LOCKED(up_setxattr,
+              (fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size,
+               int flags),
+              (req, ino, name, value, size, flags))
+FUSEFS_LOCKED(up_getxattr, (fuse_req_t req, fuse_ino_t ino, const char *name, size_t size),
+              (req, ino, name, size))
+FUSEFS_LOCKED(up_listxattr, (fuse_req_t req, fuse_ino_t ino, size_t size), (req, ino, size))
+FUSEFS_LOCKED(up_removexattr, (fuse_req_t req, fuse_ino_t ino, const char *name), (req, ino, name))
+FUSEFS_LOCKED(up_create,
+              (fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+               struct fuse_file_info *fi),
+              (req, parent, name, mode, fi))
+
 const struct fuse_lowlevel_ops fusefs_upper_ops = {
     .init = up_init,
-    .lookup = up_lookup,
-    .forget = up_forget,
-    .forget_multi = up_forget_multi,
-    .getattr = up_getattr,
-    .setattr = up_setattr,
-    .readlink = up_readlink,
-    .mknod = up_mknod,
-    .mkdir = up_mkdir,
-    .unlink = up_unlink,
-    .rmdir = up_rmdir,
-    .symlink = up_symlink,
-    .rename = up_rename,
-    .link = up_link,
-    .open = up_open,
+    .lookup = locked_up_lookup,
+    .forget = locked_up_forget,
+    .forget_multi = locked_up_forget_multi,
+    .getattr = locked_up_getattr,
+    .setattr = locked_up_setattr,
+    .readlink = locked_up_readlink,
+    .mknod = locked_up_mknod,
+    .mkdir = locked_up_mkdir,
+    .unlink = locked_up_unlink,
+    .rmdir = locked_up_rmdir,
+    .symlink = locked_up_symlink,
+    .rename = locked_up_rename,
+    .link = locked_up_link,
+    .open = locked_up_open,
     .read = up_read,
     .write_buf = up_write_buf,
     .flush = up_flush,
     .release = up_release,
     .fsync = up_fsync,
-    .opendir = up_opendir,
-    .readdir = up_readdir,
-    .readdirplus = up_readdirplus,
+    .opendir = locked_up_opendir,
+    .readdir = locked_up_readdir,
+    .readdirplus = locked_up_readdirplus,
     .releasedir = up_releasedir,
-    .fsyncdir = up_fsyncdir,
-    .statfs = up_statfs,
-    .setxattr = up_setxattr,
-    .getxattr = up_getxattr,
-    .listxattr = up_listxattr,
-    .removexattr = up_removexattr,
-    .create = up_create,
+    .fsyncdir = locked_up_fsyncdir,
+    .statfs = locked_up_statfs,
+    .setxattr = locked_up_setxattr,
+    .getxattr = locked_up_getxattr,
+    .listxattr = locked_up_listxattr,
+    .removexattr = locked_up_removexattr,
+    .create = locked_up_create,
     .fallocate = up_fallocate,
 };
+
+/* ---- a switch ------------------------------------------------------------------------------ */
+
+/* Where (view directory << 32 | position + 1) is in the new generation p->new when the entry
+ * there is still the same view inode; 0 when it is not. */
+static uint64_t remap_where(struct daemon *d, const struct switch_plan *p, uint64_t where)
+{
+	fuse_ino_t vdir = where >> 32;
+	uint32_t pos = (uint32_t)where - 1, n, nn;
+	struct vnode *vn = view_node(d, vdir);
+	if (!where || !vn || vn->gen != p->old || !p->claimed[vn->ino])
+		return 0;
+	uint32_t od = vn->ino, nd = p->claimed[od];
+	const struct compose_dirent *de = compose_index_dirents(p->old->idx, od, &n);
+	if (pos >= n)
+		return 0;
+	int64_t np = compose_index_find(p->new->idx, nd,
+	                                compose_index_string(p->old->idx, de[pos].name_off),
+	                                de[pos].name_len);
+	const struct compose_dirent *ne = compose_index_dirents(p->new->idx, nd, &nn);
+	if (np < 0 || p->claimed[de[pos].ino] != ne[np].ino)
+		return 0;
+	return (uint64_t)vdir << 32 | (np + 1);
+}
+
+/* Whether view inode v (an old one) keeps its number in the new generation. */
+static bool kept(struct daemon *d, const struct switch_plan *p, fuse_ino_t v)
+{
+	struct vnode *vn = view_node(d, v);
+	return vn && (vn->gen != p->old || p->claimed[vn->ino]);
+}
+
+static void follow_lower(struct daemon *d, const struct switch_plan *p, struct node *n)
+{
+	if (!n->lower)
+		return;
+	n->nlink = 0; /* the merged count changes with the index */
+	if (kept(d, p, n->lower))
+		return;
+	/* The index directory below went: the upper directory stands alone. */
+	if (n->lower != n->ino && index_node(d->up, n->lower) == n)
+		index_node_set(d->up, n->lower, NULL);
+	n->lower = 0;
+}
+
+/* The view is held still and about to change meaning (live.c): positions in directories are
+ * the new index's from now on, directories merged over an index directory that went stand
+ * alone, and the kernel is told the rest by the switch's own invalidations. */
+static void upper_on_switch(struct daemon *d, const struct switch_plan *p)
+{
+	struct upper *up = d->up;
+	pthread_mutex_lock(&up->lock);
+	/* Names of hard-linked index files: found by their new position, or no longer. */
+	size_t na = 0;
+	struct node **aliases = xcalloc(up->wheres.count + 1, sizeof(*aliases));
+	for (size_t i = 0; i < up->wheres.size; i++)
+		for (struct node *n = up->wheres.tab[i]; n; n = n->next_where)
+			aliases[na++] = n;
+	for (size_t i = 0; i < na; i++) {
+		struct node *n = aliases[i];
+		where_remove(up, n);
+		n->where = kept(d, p, n->origin) ? remap_where(d, p, n->where) : 0;
+		if (n->where)
+			where_insert(up, n);
+	}
+	free(aliases);
+	for (fuse_ino_t v = 1; v < d->next_vino; v++) {
+		struct vnode *vn = view_node(d, v);
+		if (!vn || !vn->gen)
+			continue;
+		if (vn->last_name)
+			vn->last_name = remap_where(d, p, vn->last_name);
+		if (vn->upper && vn->upper->ino == v)
+			follow_lower(d, p, vn->upper);
+	}
+	for (size_t i = 0; i < up->inos.size; i++)
+		for (struct node *n = up->inos.tab[i]; n; n = n->next_ino)
+			follow_lower(d, p, n);
+	pthread_mutex_unlock(&up->lock);
+}
 
 /* ---- setting up and taking down ------------------------------------------------------------ */
 
@@ -2343,7 +2580,7 @@ static bool path_within(const char *a, const char *b)
 
 int upper_open(struct daemon *d, const char *upper, const char *work, struct mosaic_error *err)
 {
-	const struct compose_inode *root = compose_index_inode(d->idx, COMPOSE_ROOT_INO);
+	const struct compose_inode *root = vx_inode(d, FUSE_ROOT_ID);
 	struct stat st, wst;
 	bool fresh = stat(upper, &st) < 0 && errno == ENOENT;
 	int r = mkdir_p(upper, 0755);
@@ -2413,14 +2650,10 @@ int upper_open(struct daemon *d, const char *upper, const char *work, struct mos
 
 	struct upper *up = xcalloc(1, sizeof(*up));
 	up->d = d;
-	up->n_index = compose_index_inodes(d->idx);
-	up->by_index = xcalloc(up->n_index + 1, sizeof(*up->by_index));
-	up->index_nlookup = xcalloc(up->n_index + 1, sizeof(*up->index_nlookup));
-	up->last_name = xcalloc(up->n_index + 1, sizeof(*up->last_name));
 	table_init(&up->inos, offsetof(struct node, next_ino), key_ino);
 	table_init(&up->devs, offsetof(struct node, next_dev), key_dev);
 	table_init(&up->wheres, offsetof(struct node, next_where), key_where);
-	up->next_ino = up->n_index + 1;
+	up->next_ino = VIEW_INO_END;
 	/* half the fds for the nodes, the rest for open files and the requests' own */
 	up->fd_max = rl.rlim_cur == RLIM_INFINITY ? SIZE_MAX / 2 : (size_t)rl.rlim_cur / 2;
 	pthread_mutex_init(&up->lock, NULL);
@@ -2438,11 +2671,12 @@ int upper_open(struct daemon *d, const char *upper, const char *work, struct mos
 	n->type = S_IFDIR;
 	n->lower = COMPOSE_ROOT_INO;
 	up->root_fd = n->fd = TAKE_FD(root_fd);
-	up->by_index[FUSE_ROOT_ID] = n;
+	index_node_set(up, FUSE_ROOT_ID, n);
 	dev_insert(up, n);
 	up->work_fd = TAKE_FD(work_fd);
 	up->lock_fd = TAKE_FD(lock_fd);
 	d->up = up;
+	d->on_switch = upper_on_switch;
 	return 0;
 }
 
@@ -2481,22 +2715,20 @@ void upper_close(struct daemon *d)
 			free(n->fh);
 			free(n);
 		}
-	for (uint32_t i = 1; i <= up->n_index; i++) {
-		struct node *n = up->by_index[i];
+	for (fuse_ino_t i = 1; i < d->next_vino; i++) {
+		struct node *n = index_node(up, i);
 		if (n && n->fd >= 0)
 			close(n->fd);
 		if (n)
 			free(n->fh);
 		free(n);
+		index_node_set(up, i, NULL);
 	}
 	close(up->work_fd);
 	close(up->lock_fd);
 	free(up->inos.tab);
 	free(up->devs.tab);
 	free(up->wheres.tab);
-	free(up->by_index);
-	free(up->index_nlookup);
-	free(up->last_name);
 	pthread_mutex_destroy(&up->lock);
 	for (size_t i = 0; i < N_STRIPES; i++) {
 		pthread_mutex_destroy(&up->copy_lock[i]);
@@ -2511,4 +2743,5 @@ void upper_close(struct daemon *d)
 	pthread_cond_destroy(&up->ncond);
 	free(up);
 	d->up = NULL;
+	d->on_switch = NULL;
 }
