@@ -13,6 +13,7 @@ struct minode {
 	uint32_t mode, uid, gid, nlink;
 	uint64_t size;
 	int64_t mtime;
+	uint32_t mtime_nsec;
 	dev_t rdev;
 	uint32_t fragment;
 	uint64_t frag_inode;
@@ -162,8 +163,11 @@ static void set_attrs(struct builder *b, struct minode *m, const struct fragment
 	m->rdev = e->rdev;
 	m->fragment = b->frag;
 	m->frag_inode = e->inode_id;
+	m->mtime_nsec = e->mtime_nsec;
 	free(m->link);
 	m->link = e->link ? xstrdup(e->link) : NULL;
+	if (S_ISREG(e->mode) && b->in[b->frag].dev)
+		m->link = xstrdup(e->path); /* where the daemon reads it */
 	for (size_t i = 0; i < m->n_xattrs; i++) {
 		free(m->xattrs[i].name);
 		free(m->xattrs[i].value);
@@ -458,6 +462,7 @@ static void emit(struct writer *w, struct mnode *n)
 	    .parent = n->parent ? n->parent->inode->ino : COMPOSE_ROOT_INO,
 	    .xattr_first = w->xattrs.len / sizeof(struct compose_xattr),
 	    .xattr_count = m->n_xattrs,
+	    .mtime_nsec = m->mtime_nsec,
 	};
 	for (size_t i = 0; i < m->n_xattrs; i++) {
 		struct compose_xattr x = {
@@ -468,7 +473,7 @@ static void emit(struct writer *w, struct mnode *n)
 		x.value_off = buf_add(&w->strings, m->xattrs[i].value, x.value_len);
 		buf_add(&w->xattrs, &x, sizeof(x));
 	}
-	if (S_ISLNK(m->mode)) {
+	if (S_ISLNK(m->mode) || (S_ISREG(m->mode) && m->link)) {
 		ci->data_len = strlen(m->link ? m->link : "");
 		ci->data_off = buf_add(&w->strings, m->link ? m->link : "", ci->data_len);
 	} else if (S_ISDIR(m->mode)) {
@@ -580,7 +585,8 @@ int compose_index_build(const struct compose_input *in, size_t n,
 		memset(b.stack, 0, sizeof(b.stack));
 		if (b.links)
 			memset(b.links, 0, b.cap_links * sizeof(*b.links));
-		r = fragment_walk(in[i].image_path, merge_entry, &b, err);
+		r = in[i].dev ? fragment_walk_dir(in[i].image_path, merge_entry, &b, err)
+		              : fragment_walk(in[i].image_path, merge_entry, &b, err);
 		if (r == 0 && o && o->progress)
 			o->progress(i + 1, n, b.n_nodes, o->data);
 	}

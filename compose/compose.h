@@ -20,10 +20,10 @@ struct compose_inode {
 	uint32_t fragment;   /* index into the fragment table, COMPOSE_NO_FRAGMENT if none */
 	uint64_t frag_inode; /* inode_id inside that fragment (fragment_file_open takes it) */
 	uint32_t parent;     /* directories: the parent's ino (the root's is itself) */
-	uint32_t data_off;   /* symlinks: target in the string table; dirs: first dirent */
-	uint32_t data_len;   /* symlinks: target length; dirs: number of dirents */
+	uint32_t data_off;   /* symlinks: target in the string table; dirs: first dirent; */
+	uint32_t data_len;   /* regular files of a dev directory: their path in it (else 0) */
 	uint32_t xattr_first, xattr_count;
-	uint32_t reserved;
+	uint32_t mtime_nsec; /* files of a live dev directory; 0 for images (whole seconds) */
 };
 
 struct compose_dirent {
@@ -45,6 +45,9 @@ struct compose_input {
 	/* kind package: same-path regular files with other content are conflicts, and directories
 	 * merge as dpkg unpacks them (through symlinks to directories; docs/formats.md) */
 	bool package;
+	/* image_path is a directory served live (a dev fragment): walked as it is now, each
+	 * regular file recording its path in it */
+	bool dev;
 };
 
 struct compose_conflict {

@@ -66,9 +66,10 @@ static int validate(struct compose_index *x, struct mosaic_error *err)
 				return BAD("a directory's entries lie outside the table");
 			if (in->parent < 1 || in->parent > h->n_inodes)
 				return BAD("a directory's parent is out of range");
-		} else if (S_ISLNK(in->mode)) {
-			if (!str_ok(x, in->data_off, in->data_len))
-				return BAD("a symlink target lies outside the string table");
+		} else if (S_ISLNK(in->mode) || S_ISREG(in->mode)) {
+			if (in->data_len && !str_ok(x, in->data_off, in->data_len))
+				return BAD("a symlink target or a dev file's path lies outside the "
+				           "string table");
 		}
 	}
 	for (uint64_t i = 0; i < h->n_dirents; i++) {

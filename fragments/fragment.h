@@ -136,6 +136,7 @@ struct fragment_entry {
 	gid_t gid;
 	uint64_t size; /* regular files and symlinks */
 	int64_t mtime;
+	uint32_t mtime_nsec; /* fragment_walk_dir only: images keep whole seconds */
 	uint32_t nlink;
 	dev_t rdev;
 	const char *link;      /* symlink target */
@@ -147,6 +148,11 @@ struct fragment_entry {
 /* Calls fn for the root and then every entry, parents before children, names sorted. */
 int fragment_walk(const char *image_path, int (*fn)(void *ctx, const struct fragment_entry *e),
                   void *ctx, struct mosaic_error *err);
+/* The same walk of a directory as it is now (a live dev fragment): owners, modes, xattrs and
+ * times as the directory has them; inode_id is the file's st_ino and inode_number numbers the
+ * hard-linked files from 1. */
+int fragment_walk_dir(const char *dir, int (*fn)(void *ctx, const struct fragment_entry *e),
+                      void *ctx, struct mosaic_error *err);
 
 /* An open image for reading file content. Not thread-safe: one user at a time. */
 struct fragment_image;

@@ -18,7 +18,10 @@ struct inode_seen {
 
 struct walk {
 	const char *root;
+	/* where entries go: an image being written, or fn (fragment_walk_dir) */
 	struct fwriter *w;
+	int (*fn)(void *ctx, const struct fragment_entry *e);
+	void *ctx;
 	const struct fragment_create_options *o;
 	struct inode_seen *seen;
 	size_t n_seen, cap_seen;
@@ -118,9 +121,42 @@ static int read_xattrs(struct walk *wk, int dfd, const char *name, const char *r
 	return 0;
 }
 
-static int walk_dir(struct walk *wk, int dfd, const char *rel, struct mosaic_error *err);
+static int walk_dir(struct walk *wk, int dfd, const char *rel, unsigned depth,
+                    struct mosaic_error *err);
 
-static int add_one(struct walk *wk, int dfd, const char *name, const char *rel,
+/* fragment_walk_dir's entry for what add_one found. */
+static int visit(struct walk *wk, const char *name, const char *rel, unsigned depth,
+                 const struct stat *st, const struct fxattr *xa, size_t nx, const char *target,
+                 uint32_t inode_number)
+{
+	struct fragment_xattr *fx = xcalloc(nx + 1, sizeof(*fx));
+	for (size_t i = 0; i < nx; i++)
+		fx[i] = (struct fragment_xattr){
+		    .name = (char *)xa[i].key, .value = (void *)xa[i].value, .len = xa[i].len};
+	struct fragment_entry e = {
+	    .path = rel,
+	    .name = name,
+	    .depth = depth,
+	    .mode = st->st_mode,
+	    .uid = st->st_uid,
+	    .gid = st->st_gid,
+	    .size = S_ISREG(st->st_mode) || S_ISLNK(st->st_mode) ? (uint64_t)st->st_size : 0,
+	    .mtime = st->st_mtim.tv_sec,
+	    .mtime_nsec = st->st_mtim.tv_nsec,
+	    .nlink = S_ISDIR(st->st_mode) ? 2 : st->st_nlink,
+	    .rdev = st->st_rdev,
+	    .link = S_ISLNK(st->st_mode) ? target : NULL,
+	    .inode_id = st->st_ino,
+	    .inode_number = inode_number,
+	    .xattrs = fx,
+	    .n_xattrs = nx,
+	};
+	int r = wk->fn(wk->ctx, &e);
+	free(fx);
+	return r;
+}
+
+static int add_one(struct walk *wk, int dfd, const char *name, const char *rel, unsigned depth,
                    struct mosaic_error *err)
 {
 	struct stat st;
@@ -130,15 +166,24 @@ static int add_one(struct walk *wk, int dfd, const char *name, const char *rel,
 	/* Whiteouts are markers, not files: kernel overlayfs links them all to one shared inode in
 	 * its work dir, which must not become a hard link in the image. */
 	bool whiteout = S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0);
+	uint32_t inode_number = 0;
 	if (!S_ISDIR(st.st_mode) && st.st_nlink > 1 && !whiteout) {
-		for (size_t i = 0; i < wk->n_seen; i++)
-			if (wk->seen[i].dev == st.st_dev && wk->seen[i].ino == st.st_ino)
-				return fwriter_add_hardlink(wk->w, rel, wk->seen[i].path, err);
-		if (wk->n_seen == wk->cap_seen) {
-			wk->cap_seen = wk->cap_seen ? wk->cap_seen * 2 : 64;
-			wk->seen = xrealloc(wk->seen, wk->cap_seen * sizeof(*wk->seen));
+		for (size_t i = 0; i < wk->n_seen && !inode_number; i++)
+			if (wk->seen[i].dev == st.st_dev && wk->seen[i].ino == st.st_ino) {
+				if (!wk->fn)
+					return fwriter_add_hardlink(wk->w, rel, wk->seen[i].path,
+					                            err);
+				inode_number = i + 1;
+			}
+		if (!inode_number) {
+			if (wk->n_seen == wk->cap_seen) {
+				wk->cap_seen = wk->cap_seen ? wk->cap_seen * 2 : 64;
+				wk->seen = xrealloc(wk->seen, wk->cap_seen * sizeof(*wk->seen));
+			}
+			wk->seen[wk->n_seen++] =
+			    (struct inode_seen){st.st_dev, st.st_ino, xstrdup(rel)};
+			inode_number = wk->n_seen;
 		}
-		wk->seen[wk->n_seen++] = (struct inode_seen){st.st_dev, st.st_ino, xstrdup(rel)};
 	}
 
 	_cleanup_free_ struct fxattr *xa = NULL;
@@ -163,23 +208,26 @@ static int add_one(struct walk *wk, int dfd, const char *name, const char *rel,
 	    .xattrs = xa,
 	    .n_xattrs = nx,
 	};
-	if (S_ISREG(st.st_mode)) {
+	if (wk->fn) {
+		r = visit(wk, name, rel, depth, &st, xa, nx, target, inode_number);
+	} else if (S_ISREG(st.st_mode)) {
 		_cleanup_close_ int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 		if (fd < 0)
 			return mosaic_errorf(err, -errno, "%s: %m", rel);
 		return fwriter_add(wk->w, rel, &e, fd_read, &fd, err);
-	}
-	r = fwriter_add(wk->w, rel, &e, NULL, NULL, err);
+	} else
+		r = fwriter_add(wk->w, rel, &e, NULL, NULL, err);
 	if (r < 0 || !S_ISDIR(st.st_mode))
 		return r;
 	_cleanup_close_ int sub =
 	    openat(dfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (sub < 0)
 		return mosaic_errorf(err, -errno, "%s: %m", rel);
-	return walk_dir(wk, sub, rel, err);
+	return walk_dir(wk, sub, rel, depth + 1, err);
 }
 
-static int walk_dir(struct walk *wk, int dfd, const char *rel, struct mosaic_error *err)
+static int walk_dir(struct walk *wk, int dfd, const char *rel, unsigned depth,
+                    struct mosaic_error *err)
 {
 	int dup_fd = dup(dfd);
 	if (dup_fd < 0)
@@ -207,7 +255,7 @@ static int walk_dir(struct walk *wk, int dfd, const char *rel, struct mosaic_err
 	int r = 0;
 	for (size_t i = 0; r == 0 && i < n; i++) {
 		_cleanup_free_ char *child = *rel ? path_join(rel, names[i]) : xstrdup(names[i]);
-		r = add_one(wk, dfd, names[i], child, err);
+		r = add_one(wk, dfd, names[i], child, depth, err);
 	}
 	strv_free(names, n);
 	return r;
@@ -232,7 +280,7 @@ int src_dir_read(const char *path, struct fwriter *w, struct src_meta *m,
 	};
 	int r = fwriter_add(w, "", &root, NULL, NULL, err);
 	if (r == 0)
-		r = walk_dir(&wk, dfd, "", err);
+		r = walk_dir(&wk, dfd, "", 1, err);
 	for (size_t i = 0; i < wk.n_seen; i++)
 		free(wk.seen[i].path);
 	free(wk.seen);
@@ -249,4 +297,35 @@ int src_dir_read(const char *path, struct fwriter *w, struct src_meta *m,
 	}
 	m->name = xstrdup(base ? base + 1 : copy);
 	return 0;
+}
+
+int fragment_walk_dir(const char *dir, int (*fn)(void *ctx, const struct fragment_entry *e),
+                      void *ctx, struct mosaic_error *err)
+{
+	_cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return mosaic_errorf(err, -errno, "%s: %m", dir);
+	struct stat st;
+	if (fstat(dfd, &st) < 0)
+		return mosaic_errorf(err, -errno, "%s: %m", dir);
+	static const struct fragment_create_options as_is = {0};
+	struct walk wk = {.root = dir,
+	                  .fn = fn,
+	                  .ctx = ctx,
+	                  .o = &as_is,
+	                  .xbuf = xmalloc(65536),
+	                  .vbuf = xmalloc(65536 * 4)};
+	_cleanup_free_ struct fxattr *xa = NULL;
+	size_t nx = 0;
+	int r = read_xattrs(&wk, dfd, ".", "", &xa, &nx, err);
+	if (r == 0)
+		r = visit(&wk, "", "", 0, &st, xa, nx, "", 0);
+	if (r == 0)
+		r = walk_dir(&wk, dfd, "", 1, err);
+	for (size_t i = 0; i < wk.n_seen; i++)
+		free(wk.seen[i].path);
+	free(wk.seen);
+	free(wk.xbuf);
+	free(wk.vbuf);
+	return r;
 }

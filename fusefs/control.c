@@ -166,7 +166,7 @@ static json_object *do_switch(struct daemon *d, json_object *req)
 	    json_object_object_get_ex(req, "rollback", &rb) && json_object_get_boolean(rb);
 	struct live_switch_result r;
 	struct mosaic_error err = {0};
-	int rc = live_switch(d, index, images, n, info, &r, &err);
+	int rc = live_switch(d, index, images, n, info, false, &r, &err);
 	free(images);
 	if (rc < 0) {
 		json_object_put(from);

@@ -27,6 +27,10 @@ struct fusefs_options {
 	bool foreground;
 	const char *fuse_options; /* extra -o options, comma separated; may be NULL */
 	json_object *info;        /* what the mount serves, for its state (may be NULL) */
+	/* Directories served live on top, in order (dev fragments): a change in one shows in
+	 * the mount at once. An image that is a directory is served live too. */
+	char *const *dev_dirs;
+	size_t n_dev;
 };
 
 const char *fusefs_writable_name(enum fusefs_writable w);

@@ -25,6 +25,7 @@ struct frag {
 	struct fragment_image *image; /* opened and verified on first use */
 	int error;                    /* a first use that failed fails every later one */
 	uint64_t refs;                /* the generations that use it; atomics */
+	bool dev;                     /* path is a directory served live (dev.c) */
 };
 
 /* One composition the daemon serves or served (live.c): its index and fragments, and the view
@@ -38,6 +39,7 @@ struct gen {
 	uint64_t refs;     /* view inodes on it, +1 while served; atomics */
 	uint64_t total_bytes;
 	char *index_path;
+	bool scratch;      /* index_path is the daemon's own (dev.c), removed with it */
 	json_object *info; /* what the switch request said of it (generation, label) */
 };
 
@@ -78,6 +80,10 @@ struct daemon {
 	int control_fd, control_stop[2]; /* control.c's socket and the pipe that stops it */
 	pthread_t control;
 	bool control_started;
+	int dev_fd, dev_stop[2]; /* dev.c's inotify and the pipe that stops its thread */
+	pthread_t dev_watch;
+	bool dev_started;
+	uint64_t dev_builds, dev_switches; /* atomics */
 	/* --writable=fuse: called by a switch with the view held still, before the view inodes
 	 * change meaning, so the upper can follow (upper.c) */
 	void (*on_switch)(struct daemon *d, const struct switch_plan *p);
@@ -160,9 +166,11 @@ struct live_switch_result {
 /* Switches the view to the index at index_path with its images: every fragment the served
  * generation does not have is verified and opened first (a failure changes nothing); the view
  * then changes at once, and the kernel is told exactly what changed before this returns.
- * info is kept with the generation (what status shows of it). */
+ * info is kept with the generation (what status shows of it); own_index: index_path is the
+ * daemon's own, removed when the generation goes. */
 int live_switch(struct daemon *d, const char *index_path, char *const *images, size_t n,
-                json_object *info, struct live_switch_result *res, struct mosaic_error *err);
+                json_object *info, bool own_index, struct live_switch_result *res,
+                struct mosaic_error *err);
 
 /* ---- ops.c: the read-only view's handlers ------------------------------------------------ */
 
@@ -219,3 +227,15 @@ void control_stop(struct daemon *d);
  * ok, else the error it gave (-EPERM for a caller it does not serve). */
 int fusefs_control(const char *state_dir, const char *mountpoint, json_object *req,
                    json_object **out, struct mosaic_error *err);
+
+/* ---- dev.c: live dev directories ----------------------------------------------------------- */
+
+/* Whether path is a directory (a live dev fragment among images). */
+bool dev_is_dir(const char *path);
+/* Builds, in the state directory, the index of images as they are now (directories walked
+ * live, the others described by the descriptor beside them); *index_path: caller frees. */
+int dev_compose(struct daemon *d, char *const *images, size_t n, char **index_path,
+                struct mosaic_error *err);
+/* Watches the served dev directories (if any) and switches to a new index on every change. */
+int dev_start(struct daemon *d, struct mosaic_error *err);
+void dev_stop(struct daemon *d);

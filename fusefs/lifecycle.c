@@ -259,6 +259,8 @@ static int serve(struct daemon *d, const struct fusefs_options *o, const char *m
 	struct mosaic_error cerr = {0};
 	if (control_start(d, &cerr) < 0) /* the mount serves; only switching is not possible */
 		fprintf(stderr, "mosaic: no control channel: %s\n", cerr.msg);
+	if (dev_start(d, &cerr) < 0) /* the mount serves dev directories as they were */
+		fprintf(stderr, "mosaic: dev directories are not watched: %s\n", cerr.msg);
 	struct ready rd = {.o = o,
 	                   .mountpoint = mountpoint,
 	                   .lower = lower,
@@ -274,6 +276,7 @@ static int serve(struct daemon *d, const struct fusefs_options *o, const char *m
 	int r = fuse_session_loop_mt(se, cfg);
 	fuse_loop_cfg_destroy(cfg);
 	pthread_join(t, NULL);
+	dev_stop(d);
 	control_stop(d);
 	d->se = NULL;
 	/* SIGTERM, or the view was unmounted: take down what is still mounted, upper first. */
@@ -396,10 +399,19 @@ int fusefs_mount(const struct fusefs_options *o, enum fusefs_writable *picked,
 	a.o.index_path = a.index_path = absolute(o->index_path);
 	a.o.upper = a.upper = absolute(o->upper);
 	a.o.work = a.work = absolute(o->work);
-	a.images = xcalloc(o->n_images ? o->n_images : 1, sizeof(*a.images));
+	a.images = xcalloc(o->n_images + o->n_dev + 1, sizeof(*a.images));
 	for (size_t i = 0; i < o->n_images; i++)
 		a.images[i] = absolute(o->images[i]);
+	for (size_t i = 0; i < o->n_dev; i++) {
+		char real[PATH_MAX];
+		if (!realpath(o->dev_dirs[i], real) || !dev_is_dir(real))
+			return mosaic_errorf(err, -ENOTDIR, "--dev %s: not a directory",
+			                     o->dev_dirs[i]);
+		a.images[o->n_images + i] = xstrdup(real);
+	}
 	a.o.images = a.images;
+	a.o.n_images = o->n_images + o->n_dev;
+	a.o.n_dev = 0;
 	return do_mount(&a.o, picked, err);
 }
 
@@ -445,12 +457,15 @@ static int do_mount(const struct fusefs_options *o, enum fusefs_writable *picked
 	if (r < 0)
 		return r;
 	uint32_t nf = compose_index_fragments(idx);
-	if (nf != o->n_images) {
+	bool live = false; /* with dev directories, the daemon builds its own index */
+	for (size_t i = 0; i < o->n_images; i++)
+		live |= dev_is_dir(o->images[i]);
+	if (nf != o->n_images && !live) {
 		compose_index_close(idx);
 		return mosaic_errorf(err, -EINVAL, "index has %u fragments, %zu images given", nf,
 		                     o->n_images);
 	}
-	for (uint32_t i = 0; i < nf; i++) {
+	for (uint32_t i = 0; i < nf && i < o->n_images; i++) {
 		if (access(o->images[i], R_OK) < 0) {
 			char dg[65];
 			compose_index_fragment_digest(idx, i, dg);

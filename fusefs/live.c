@@ -36,6 +36,8 @@ static struct frag *frag_new(const char *path, const char *digest)
 	f->path = xstrdup(path);
 	snprintf(f->digest, sizeof(f->digest), "%s", digest);
 	f->refs = 1;
+	struct stat st;
+	f->dev = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 	return f;
 }
 
@@ -48,6 +50,8 @@ static void gen_free(struct gen *g)
 	free(g->frags);
 	free(g->to_view);
 	compose_index_close(g->idx);
+	if (g->scratch)
+		unlink(g->index_path);
 	free(g->index_path);
 	json_object_put(g->info);
 	free(g);
@@ -169,10 +173,19 @@ int live_start(struct daemon *d, const char *index_path, char *const *images, si
 	pthread_rwlockattr_destroy(&a);
 	pthread_mutex_init(&d->switch_lock, NULL);
 	d->vchunks = xcalloc(VCHUNKS, sizeof(*d->vchunks));
+	/* Live dev directories among the fragments: the index is the daemon's own. */
+	_cleanup_free_ char *own = NULL;
+	for (size_t i = 0; i < n && !own; i++)
+		if (dev_is_dir(images[i])) {
+			int r = dev_compose(d, images, n, &own, err);
+			if (r < 0)
+				return r;
+		}
 	struct gen *g;
-	int r = gen_open(d, index_path, images, n, &g, err);
+	int r = gen_open(d, own ? own : index_path, images, n, &g, err);
 	if (r < 0)
 		return r;
+	g->scratch = own != NULL;
 	uint32_t ni = compose_index_inodes(g->idx);
 	d->next_vino = ni + 1;
 	vnode_reserve(d, ni);
@@ -273,9 +286,14 @@ static bool same_content(const struct plan *p, const struct compose_inode *a,
 		return false;
 	switch (a->mode & S_IFMT) {
 	case S_IFREG:
-		return a->size == b->size && a->frag_inode == b->frag_inode &&
-		       a->fragment < p->old->n_frags && b->fragment < p->new->n_frags &&
-		       p->old->frags[a->fragment] == p->new->frags[b->fragment];
+		if (a->size != b->size || a->frag_inode != b->frag_inode ||
+		    a->fragment >= p->old->n_frags || b->fragment >= p->new->n_frags ||
+		    p->old->frags[a->fragment] != p->new->frags[b->fragment])
+			return false;
+		/* A live file is the same file (frag_inode: its st_ino) written since: every
+		 * write moves its mtime. */
+		return !p->new->frags[b->fragment]->dev ||
+		       (a->mtime == b->mtime && a->mtime_nsec == b->mtime_nsec);
 	case S_IFLNK:
 		return a->data_len == b->data_len &&
 		       memcmp(compose_index_string(p->old->idx, a->data_off),
@@ -399,7 +417,7 @@ static int verify_new(struct daemon *d, struct gen *g, struct mosaic_error *err)
 {
 	for (size_t i = 0; i < g->n_frags; i++) {
 		struct frag *f = g->frags[i];
-		if (f->image)
+		if (f->image || f->dev) /* a dev directory is live and unsigned by design */
 			continue;
 		int r = d->keyring ? fragment_verify(d->keyring, f->path, NULL, err) : 0;
 		if (r == 0)
@@ -421,7 +439,8 @@ static double now_ms(void)
 }
 
 int live_switch(struct daemon *d, const char *index_path, char *const *images, size_t n,
-                json_object *info, struct live_switch_result *res, struct mosaic_error *err)
+                json_object *info, bool own_index, struct live_switch_result *res,
+                struct mosaic_error *err)
 {
 	*res = (struct live_switch_result){0};
 	double t0 = now_ms();
@@ -436,6 +455,7 @@ int live_switch(struct daemon *d, const char *index_path, char *const *images, s
 		return r;
 	}
 	g->info = json_object_get(info);
+	g->scratch = own_index;
 	struct plan p = {.d = d, .old = d->cur, .new = g, .next_vino = d->next_vino, .res = res};
 	uint32_t n_old = compose_index_inodes(p.old->idx), n_new = compose_index_inodes(g->idx);
 	p.claimed = xcalloc(n_old + 1, sizeof(*p.claimed));

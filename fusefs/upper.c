@@ -2484,9 +2484,8 @@ static uint64_t remap_where(struct daemon *d, const struct switch_plan *p, uint6
 	const struct compose_dirent *de = compose_index_dirents(p->old->idx, od, &n);
 	if (pos >= n)
 		return 0;
-	int64_t np = compose_index_find(p->new->idx, nd,
-	                                compose_index_string(p->old->idx, de[pos].name_off),
-	                                de[pos].name_len);
+	int64_t np = compose_index_find(
+	    p->new->idx, nd, compose_index_string(p->old->idx, de[pos].name_off), de[pos].name_len);
 	const struct compose_dirent *ne = compose_index_dirents(p->new->idx, nd, &nn);
 	if (np < 0 || p->claimed[de[pos].ino] != ne[np].ino)
 		return 0;

@@ -6,6 +6,7 @@
 #include "fusefs/internal.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -50,12 +51,34 @@ static int frag_use(struct daemon *d, struct frag *f)
 	return 0;
 }
 
+/* A file of a live dev directory, by the path the index recorded for it. */
+static int dev_open(const struct gen *g, const struct frag *f, const struct compose_inode *in)
+{
+	if (!in->data_len || in->data_len >= PATH_MAX)
+		return -EIO;
+	char rel[PATH_MAX];
+	memcpy(rel, compose_index_string(g->idx, in->data_off), in->data_len);
+	rel[in->data_len] = '\0';
+	_cleanup_free_ char *p = path_join(f->path, rel);
+	int fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
 int fusefs_frag_open(struct daemon *d, const struct gen *g, const struct compose_inode *in,
                      struct open_file **out)
 {
 	if (!S_ISREG(in->mode) || in->fragment >= g->n_frags)
 		return -EIO;
 	struct frag *f = g->frags[in->fragment];
+	if (f->dev) {
+		int fd = dev_open(g, f, in);
+		if (fd < 0)
+			return fd;
+		struct open_file *of = xcalloc(1, sizeof(*of));
+		of->fd = fd;
+		*out = of;
+		return 0;
+	}
 	struct open_file *of = calloc(1, sizeof(*of));
 	if (!of)
 		return -ENOMEM;
@@ -103,6 +126,15 @@ ssize_t fusefs_index_read(struct daemon *d, const struct gen *g, uint32_t ino, v
 	if (!S_ISREG(in->mode) || in->fragment >= g->n_frags)
 		return -EIO;
 	struct frag *f = g->frags[in->fragment];
+	if (f->dev) {
+		int fd = dev_open(g, f, in);
+		if (fd < 0)
+			return fd;
+		ssize_t n = pread(fd, buf, size, off);
+		n = n < 0 ? -errno : n;
+		close(fd);
+		return n;
+	}
 	pthread_mutex_lock(&f->lock);
 	ssize_t n = frag_use(d, f);
 	if (n == 0)
@@ -146,6 +178,9 @@ void daemon_write_stats(struct daemon *d)
 	json_object_object_add(
 	    o, "invalidations",
 	    json_object_new_int64(__atomic_load_n(&d->invalidations, __ATOMIC_RELAXED)));
+	json_object_object_add(
+	    o, "dev_switches",
+	    json_object_new_int64(__atomic_load_n(&d->dev_switches, __ATOMIC_RELAXED)));
 	daemon_write_json(d->state_dir, "stats.json", o);
 	json_object_put(o);
 	pthread_mutex_unlock(&d->stats_lock);
@@ -170,6 +205,11 @@ void daemon_write_state(struct daemon *d)
 	for (size_t i = 0; i < d->cur->n_frags; i++)
 		json_object_array_add(fr, json_object_new_string(d->cur->frags[i]->path));
 	json_object_object_add(s, "fragments", fr);
+	json_object *dev = json_object_new_array();
+	for (size_t i = 0; i < d->cur->n_frags; i++)
+		if (d->cur->frags[i]->dev)
+			json_object_array_add(dev, json_object_new_string(d->cur->frags[i]->path));
+	json_object_object_add(s, "dev", dev);
 	if (d->cur->info)
 		json_object_object_add(s, "generation", json_object_get(d->cur->info));
 	if (d->history)

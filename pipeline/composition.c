@@ -326,10 +326,9 @@ json_object *pipeline_composition_info(const struct pipeline_source *src,
 	json_object_object_add(o, "source", json_object_new_string(kinds[c->kind]));
 	if (c->kind == PIPELINE_FROM_MANIFEST || c->kind == PIPELINE_FROM_INDEX) {
 		char real[PATH_MAX];
-		json_object_object_add(o, "path",
-		                       json_object_new_string(realpath(src->args[0], real)
-		                                                  ? real
-		                                                  : src->args[0]));
+		json_object_object_add(
+		    o, "path",
+		    json_object_new_string(realpath(src->args[0], real) ? real : src->args[0]));
 	}
 	return o;
 }

@@ -23,6 +23,8 @@ static const char usage_mount[] =
     "      --writable=MODE     overlay (kernel overlayfs over the view) or fuse (the daemon's\n"
     "                          own copy-up); without it: overlay, else fuse if refused\n"
     "      --read-only         no upper layer\n"
+    "      --dev DIR           serve DIR live on top (repeatable): a change in it shows in\n"
+    "                          the mount at once, unsigned\n"
     "  -f, --foreground        serve in the foreground until unmounted\n"
     "  -o OPTIONS              extra FUSE mount options\n"
     "  -h, --help              show this help\n";
@@ -41,15 +43,16 @@ static const char usage_status[] = "Usage: mosaic status MOUNTPOINT [--json]\n"
                                    "upper_size and\n"
                                    "upper_entries in --json).\n";
 
-enum { OPT_UPPER = 256, OPT_WORK, OPT_WRITABLE, OPT_READ_ONLY };
+enum { OPT_UPPER = 256, OPT_WORK, OPT_WRITABLE, OPT_READ_ONLY, OPT_DEV };
 
-static int mount_cmd(int argc, char **argv, struct pipeline_source *src)
+static int mount_cmd(int argc, char **argv, struct pipeline_source *src, char ***devp)
 {
 	static const struct option opts[] = {CLI_SOURCE_OPTIONS,
 	                                     {"upper", required_argument, NULL, OPT_UPPER},
 	                                     {"work", required_argument, NULL, OPT_WORK},
 	                                     {"writable", required_argument, NULL, OPT_WRITABLE},
 	                                     {"read-only", no_argument, NULL, OPT_READ_ONLY},
+	                                     {"dev", required_argument, NULL, OPT_DEV},
 	                                     {"foreground", no_argument, NULL, 'f'},
 	                                     {"help", no_argument, NULL, 'h'},
 	                                     {}};
@@ -80,6 +83,11 @@ static int mount_cmd(int argc, char **argv, struct pipeline_source *src)
 			break;
 		case OPT_READ_ONLY:
 			read_only = true;
+			break;
+		case OPT_DEV:
+			*devp = xrealloc(*devp, (o.n_dev + 1) * sizeof(**devp));
+			(*devp)[o.n_dev++] = optarg;
+			o.dev_dirs = *devp;
 			break;
 		case 'f':
 			o.foreground = true;
@@ -124,7 +132,9 @@ static int mount_cmd(int argc, char **argv, struct pipeline_source *src)
 int cmd_mount(int argc, char **argv)
 {
 	struct pipeline_source src = {0};
-	int r = mount_cmd(argc, argv, &src);
+	char **dev = NULL;
+	int r = mount_cmd(argc, argv, &src, &dev);
+	free(dev);
 	cli_source_clear(&src);
 	return r;
 }
