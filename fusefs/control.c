@@ -166,7 +166,16 @@ static json_object *do_switch(struct daemon *d, json_object *req)
 	    json_object_object_get_ex(req, "rollback", &rb) && json_object_get_boolean(rb);
 	struct live_switch_result r;
 	struct mosaic_error err = {0};
-	int rc = live_switch(d, index, images, n, info, false, &r, &err);
+	/* Live dev directories among the images: the index is built here, with them. */
+	_cleanup_free_ char *own = NULL;
+	int rc = 0;
+	for (size_t i = 0; i < n && !own && rc == 0; i++)
+		if (dev_is_dir(images[i]))
+			rc = dev_compose(d, images, n, &own, &err);
+	if (rc == 0)
+		rc = live_switch(d, own ? own : index, images, n, info, own != NULL, &r, &err);
+	if (rc < 0 && own)
+		unlink(own);
 	free(images);
 	if (rc < 0) {
 		json_object_put(from);

@@ -3,6 +3,7 @@
 #include "pipeline/internal.h"
 
 #include <string.h>
+#include <sys/stat.h>
 
 struct export_progress {
 	struct pipeline_events *ev;
@@ -34,6 +35,19 @@ int pipeline_export(const struct pipeline_source *src, const char *upper,
 	if (upper && c->kind == PIPELINE_FROM_MOUNT) {
 		r = mosaic_errorf(err, -EINVAL, "a MOUNTPOINT has its own upper: no --upper");
 		goto out;
+	}
+	/* A live directory changes while it is read, and nothing signs it. */
+	for (size_t i = 0; i < c->n_images; i++) {
+		struct stat st;
+		if (stat(c->images[i], &st) == 0 && S_ISDIR(st.st_mode)) {
+			r = mosaic_errorf(
+			    err, -EINVAL,
+			    "%s serves the live dev directory %s, which export never reads: "
+			    "freeze it first ('mosaic build' of the manifest, or 'mosaic fragment "
+			    "create %s') and export that",
+			    src->args[0], c->images[i], c->images[i]);
+			goto out;
+		}
 	}
 	/* The SBOM lists the locked packages: the manifest's lock, or the one given. */
 	const char *lock_path = c->lock_path ? c->lock_path : src->lock;

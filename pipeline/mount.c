@@ -7,6 +7,43 @@
 #include <string.h>
 #include <sys/stat.h>
 
+/* A MANIFEST's fragments marked dev: true whose path is a directory are served live: the
+ * directory takes the place of the fragment the build froze from it. */
+static int serve_dev_live(struct composition *c, struct mosaic_error *err)
+{
+	json_object *frs = NULL;
+	if (c->kind != PIPELINE_FROM_MANIFEST ||
+	    !json_object_object_get_ex(c->model, "fragments", &frs) || !frs)
+		return 0;
+	struct lock l = {0};
+	bool have = false;
+	for (size_t i = 0; i < json_object_array_length(frs); i++) {
+		json_object *f = json_object_array_get_idx(frs, i);
+		const char *path = model_str(f, "path");
+		struct stat st;
+		if (!model_bool(f, "dev", false) || !path || stat(path, &st) < 0 ||
+		    !S_ISDIR(st.st_mode))
+			continue;
+		if (!have && lock_read(c->lock_path, &l, err) < 0)
+			return -EINVAL;
+		have = true;
+		for (size_t j = 0; l.fragments && j < json_object_array_length(l.fragments); j++) {
+			json_object *e = json_object_array_get_idx(l.fragments, j);
+			const char *source = model_str(e, "source"), *d = model_str(e, "digest");
+			if (!source || !d || strcmp(source, path) != 0)
+				continue;
+			for (size_t k = 0; k < c->n_images; k++)
+				if (strstr(c->images[k], d)) {
+					free(c->images[k]);
+					c->images[k] = xstrdup(path);
+				}
+		}
+	}
+	if (have)
+		lock_clear(&l);
+	return 0;
+}
+
 int pipeline_mount(const struct pipeline_source *src, const struct fusefs_options *o_in,
                    struct pipeline_mount_result *res, struct pipeline_events *ev,
                    struct mosaic_error *err)
@@ -27,6 +64,8 @@ int pipeline_mount(const struct pipeline_source *src, const struct fusefs_option
 	s.mountpoints = false;
 	struct composition *c = NULL;
 	r = pipeline_open(&s, &c, ev, err);
+	if (r == 0)
+		r = serve_dev_live(c, err);
 	if (r == 0) {
 		o.keyring = k;
 		o.index_path = c->index_path;

@@ -5,6 +5,7 @@
 
 #include <signal.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -41,12 +42,20 @@ static char **strv_of(json_object *arr, size_t *n)
 	return v;
 }
 
+static bool is_dir(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 /* The fragment among images (verified against k) named name; -1 when none is. */
 static ssize_t find_named(struct keyring *k, char **images, size_t n, const char *name,
                           struct mosaic_error *err)
 {
 	for (size_t i = 0; i < n; i++) {
 		struct fragment_descriptor d;
+		if (is_dir(images[i]))
+			continue; /* a live dev directory: no descriptor, no name */
 		if (fragment_verify(k, images[i], &d, err) < 0)
 			return -1;
 		bool hit = strcmp(d.name, name) == 0;
@@ -204,11 +213,18 @@ int pipeline_switch(const struct pipeline_switch_options *o, struct pipeline_swi
 		s.open_index = false;
 		r = pipeline_open(&s, &c, ev, err);
 		if (r == 0) {
+			/* The live dev directories the mount serves stay on top. */
+			json_object *dev = NULL;
+			json_object_object_get_ex(state, "dev", &dev);
+			size_t nd = dev ? json_object_array_length(dev) : 0;
 			index = xstrdup(c->index_path);
-			images = xcalloc(c->n_images + 1, sizeof(*images));
+			images = xcalloc(c->n_images + nd + 1, sizeof(*images));
 			for (size_t i = 0; i < c->n_images; i++)
 				images[i] = xstrdup(c->images[i]);
 			n = c->n_images;
+			for (size_t i = 0; i < nd; i++)
+				images[n++] = xstrdup(
+				    json_object_get_string(json_object_array_get_idx(dev, i)));
 			info = pipeline_composition_info(&s, c);
 		}
 	} else {
@@ -216,8 +232,14 @@ int pipeline_switch(const struct pipeline_switch_options *o, struct pipeline_swi
 		size_t nl = 0;
 		r = edited(o, state, &list, &nl, err);
 		if (r == 0) {
+			/* The index is of the fragments; the daemon adds live dev directories. */
+			_cleanup_free_ char **plain = xcalloc(nl + 1, sizeof(*plain));
+			size_t np = 0;
+			for (size_t i = 0; i < nl; i++)
+				if (!is_dir(list[i]))
+					plain[np++] = list[i];
 			struct pipeline_source s = {
-			    .args = list, .n_args = nl, .store = o->store, .keyring = o->keyring};
+			    .args = plain, .n_args = np, .store = o->store, .keyring = o->keyring};
 			r = pipeline_open(&s, &c, ev, err);
 		}
 		if (r == 0) {

@@ -2,6 +2,7 @@
 #include "tools/cli.h"
 
 #include <string.h>
+#include <time.h>
 
 static const char usage_mount[] =
     "Usage: mosaic mount (MANIFEST | INDEX | FRAGMENT...) MOUNTPOINT [OPTIONS]\n"
@@ -37,7 +38,9 @@ static const char usage_umount[] = "Usage: mosaic umount MOUNTPOINT [--lazy]\n"
 
 static const char usage_status[] = "Usage: mosaic status MOUNTPOINT [--json]\n"
                                    "\n"
-                                   "Shows the daemon's mode, fragments, fragment opens, "
+                                   "Shows the daemon's mode, fragments, what it serves (and "
+                                   "its live dev\n"
+                                   "directories), the switches made, fragment opens, "
                                    "and the upper's\n"
                                    "path and size (bytes allocated, hard links once: "
                                    "upper_size and\n"
@@ -188,7 +191,40 @@ int cmd_status(int argc, char **argv)
 		printf("index:          %s\n", GET("index"));
 		json_object_object_get_ex(s, "fragments", &v);
 		printf("fragments:      %zu\n", v ? json_object_array_length(v) : 0);
+		json_object *g;
+		if (json_object_object_get_ex(s, "generation", &g) && g) {
+			json_object *x;
+			printf("serving:        %s", json_object_object_get_ex(g, "source", &x)
+			                                 ? json_object_get_string(x)
+			                                 : "?");
+			if (json_object_object_get_ex(g, "path", &x))
+				printf(" %s", json_object_get_string(x));
+			if (json_object_object_get_ex(g, "generation", &x))
+				printf(", generation %s", json_object_get_string(x));
+			printf("\n");
+		}
+		json_object_object_get_ex(s, "dev", &v);
+		for (size_t i = 0; v && i < json_object_array_length(v); i++)
+			printf("dev:            %s (live, unsigned)\n",
+			       json_object_get_string(json_object_array_get_idx(v, i)));
 		printf("fragment opens: %s\n", GET("fragment_opens"));
+		printf("invalidations:  %s\n", GET("invalidations"));
+		json_object_object_get_ex(s, "history", &v);
+		size_t nh = v ? json_object_array_length(v) : 0;
+		printf("switches:       %zu\n", nh);
+		for (size_t i = nh > 10 ? nh - 10 : 0; i < nh; i++) {
+			json_object *e = json_object_array_get_idx(v, i), *t, *why, *ms;
+			char when[32] = "?";
+			if (json_object_object_get_ex(e, "time", &t)) {
+				time_t tt = json_object_get_int64(t);
+				strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", localtime(&tt));
+			}
+			json_object_object_get_ex(e, "reason", &why);
+			json_object_object_get_ex(e, "ms", &ms);
+			printf("  %s  %s (%.1f ms)\n", when,
+			       why ? json_object_get_string(why) : "?",
+			       ms ? json_object_get_double(ms) : 0.0);
+		}
 #undef GET
 	}
 	json_object_put(s);
