@@ -80,6 +80,14 @@ struct daemon {
 	int control_fd, control_stop[2]; /* control.c's socket and the pipe that stops it */
 	pthread_t control;
 	bool control_started;
+	/* loop.c: the threads serving the session */
+	pthread_t workers[8];
+	bool workers_up, loop_stop;
+	uint32_t loop_running; /* atomics */
+	int loop_wake[2];
+	pthread_mutex_t loop_lock;
+	void *init_req; /* the connection's FUSE_INIT request, as the kernel sent it */
+	size_t init_len;
 	int dev_fd, dev_stop[2]; /* dev.c's inotify and the pipe that stops its thread */
 	pthread_t dev_watch;
 	bool dev_started;
@@ -239,3 +247,19 @@ int dev_compose(struct daemon *d, char *const *images, size_t n, char **index_pa
 /* Watches the served dev directories (if any) and switches to a new index on every change. */
 int dev_start(struct daemon *d, struct mosaic_error *err);
 void dev_stop(struct daemon *d);
+
+/* ---- loop.c: serving the session ------------------------------------------------------------ */
+
+enum { LOOP_ENDED, LOOP_HANDED_OVER };
+/* Serves d->se with a pool of threads until SIGTERM, SIGINT or SIGHUP, the end of the mount,
+ * or a handover (loop_handed_over); LOOP_ENDED or LOOP_HANDED_OVER. */
+int loop_run(struct daemon *d);
+/* From another thread: stop taking requests; returns once none is being served (every one
+ * read was answered). loop_resume takes them again. */
+void loop_pause(struct daemon *d);
+void loop_resume(struct daemon *d);
+/* Ends loop_run (after loop_pause) with LOOP_HANDED_OVER: another daemon serves the session. */
+void loop_handed_over(struct daemon *d);
+/* A new daemon's session learns the connection's terms from the FUSE_INIT request the old one
+ * kept (d->init_req), without the kernel: libfuse answers it, the kernel drops the answer. */
+int loop_replay_init(struct daemon *d, const void *req, size_t len);

@@ -244,11 +244,10 @@ static int serve(struct daemon *d, const struct fusefs_options *o, const char *m
 		upper_close(d);
 		return 1;
 	}
-	if (fuse_set_signal_handlers(se) < 0 || fuse_session_mount(se, target) < 0) {
+	if (fuse_session_mount(se, target) < 0) {
 		snprintf(msg, sizeof(msg), "mounting the view at %.1000s failed: %s\n", target,
 		         strerror(errno));
 		say(pipe_fd, msg);
-		fuse_remove_signal_handlers(se);
 		fuse_session_destroy(se);
 		upper_close(d);
 		return 1;
@@ -270,11 +269,7 @@ static int serve(struct daemon *d, const struct fusefs_options *o, const char *m
 	                   .may_fall_back = may_fall_back};
 	pthread_t t;
 	pthread_create(&t, NULL, ready_thread, &rd);
-	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
-	fuse_loop_cfg_set_max_threads(cfg, 16);
-	fuse_loop_cfg_set_idle_threads(cfg, 4);
-	int r = fuse_session_loop_mt(se, cfg);
-	fuse_loop_cfg_destroy(cfg);
+	int r = loop_run(d);
 	pthread_join(t, NULL);
 	dev_stop(d);
 	control_stop(d);
@@ -283,7 +278,6 @@ static int serve(struct daemon *d, const struct fusefs_options *o, const char *m
 	if (rd.overlay_mounted && is_mountpoint(mountpoint))
 		umount2(mountpoint, MNT_DETACH);
 	fuse_session_unmount(se);
-	fuse_remove_signal_handlers(se);
 	/* No request runs any more: the upper is flushed and let go. */
 	upper_close(d);
 	fuse_session_destroy(se);
@@ -322,6 +316,7 @@ static int daemon_main(const struct fusefs_options *o, const char *mountpoint,
 	struct mosaic_error err = {0};
 	_cleanup_free_ char *lower = path_join(state_dir, "lower");
 	struct daemon d = {.keyring = o->keyring,
+	                   .loop_lock = PTHREAD_MUTEX_INITIALIZER,
 	                   .state_dir = xstrdup(state_dir),
 	                   .timeout = 86400,
 	                   .mountpoint = mountpoint,
@@ -361,6 +356,7 @@ static int daemon_main(const struct fusefs_options *o, const char *mountpoint,
 	live_stop(&d);
 	json_object_put(d.history);
 	json_object_put(d.previous);
+	free(d.init_req);
 	free(d.fallback);
 	remove_state(state_dir);
 	free(d.state_dir);
