@@ -74,6 +74,10 @@ struct daemon {
 	double timeout;   /* entry and attribute timeout: changes come with invalidations */
 	struct upper *up; /* --writable=fuse: the daemon's own upper layer (upper.c); else NULL */
 	enum fusefs_writable mode;
+	struct handle_slot **hchunks; /* [HCHUNKS] of HCHUNK_SIZE: fi->fh - 1 */
+	uint64_t last_handle, *free_handles;
+	size_t n_free_handles, cap_free_handles;
+	pthread_mutex_t handles_lock;
 	json_object *history;  /* the switches done, oldest first (state.json) */
 	json_object *previous; /* what was served before each switch not undone, newest last */
 	pthread_mutex_t switch_lock;     /* one switch at a time */
@@ -97,12 +101,24 @@ struct daemon {
 	void (*on_switch)(struct daemon *d, const struct switch_plan *p);
 };
 
-/* An open regular file: an upper file (fd) or a file inside a fragment. */
+/* An open regular file: an upper file or a live dev file (fd), or a file inside a fragment. */
 struct open_file {
-	int fd; /* the upper file, or -1 */
+	int fd; /* the upper or dev file, or -1 */
 	struct frag *frag;
 	struct fragment_file *file;
+	fuse_ino_t ino;  /* the view inode it was opened as */
+	int open_flags; /* as open(2) got them */
 };
+
+/* What a fi->fh value is: a slot of the daemon's handle table (view.c), so that a daemon
+ * taking over the session can give every handle the kernel holds the same meaning. */
+enum handle_kind { HANDLE_NONE, HANDLE_FILE, HANDLE_DIR };
+struct handle_slot {
+	void *p;
+	enum handle_kind kind;
+};
+#define HCHUNK_SIZE 4096u
+#define HCHUNKS     (1u << 20)
 
 /* The files of fusefs/ stack one way: view.c at the bottom, the read-only handlers (ops.c) on
  * the view, the upper's handlers (upper.c) on both, the lifecycle (lifecycle.c) on top. Each
@@ -124,6 +140,11 @@ ssize_t fusefs_index_read(struct daemon *d, const struct gen *g, uint32_t ino, v
                           size_t size, off_t off);
 /* Closes the upper fd or the fragment file and frees of (NULL is fine). */
 void fusefs_open_file_free(struct open_file *of);
+/* A new fi->fh for p; what a fi->fh is; and taking it out of the table (release). */
+uint64_t handle_put(struct daemon *d, void *p, enum handle_kind kind);
+void *handle_get(struct daemon *d, uint64_t fh);
+void *handle_take(struct daemon *d, uint64_t fh);
+void handles_free(struct daemon *d);
 /* Writes o as <dir>/<name>, pretty-printed, atomically. */
 int daemon_write_json(const char *dir, const char *name, json_object *o);
 /* Rewrites <state_dir>/stats.json from the counters. */

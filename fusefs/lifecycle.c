@@ -317,6 +317,8 @@ static int daemon_main(const struct fusefs_options *o, const char *mountpoint,
 	_cleanup_free_ char *lower = path_join(state_dir, "lower");
 	struct daemon d = {.keyring = o->keyring,
 	                   .loop_lock = PTHREAD_MUTEX_INITIALIZER,
+	                   .handles_lock = PTHREAD_MUTEX_INITIALIZER,
+	                   .hchunks = xcalloc(HCHUNKS, sizeof(struct handle_slot *)),
 	                   .state_dir = xstrdup(state_dir),
 	                   .timeout = 86400,
 	                   .mountpoint = mountpoint,
@@ -357,6 +359,7 @@ static int daemon_main(const struct fusefs_options *o, const char *mountpoint,
 	json_object_put(d.history);
 	json_object_put(d.previous);
 	free(d.init_req);
+	handles_free(&d);
 	free(d.fallback);
 	remove_state(state_dir);
 	free(d.state_dir);

@@ -215,7 +215,9 @@ void fusefs_index_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	int r = in ? fusefs_frag_open(d, g, in, &of) : -ENOENT;
 	if (r < 0)
 		return (void)fuse_reply_err(req, -r);
-	fi->fh = (uintptr_t)of;
+	of->ino = ino;
+	of->open_flags = fi->flags;
+	fi->fh = handle_put(d, of, HANDLE_FILE);
 	/* Fragment content never changes: keep the page cache across opens. */
 	fi->keep_cache = 1;
 	fuse_reply_open(req, fi);
@@ -238,7 +240,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
 	struct daemon *d = D(req);
-	struct open_file *of = (void *)(uintptr_t)fi->fh;
+	struct open_file *of = fi ? handle_get(d, fi->fh) : NULL;
 	if (of && of->fd >= 0) {
 		/* An upper file (--writable=fuse): libfuse splices straight from it. */
 		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
@@ -274,7 +276,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	fusefs_open_file_free((void *)(uintptr_t)fi->fh);
+	fusefs_open_file_free(handle_take(D(req), fi->fh));
 	fuse_reply_err(req, 0);
 }
 

@@ -1559,7 +1559,7 @@ static void up_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fusefs_index_stat(vx_inode(d, n->origin), n->origin, &st);
 		return (void)fuse_reply_attr(req, &st, d->timeout);
 	}
-	struct open_file *of = fi ? (void *)(uintptr_t)fi->fh : NULL;
+	struct open_file *of = fi ? handle_get(D(req), fi->fh) : NULL;
 	_cleanup_close_ int own = -1;
 	int fd = of && of->fd >= 0 ? of->fd : (own = node_fd(d->up, n));
 	if (fd < 0)
@@ -1576,7 +1576,7 @@ static void up_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
                        struct fuse_file_info *fi)
 {
 	struct daemon *d = D(req);
-	struct open_file *of = fi ? (void *)(uintptr_t)fi->fh : NULL;
+	struct open_file *of = fi ? handle_get(D(req), fi->fh) : NULL;
 	uint64_t limit = to_set & FUSE_SET_ATTR_SIZE ? (uint64_t)attr->st_size : NO_LIMIT;
 	_cleanup_close_ int fd = -1;
 	fuse_ino_t real;
@@ -1791,12 +1791,13 @@ static void reply_open_file(fuse_req_t req, struct fuse_file_info *fi, int fd, b
 		return reply_err(req, -ENOMEM);
 	}
 	of->fd = fd;
-	fi->fh = (uintptr_t)of;
+	of->open_flags = fi->flags;
+	fi->fh = handle_put(D(req), of, HANDLE_FILE);
 	/* The upper file may differ from what the page cache holds for this inode. */
 	fi->keep_cache = 0;
 	int r = create ? fuse_reply_create(req, e, fi) : fuse_reply_open(req, fi);
 	if (r == -ENOENT) /* the open was interrupted: no release will come */
-		fusefs_open_file_free(of);
+		fusefs_open_file_free(handle_take(D(req), fi->fh));
 }
 
 static void up_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -1845,7 +1846,7 @@ static void up_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void up_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in_buf, off_t off,
                          struct fuse_file_info *fi)
 {
-	struct open_file *of = (void *)(uintptr_t)fi->fh;
+	struct open_file *of = handle_get(D(req), fi->fh);
 	if (of->fd < 0)
 		return reply_err(req, -EBADF);
 	struct fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in_buf));
@@ -1860,7 +1861,7 @@ static void up_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in_
 
 static void up_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct open_file *of = (void *)(uintptr_t)fi->fh;
+	struct open_file *of = handle_get(D(req), fi->fh);
 	int r = 0;
 	if (of->fd >= 0) {
 		/* what close(2) of the upper file would report (NFS, quotas) */
@@ -1872,7 +1873,7 @@ static void up_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 static void up_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-	struct open_file *of = (void *)(uintptr_t)fi->fh;
+	struct open_file *of = handle_get(D(req), fi->fh);
 	int r = 0;
 	if (of->fd >= 0)
 		r = (datasync ? fdatasync(of->fd) : fsync(of->fd)) < 0 ? -errno : 0;
@@ -1882,7 +1883,7 @@ static void up_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 static void up_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
                          struct fuse_file_info *fi)
 {
-	struct open_file *of = (void *)(uintptr_t)fi->fh;
+	struct open_file *of = handle_get(D(req), fi->fh);
 	if (of->fd < 0)
 		return reply_err(req, -EBADF);
 	reply_err(req, fallocate(of->fd, mode, off, len) < 0 ? -errno : 0);
@@ -2157,9 +2158,9 @@ static void up_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct dir_handle *h = calloc(1, sizeof(*h));
 	if (!h)
 		return reply_err(req, -ENOMEM);
-	fi->fh = (uintptr_t)h;
+	fi->fh = handle_put(d, h, HANDLE_DIR);
 	if (fuse_reply_open(req, fi) == -ENOENT)
-		free(h);
+		free(handle_take(d, fi->fh));
 }
 
 /* An index directory listed with readdirplus hands each entry to the kernel under the node id it
@@ -2179,7 +2180,7 @@ static void up_readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t
 	_cleanup_close_ int dfd = node_fd(d->up, n);
 	if (dfd < 0)
 		return reply_err(req, dfd);
-	struct dir_handle *h = (void *)(uintptr_t)fi->fh;
+	struct dir_handle *h = handle_get(d, fi->fh);
 	if (off == 0 || !h->loaded) {
 		int r = dir_load(d, n, dfd, h);
 		if (r < 0)
@@ -2243,8 +2244,9 @@ static void up_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 
 static void up_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct dir_handle *h = (void *)(uintptr_t)fi->fh;
-	dir_handle_clear(h);
+	struct dir_handle *h = handle_take(D(req), fi->fh);
+	if (h)
+		dir_handle_clear(h);
 	free(h);
 	fuse_reply_err(req, 0);
 }

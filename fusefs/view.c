@@ -219,3 +219,69 @@ void daemon_write_state(struct daemon *d)
 	daemon_write_json(d->state_dir, "state.json", s);
 	json_object_put(s);
 }
+
+/* ---- open handles --------------------------------------------------------------------------- */
+
+static struct handle_slot *handle_slot(struct daemon *d, uint64_t fh)
+{
+	if (fh == 0 || fh > HCHUNKS * (uint64_t)HCHUNK_SIZE)
+		return NULL;
+	struct handle_slot *c = __atomic_load_n(&d->hchunks[(fh - 1) / HCHUNK_SIZE], __ATOMIC_ACQUIRE);
+	return c ? &c[(fh - 1) % HCHUNK_SIZE] : NULL;
+}
+
+uint64_t handle_put(struct daemon *d, void *p, enum handle_kind kind)
+{
+	pthread_mutex_lock(&d->handles_lock);
+	uint64_t fh;
+	if (d->n_free_handles)
+		fh = d->free_handles[--d->n_free_handles];
+	else
+		fh = ++d->last_handle;
+	size_t c = (fh - 1) / HCHUNK_SIZE;
+	if (c >= HCHUNKS)
+		abort(); /* 2^32 open handles */
+	if (!d->hchunks[c])
+		__atomic_store_n(&d->hchunks[c], xcalloc(HCHUNK_SIZE, sizeof(struct handle_slot)),
+		                 __ATOMIC_RELEASE);
+	*handle_slot(d, fh) = (struct handle_slot){.p = p, .kind = kind};
+	pthread_mutex_unlock(&d->handles_lock);
+	return fh;
+}
+
+void *handle_get(struct daemon *d, uint64_t fh)
+{
+	struct handle_slot *s = handle_slot(d, fh);
+	return s ? s->p : NULL;
+}
+
+void *handle_take(struct daemon *d, uint64_t fh)
+{
+	pthread_mutex_lock(&d->handles_lock);
+	struct handle_slot *s = handle_slot(d, fh);
+	void *p = s ? s->p : NULL;
+	if (p) {
+		*s = (struct handle_slot){0};
+		if (d->n_free_handles == d->cap_free_handles) {
+			d->cap_free_handles = d->cap_free_handles ? 2 * d->cap_free_handles : 64;
+			d->free_handles = xrealloc(d->free_handles,
+			                           d->cap_free_handles * sizeof(*d->free_handles));
+		}
+		d->free_handles[d->n_free_handles++] = fh;
+	}
+	pthread_mutex_unlock(&d->handles_lock);
+	return p;
+}
+
+void handles_free(struct daemon *d)
+{
+	if (!d->hchunks)
+		return;
+	for (size_t c = 0; c < HCHUNKS; c++)
+		free(d->hchunks[c]);
+	free(d->hchunks);
+	d->hchunks = NULL;
+	free(d->free_handles);
+	d->free_handles = NULL;
+	d->n_free_handles = d->cap_free_handles = 0;
+}
