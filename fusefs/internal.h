@@ -106,7 +106,7 @@ struct open_file {
 	int fd; /* the upper or dev file, or -1 */
 	struct frag *frag;
 	struct fragment_file *file;
-	fuse_ino_t ino;  /* the view inode it was opened as */
+	fuse_ino_t ino; /* the view inode it was opened as */
 	int open_flags; /* as open(2) got them */
 };
 
@@ -256,6 +256,11 @@ void control_stop(struct daemon *d);
  * ok, else the error it gave (-EPERM for a caller it does not serve). */
 int fusefs_control(const char *state_dir, const char *mountpoint, json_object *req,
                    json_object **out, struct mosaic_error *err);
+
+/* The view's generations and view inodes into out (and files beside the state), for a daemon
+ * that takes over the session; live_restore is that daemon's live_start. */
+int live_save(struct daemon *d, json_object *out, struct mosaic_error *err);
+int live_restore(struct daemon *d, json_object *in, struct mosaic_error *err);
 
 /* ---- dev.c: live dev directories ----------------------------------------------------------- */
 

@@ -525,3 +525,170 @@ int live_switch(struct daemon *d, const char *index_path, char *const *images, s
 	pthread_mutex_unlock(&d->switch_lock);
 	return 0;
 }
+
+/* ---- handing the view to another daemon ----------------------------------------------------- */
+
+struct saved_vnode {
+	uint32_t gen; /* 1 + the generation's place in "gens"; 0: unused */
+	uint32_t ino;
+	uint64_t nlookup, last_name;
+};
+
+static char *handover_file(struct daemon *d, const char *name)
+{
+	return path_join(d->state_dir, name);
+}
+
+static int write_blob(const char *path, const void *p, size_t len, struct mosaic_error *err)
+{
+	int r = write_file_atomic(path, p, len, 0600);
+	return r < 0 ? mosaic_errorf(err, r, "%s: %s", path, strerror(-r)) : 0;
+}
+
+int live_save(struct daemon *d, json_object *out, struct mosaic_error *err)
+{
+	/* The generations still in use: the served one and those the kernel still holds. */
+	struct gen **gens = NULL;
+	size_t n = 0;
+	for (fuse_ino_t v = 0; v < d->next_vino; v++) {
+		struct vnode *vn = v ? view_node(d, v) : NULL;
+		struct gen *g = v ? (vn ? vn->gen : NULL) : d->cur;
+		if (!g)
+			continue;
+		size_t i = 0;
+		while (i < n && gens[i] != g)
+			i++;
+		if (i == n) {
+			gens = xrealloc(gens, (n + 1) * sizeof(*gens));
+			gens[n++] = g;
+		}
+	}
+	json_object *arr = json_object_new_array();
+	int r = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		struct gen *g = gens[i];
+		json_object *o = json_object_new_object(), *imgs = json_object_new_array();
+		json_object_object_add(o, "index", json_object_new_string(g->index_path));
+		for (size_t j = 0; j < g->n_frags; j++)
+			json_object_array_add(imgs, json_object_new_string(g->frags[j]->path));
+		json_object_object_add(o, "images", imgs);
+		json_object_object_add(o, "info", json_object_get(g->info));
+		json_object_object_add(o, "scratch", json_object_new_boolean(g->scratch));
+		if (g->to_view) {
+			_cleanup_free_ char *name = xasprintf("handover-map-%zu", i);
+			_cleanup_free_ char *p = handover_file(d, name);
+			r = write_blob(p, g->to_view,
+			               (compose_index_inodes(g->idx) + 1) * sizeof(*g->to_view),
+			               err);
+			json_object_object_add(o, "map", json_object_new_string(p));
+		}
+		json_object_array_add(arr, o);
+	}
+	json_object_object_add(out, "gens", arr);
+	json_object_object_add(out, "next_vino", json_object_new_int64(d->next_vino));
+	struct saved_vnode *sv = xcalloc(d->next_vino, sizeof(*sv));
+	for (fuse_ino_t v = 1; v < d->next_vino; v++) {
+		struct vnode *vn = view_node(d, v);
+		if (!vn || !vn->gen)
+			continue;
+		size_t i = 0;
+		while (gens[i] != vn->gen)
+			i++;
+		sv[v] = (struct saved_vnode){i + 1, vn->ino, vn->nlookup, vn->last_name};
+	}
+	_cleanup_free_ char *p = handover_file(d, "handover-vnodes");
+	if (r == 0)
+		r = write_blob(p, sv, d->next_vino * sizeof(*sv), err);
+	json_object_object_add(out, "vnodes", json_object_new_string(p));
+	free(sv);
+	free(gens);
+	return r;
+}
+
+int live_restore(struct daemon *d, json_object *in, struct mosaic_error *err)
+{
+	pthread_rwlockattr_t a;
+	pthread_rwlockattr_init(&a);
+	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&d->live, &a);
+	pthread_rwlockattr_destroy(&a);
+	pthread_mutex_init(&d->switch_lock, NULL);
+	d->vchunks = xcalloc(VCHUNKS, sizeof(*d->vchunks));
+	json_object *arr, *v;
+	if (!json_object_object_get_ex(in, "gens", &arr) || !json_object_array_length(arr) ||
+	    !json_object_object_get_ex(in, "next_vino", &v))
+		return mosaic_errorf(err, -EINVAL, "the handover names no generation");
+	size_t n = json_object_array_length(arr);
+	struct gen **gens = xcalloc(n, sizeof(*gens));
+	int r = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		json_object *o = json_object_array_get_idx(arr, i), *x;
+		json_object_object_get_ex(o, "images", &x);
+		size_t ni = x ? json_object_array_length(x) : 0;
+		char **imgs = xcalloc(ni + 1, sizeof(*imgs));
+		for (size_t j = 0; j < ni; j++)
+			imgs[j] = (char *)json_object_get_string(json_object_array_get_idx(x, j));
+		json_object_object_get_ex(o, "index", &x);
+		/* Fragments shared between generations are opened once: d->cur is the last one
+		 * restored, which gen_open shares with. */
+		r = gen_open(d, json_object_get_string(x), imgs, ni, &gens[i], err);
+		free(imgs);
+		if (r < 0)
+			break;
+		gens[i]->refs = 0;
+		if (json_object_object_get_ex(o, "info", &x) && x)
+			gens[i]->info = json_object_get(x);
+		gens[i]->scratch =
+		    json_object_object_get_ex(o, "scratch", &x) && json_object_get_boolean(x);
+		if (json_object_object_get_ex(o, "map", &x) && x) {
+			_cleanup_free_ char *blob = NULL;
+			size_t len,
+			    want = (compose_index_inodes(gens[i]->idx) + 1) * sizeof(uint32_t);
+			r = read_file(json_object_get_string(x), want + 1, &blob, &len);
+			if (r < 0 || len != want) {
+				r = mosaic_errorf(err, r < 0 ? r : -EINVAL, "%s: not the map of %s",
+				                  json_object_get_string(x), gens[i]->index_path);
+				break;
+			}
+			gens[i]->to_view = xmalloc(want);
+			memcpy(gens[i]->to_view, blob, want);
+		}
+		if (i == 0)
+			d->cur = gens[0]; /* the served one is first */
+	}
+	d->next_vino = json_object_get_int64(v);
+	json_object_object_get_ex(in, "vnodes", &v);
+	_cleanup_free_ char *blob = NULL;
+	size_t len = 0;
+	if (r == 0 && (r = read_file(json_object_get_string(v), (size_t)d->next_vino * 32 + 1,
+	                             &blob, &len)) < 0)
+		r = mosaic_errorf(err, r, "the handover's view inodes: %s", strerror(-r));
+	if (r == 0 && len != d->next_vino * sizeof(struct saved_vnode))
+		r = mosaic_errorf(err, -EINVAL, "the handover's view inodes are cut short");
+	if (r == 0) {
+		vnode_reserve(d, d->next_vino);
+		const struct saved_vnode *sv = (const void *)blob;
+		for (fuse_ino_t x = 1; x < d->next_vino; x++) {
+			if (!sv[x].gen || sv[x].gen > n)
+				continue;
+			struct gen *g = gens[sv[x].gen - 1];
+			*view_node(d, x) = (struct vnode){.gen = g,
+			                                  .ino = sv[x].ino,
+			                                  .nlookup = sv[x].nlookup,
+			                                  .last_name = sv[x].last_name};
+			if (g != gens[0])
+				g->refs++;
+		}
+		gens[0]->refs++;
+		d->cur = gens[0];
+		d->idx = gens[0]->idx;
+	}
+	if (r < 0) {
+		for (size_t i = 0; i < n; i++)
+			if (gens[i])
+				gen_free(gens[i]);
+		d->cur = NULL;
+	}
+	free(gens);
+	return r;
+}
