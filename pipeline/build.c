@@ -45,6 +45,7 @@ static void build_clear(struct build *b)
 	repos_clear(&b->rs);
 	provider_pool_free(&b->ctx);
 	json_object_put(b->model);
+	free(b->history);
 	free(b->lock_path);
 	free(b->sign_key);
 	free(b->cache);
@@ -58,8 +59,9 @@ static int build_open(struct build *b, struct mosaic_error *err)
 		return r;
 	if ((r = pipeline_manifest_load(b->o->manifest, b->o->facts, &b->model, err)) < 0)
 		return r;
+	b->history = pipeline_history_name(b->o->manifest, b->model, b->o->facts);
 	b->lock_path = b->o->lock_path ? xstrdup(b->o->lock_path)
-	                               : pipeline_lock_path(b->o->manifest, b->model);
+	                               : pipeline_lock_path(b->o->manifest, b->model, b->o->facts);
 	b->cache = mosaic_cache_dir();
 	b->ctx = (struct provider_ctx){
 	    .cache_dir = b->cache,

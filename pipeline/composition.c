@@ -227,7 +227,8 @@ static int from_manifest(const char *manifest, const struct pipeline_source *src
 	int r = pipeline_manifest_load(manifest, src->facts, &c->model, err);
 	if (r < 0)
 		return r;
-	c->lock_path = src->lock ? xstrdup(src->lock) : pipeline_lock_path(manifest, c->model);
+	c->lock_path =
+	    src->lock ? xstrdup(src->lock) : pipeline_lock_path(manifest, c->model, src->facts);
 	struct lock l = {0};
 	if ((r = lock_read(c->lock_path, &l, err)) < 0)
 		return mosaic_error_prefix(err, "run 'mosaic build %s' first", manifest);

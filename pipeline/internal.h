@@ -24,6 +24,13 @@ bool pipeline_is_index(const char *path);
 /* The number of CPUs online (at least 1). */
 unsigned pipeline_cpus(void);
 
+/* ---- generations (generation.c, generation-record.c) -------------------------------------- */
+
+#define PIPELINE_HISTORY_MAX 200
+/* Whether s can name a history: a letter or digit, then letters, digits and . _ + = , @ -, at
+ * most PIPELINE_HISTORY_MAX; so never a path, nor hidden. */
+bool pipeline_history_valid(const char *s);
+
 /* ---- the lock's fragments (order.c) ------------------------------------------------------- */
 
 /* The package fragments' digests in lock order (borrowed from the lock); caller frees the
@@ -67,6 +74,7 @@ struct build {
 	const struct pipeline_build_options *o;
 	struct pipeline_events *ev;
 	json_object *model;
+	char *history; /* pipeline_history_name of the manifest and its facts */
 	char *lock_path;
 	char *sign_key;
 	int64_t epoch; /* $SOURCE_DATE_EPOCH, -1 when unset */

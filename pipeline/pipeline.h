@@ -51,8 +51,9 @@ int pipeline_fact_add(json_object *facts, const char *kv);
  * problem. Caller puts *model. */
 int pipeline_manifest_load(const char *path, json_object *facts, json_object **model,
                            struct mosaic_error *err);
-/* NAME.lock beside the manifest. Caller frees. */
-char *pipeline_lock_path(const char *manifest, json_object *model);
+/* HISTORY.lock beside the manifest (pipeline_history_name: NAME.lock without facts). Caller
+ * frees. */
+char *pipeline_lock_path(const char *manifest, json_object *model, json_object *facts);
 /* Whether path names a manifest (NAME.yaml or NAME.yml). */
 bool pipeline_is_manifest(const char *path);
 /* ---- a composition (composition.c) -------------------------------------------------------- */
@@ -180,6 +181,19 @@ struct pipeline_origin {
 int pipeline_origin(const char *mountpoint, const char *path, struct pipeline_origin *out,
                     struct mosaic_error *err);
 void pipeline_origin_clear(struct pipeline_origin *o);
+
+/* ---- generations (generation.c) ---------------------------------------------------------- */
+
+/* The history a manifest's builds are recorded under, and the name of its lock: the manifest's
+ * name without facts; with facts (as given, role included) NAME@KEY=VALUE,KEY=V1+V2 (keys and
+ * a key's values sorted), or NAME@ and 16 hex digits of the facts' SHA-256 when a fact holds
+ * anything but letters, digits, '.', '_' and '-', or the name would pass 128 characters.
+ * Caller frees. */
+char *pipeline_history_name(const char *manifest, json_object *model, json_object *facts);
+/* arg as a history: a MANIFEST (loaded with facts) names its own, anything else must be a
+ * history name (-EINVAL if it cannot be one). Caller frees *history. */
+int pipeline_history_find(const char *arg, json_object *facts, char **history,
+                          struct mosaic_error *err);
 
 /* ---- the build (build.c, one file per step) ----------------------------------------------- */
 

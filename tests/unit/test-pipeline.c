@@ -145,11 +145,78 @@ static void test_facts_and_names(void)
 	   "not a bare suffix, an image or a word");
 	json_object *model = json_object_new_object();
 	json_object_object_add(model, "name", json_object_new_string("web"));
-	_cleanup_free_ char *a = pipeline_lock_path("dir/m.yaml", model);
-	_cleanup_free_ char *b = pipeline_lock_path("m.yaml", model);
+	_cleanup_free_ char *a = pipeline_lock_path("dir/m.yaml", model, NULL);
+	_cleanup_free_ char *b = pipeline_lock_path("m.yaml", model, NULL);
 	is_str(a, "dir/web.lock", "the lock is NAME.lock beside the manifest");
 	is_str(b, "web.lock", "in the current directory too");
+	json_object *empty = json_object_new_object();
+	_cleanup_free_ char *c = pipeline_lock_path("dir/m.yaml", model, empty);
+	is_str(c, "dir/web.lock", "no facts given: NAME.lock still");
+	json_object *role = json_object_new_object();
+	pipeline_fact_add(role, "role=db");
+	_cleanup_free_ char *d = pipeline_lock_path("dir/m.yaml", model, role);
+	is_str(d, "dir/web@role=db.lock", "with facts, a lock of the history's own");
+	json_object_put(empty);
+	json_object_put(role);
 	json_object_put(model);
+}
+
+static char *history(const char *name, const char *const *facts)
+{
+	json_object *model = json_object_new_object();
+	if (name)
+		json_object_object_add(model, "name", json_object_new_string(name));
+	json_object *f = facts ? json_object_new_object() : NULL;
+	for (size_t i = 0; facts && facts[i]; i++)
+		pipeline_fact_add(f, facts[i]);
+	char *h = pipeline_history_name("dir/file.yaml", model, f);
+	json_object_put(f);
+	json_object_put(model);
+	return h;
+}
+
+static void test_history_names(void)
+{
+	_cleanup_free_ char *plain = history("web", NULL);
+	_cleanup_free_ char *unnamed = history(NULL, NULL);
+	_cleanup_free_ char *role = history("t", (const char *const[]){"role=web", NULL});
+	_cleanup_free_ char *two =
+	    history("t", (const char *const[]){"role=web", "gpu=nvidia", NULL});
+	_cleanup_free_ char *swapped =
+	    history("t", (const char *const[]){"gpu=nvidia", "role=web", NULL});
+	_cleanup_free_ char *list =
+	    history("t", (const char *const[]){"hw=wlan0", "hw=gpu", "role=x", NULL});
+	_cleanup_free_ char *list2 =
+	    history("t", (const char *const[]){"hw=gpu", "role=x", "hw=wlan0", NULL});
+	_cleanup_free_ char *slash = history("t", (const char *const[]){"role=a/b", NULL});
+	_cleanup_free_ char *under = history("t", (const char *const[]){"role=a_b", NULL});
+	_cleanup_free_ char *empty = history("t", (const char *const[]){"role=", NULL});
+	is_str(plain, "web", "no facts: the manifest's name");
+	is_str(unnamed, "file", "no name: the file's");
+	is_str(role, "t@role=web", "a role");
+	is_str(two, "t@gpu=nvidia,role=web", "facts sorted by key");
+	is_str(swapped, two, "whatever order they were given in");
+	is_str(list, "t@hw=gpu+wlan0,role=x", "a key given twice: its values sorted, joined by +");
+	is_str(list2, list, "the same set in another order");
+	is_str(under, "t@role=a_b", "'_' is kept");
+	is_str(empty, "t@role=", "an empty value");
+	ok(strncmp(slash, "t@", 2) == 0 && strlen(slash) == 18 && !strchr(slash, '='),
+	   "'/' in a fact: a hash instead (%s)", slash);
+	_cleanup_free_ char *slash2 = history("t", (const char *const[]){"role=a/c", NULL});
+	ok(strcmp(slash, slash2) != 0, "other facts, another hash");
+	char big[200];
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = 0;
+	_cleanup_free_ char *kv = xasprintf("role=%s", big);
+	_cleanup_free_ char *lng = history("t", (const char *const[]){kv, NULL});
+	is_int(strlen(lng), 18, "too long: a hash");
+	const char *names[] = {plain, role, two, list, slash, empty, lng};
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+		ok(pipeline_history_valid(names[i]), "%s is a valid history name", names[i]);
+	ok(!pipeline_history_valid("") && !pipeline_history_valid("../x") &&
+	       !pipeline_history_valid(".hidden") && !pipeline_history_valid("a/b") &&
+	       !pipeline_history_valid("a b"),
+	   "no path, hidden file, space or empty name is one");
 }
 
 static void test_manifest_errors(void)
@@ -179,6 +246,7 @@ int main(void)
 	}
 	test_mount_order();
 	test_facts_and_names();
+	test_history_names();
 	test_manifest_errors();
 	rm_tree(tmpdir);
 	free(tmpdir);
