@@ -111,16 +111,15 @@ static void index_progress(size_t done, size_t n, uint64_t entries, void *data)
 	pipeline_progress(data, "index", item, done, n, 0, 0);
 }
 
-/* The index of the fragment list, built once and cached by the list's hash. */
-static int inputs_index(const struct inputs *ci, char **index_path, struct pipeline_events *ev,
-                        struct mosaic_error *err)
+int pipeline_index_cached(const struct compose_input *in, size_t n, char **index_path,
+                          struct pipeline_events *ev, struct mosaic_error *err)
 {
 	const struct compose_build_options o = {.progress = index_progress, .data = ev};
-	_cleanup_free_ char *cached = compose_index_cache_path(ci->in, ci->n);
+	_cleanup_free_ char *cached = compose_index_cache_path(in, n);
 	if (access(cached, R_OK) < 0) {
 		_cleanup_free_ char *dir = xstrndup(cached, strrchr(cached, '/') - cached);
 		mkdir_p(dir, 0755);
-		int r = compose_index_build(ci->in, ci->n, &o, cached, NULL, err);
+		int r = compose_index_build(in, n, &o, cached, NULL, err);
 		if (r < 0)
 			return r;
 	}
@@ -136,7 +135,7 @@ static int from_fragments(char *const *args, size_t n, const struct pipeline_sou
 	int r = inputs_resolve(args, n, src->store, src->keyring, &ci, err);
 	if (r < 0)
 		return r;
-	r = inputs_index(&ci, &c->index_path, ev, err);
+	r = pipeline_index_cached(ci.in, ci.n, &c->index_path, ev, err);
 	if (r == 0) {
 		c->n_images = ci.n;
 		c->images = xcalloc(ci.n ? ci.n : 1, sizeof(*c->images));

@@ -5,6 +5,8 @@
 #include "pipeline/pipeline.h"
 #include "providers/providers.h"
 
+struct compose_input;
+
 /* ---- events (events.c) -------------------------------------------------------------------- */
 
 void pipeline_say(struct pipeline_events *ev, enum pipeline_event_kind kind, const char *step,
@@ -49,6 +51,12 @@ void pipeline_base_key(char *const *digests, size_t n, char hex[SHA256_HEX_LEN +
 int pipeline_lock_mount_order(const struct lock *l, const char *lock_path, const char *manifest,
                               bool merged_usr, bool with_config, char ***digests, size_t *n,
                               struct pipeline_events *ev, struct mosaic_error *err);
+
+/* The index of an ordered fragment list, built once and cached by the list's hash
+ * (compose_index_cache_path) with index progress events; *index_path is its cache path. The
+ * inputs' images are read as they are: the caller verifies them or trusts them. */
+int pipeline_index_cached(const struct compose_input *in, size_t n, char **index_path,
+                          struct pipeline_events *ev, struct mosaic_error *err);
 
 /* The composition of the running mount at mountpoint, whatever the path looks like; its index
  * opened too when open_index. */
