@@ -21,6 +21,7 @@ static const struct step build_steps[] = {
     {"rpm database", step_rpm_database},
     {"configure", step_configure},
     {"lock", step_write_lock},
+    {"generation", step_generation},
     {"gc root", step_record_root},
     {"export", step_export},
 };
@@ -34,6 +35,7 @@ void pipeline_build_result_clear(struct pipeline_build_result *res)
 {
 	free(res->lock_path);
 	free(res->store);
+	free(res->history);
 	*res = (struct pipeline_build_result){0};
 }
 
@@ -90,6 +92,9 @@ static void result_of(const struct build *b, struct pipeline_build_result *res)
 	res->lock_path = xstrdup(b->lock_path);
 	res->store = b->store ? xstrdup(store_root(b->store)) : NULL;
 	res->n_packages = b->lock.n_packages;
+	res->history = b->history ? xstrdup(b->history) : NULL;
+	res->generation = b->generation;
+	res->new_generation = b->new_generation;
 	res->n_fragments = b->lock.n_packages +
 	                   (b->lock.fragments ? json_object_array_length(b->lock.fragments) : 0);
 }

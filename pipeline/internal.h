@@ -32,6 +32,9 @@ unsigned pipeline_cpus(void);
 /* Whether s can name a history: a letter or digit, then letters, digits and . _ + = , @ -, at
  * most PIPELINE_HISTORY_MAX; so never a path, nor hidden. */
 bool pipeline_history_valid(const char *s);
+/* The record's text (docs/formats.md), keys in a fixed order, ending in a newline; images, path
+ * and error are not written. Caller frees. */
+char *pipeline_generation_format(const struct pipeline_generation *g);
 
 /* ---- the lock's fragments (order.c) ------------------------------------------------------- */
 
@@ -92,6 +95,8 @@ struct build {
 	struct lock lock;
 	struct store *store;
 	char **package_files; /* the downloaded package of each locked package */
+	unsigned generation;  /* what the generation step recorded (or found newest already) */
+	bool new_generation;
 };
 
 int step_resolve(struct build *b, struct mosaic_error *err);
@@ -106,6 +111,7 @@ int step_dpkg_database(struct build *b, struct mosaic_error *err);
 int step_rpm_database(struct build *b, struct mosaic_error *err);
 int step_configure(struct build *b, struct mosaic_error *err);
 int step_record_root(struct build *b, struct mosaic_error *err);
+int step_generation(struct build *b, struct mosaic_error *err);
 int step_export(struct build *b, struct mosaic_error *err);
 
 void repos_clear(struct repos *rs);

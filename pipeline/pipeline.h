@@ -184,6 +184,36 @@ void pipeline_origin_clear(struct pipeline_origin *o);
 
 /* ---- generations (generation.c) ---------------------------------------------------------- */
 
+/* Every build records a generation of its manifest's history in the store, as
+ * <store>/generations/<HISTORY>/<N>.json (docs/formats.md), N from 1, unless it equals the
+ * newest one; each keeps its fragments from gc through roots/generation-<HISTORY>-<N>. */
+#define PIPELINE_GENERATION_VERSION 1
+
+struct pipeline_generation {
+	unsigned number;
+	int64_t time; /* when the build recorded it: seconds since the epoch (wall clock) */
+	char *history, *manifest, *manifest_digest, *lock_digest, *index_digest;
+	char *index_path; /* the index in the builder's cache (rebuilt by pipeline_open if gone) */
+	json_object *facts; /* the facts the build was given, role included; {} for none */
+	/* The fragments, lowest first, exactly the list the index is built from: digest (64 hex),
+	 * name and kind (base, package, config, dev) of each, NULL-terminated; version, arch and
+	 * source (the descriptor's source type: deb, rpm, tar, dir, upper) n_fragments long, an
+	 * entry NULL when the fragment has none. */
+	char **digests, **names, **kinds, **versions, **archs, **sources;
+	size_t n_fragments;
+	char **images; /* each fragment's <store>/sha256/<hh>/<hex>.sqfs, NULL-terminated (get and
+	                * list; the parser leaves it NULL) */
+	char *path;    /* the record's file (get and list) */
+	char *error;   /* list only: why the record at path could not be read (number and path are
+	                * the only other fields set) */
+};
+void pipeline_generation_clear(struct pipeline_generation *g);
+/* Parses a record's bytes: untrusted, a store may be shared. Refuses another version, missing
+ * or mistyped fields, digests that are not 64 hex, control characters, an invalid history name,
+ * unknown kinds, trailing bytes and more than 16 MiB (-EBADMSG, -EFBIG). */
+int pipeline_generation_parse(const char *text, size_t len, struct pipeline_generation *out,
+                              struct mosaic_error *err);
+
 /* The history a manifest's builds are recorded under, and the name of its lock: the manifest's
  * name without facts; with facts (as given, role included) NAME@KEY=VALUE,KEY=V1+V2 (keys and
  * a key's values sorted), or NAME@ and 16 hex digits of the facts' SHA-256 when a fact holds
@@ -194,6 +224,51 @@ char *pipeline_history_name(const char *manifest, json_object *model, json_objec
  * history name (-EINVAL if it cannot be one). Caller frees *history. */
 int pipeline_history_find(const char *arg, json_object *facts, char **history,
                           struct mosaic_error *err);
+
+/* The records of history in store (NULL: the default store), oldest first, images filled in;
+ * a record that cannot be read is listed with error set. -ENOENT when the history has none.
+ * Caller frees with pipeline_generations_free. */
+int pipeline_generations_list(const char *store, const char *history,
+                              struct pipeline_generation **out, size_t *n,
+                              struct mosaic_error *err);
+void pipeline_generations_free(struct pipeline_generation *v, size_t n);
+/* Generation number of history (0: the newest), with the image path of each fragment in the
+ * store, in index order, so that a caller can mount or switch to it without the lock. The
+ * images are not verified here: a caller verifies them (pipeline_open does) or lets the
+ * daemon verify each on first read. -ENOENT for an unknown history or number, -EBADMSG for a
+ * record that cannot be read (err names its file). Caller frees with
+ * pipeline_generation_clear. */
+int pipeline_generation_get(const char *store, const char *history, unsigned number,
+                            struct pipeline_generation *out, struct mosaic_error *err);
+
+enum pipeline_generation_change_kind {
+	PIPELINE_GENERATION_ADDED,
+	PIPELINE_GENERATION_REMOVED,
+	PIPELINE_GENERATION_UPGRADED,
+	PIPELINE_GENERATION_DOWNGRADED,
+	PIPELINE_GENERATION_CHANGED, /* the same name (and version) with another fragment */
+};
+struct pipeline_generation_change {
+	enum pipeline_generation_change_kind kind;
+	bool package;                    /* a package fragment (else base, config or dev) */
+	char *name, *arch;               /* arch may be NULL */
+	char *old_version, *new_version; /* NULL when there is none (or nothing on that side) */
+	char *old_digest, *new_digest;   /* NULL on the side that has none */
+};
+/* What changed from generation a to generation b of history: packages (by name and arch)
+ * added, removed, upgraded, downgraded (libsolv's Debian or RPM version rule, by the
+ * fragment's source) or rebuilt, and the other fragments (by name) added, removed or changed;
+ * packages first, each group sorted by name. Caller frees with
+ * pipeline_generation_changes_free. */
+int pipeline_generations_diff(const char *store, const char *history, unsigned a, unsigned b,
+                              struct pipeline_generation_change **out, size_t *n,
+                              struct mosaic_error *err);
+void pipeline_generation_changes_free(struct pipeline_generation_change *v, size_t n);
+/* Removes all but the keep (at least 1) newest records of history, and their gc roots, under
+ * the history's lock; *removed receives the numbers removed, oldest first (caller frees). The
+ * fragments themselves go at the next store gc, when no other root keeps them. */
+int pipeline_generations_gc(const char *store, const char *history, unsigned keep,
+                            unsigned **removed, size_t *n_removed, struct mosaic_error *err);
 
 /* ---- the build (build.c, one file per step) ----------------------------------------------- */
 
@@ -213,6 +288,9 @@ struct pipeline_build_options {
 struct pipeline_build_result {
 	char *lock_path, *store;
 	size_t n_packages, n_fragments;
+	char *history;       /* the history the build was recorded in */
+	unsigned generation; /* its generation: a new one, or the newest when nothing changed */
+	bool new_generation;
 };
 void pipeline_build_result_clear(struct pipeline_build_result *res);
 
@@ -221,7 +299,8 @@ void pipeline_build_result_clear(struct pipeline_build_result *res);
 int pipeline_resolve(const struct pipeline_build_options *o, struct pipeline_build_result *res,
                      struct pipeline_events *ev, struct mosaic_error *err);
 /* resolve, then download, verify, make a signed fragment of each package, the package
- * databases, configure and commit a config fragment, write the lock, record the build as a gc
- * root, and make the manifest's export: targets. Incremental: nothing is made twice. */
+ * databases, configure and commit a config fragment, write the lock, record the build as a
+ * generation of its history (unless it equals the newest) and as a gc root, and make the
+ * manifest's export: targets. Incremental: nothing is made twice. */
 int pipeline_build(const struct pipeline_build_options *o, struct pipeline_build_result *res,
                    struct pipeline_events *ev, struct mosaic_error *err);
