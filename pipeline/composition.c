@@ -4,6 +4,7 @@
 #include "compose/compose.h"
 #include "pipeline/internal.h"
 
+#include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -219,6 +220,30 @@ out:
 	return r;
 }
 
+/* Generation src->generation of the manifest's history: its fragments from the record, verified
+ * as FRAGMENTs are, and their index from the cache (built again if it is gone). */
+static int from_generation(const char *manifest, const struct pipeline_source *src,
+                           struct composition *c, struct pipeline_events *ev,
+                           struct mosaic_error *err)
+{
+	_cleanup_free_ char *history = pipeline_history_name(manifest, c->model, src->facts);
+	struct pipeline_generation g;
+	int r = pipeline_generation_get(src->store, history, src->generation, &g, err);
+	if (r < 0)
+		return r;
+	r = from_fragments(g.digests, g.n_fragments, src, c, ev, err);
+	/* The lock describes the generation (an export's SBOM reads it) only while it is the one
+	 * the generation was built with. */
+	_cleanup_free_ char *lock =
+	    src->lock ? xstrdup(src->lock) : pipeline_lock_path(manifest, c->model, src->facts);
+	_cleanup_close_ int fd = open(lock, O_RDONLY | O_CLOEXEC);
+	char hex[SHA256_HEX_LEN + 1];
+	if (r == 0 && fd >= 0 && sha256_fd(fd, hex) == 0 && strcmp(hex, g.lock_digest) == 0)
+		c->lock_path = TAKE_PTR(lock);
+	pipeline_generation_clear(&g);
+	return r;
+}
+
 static int from_manifest(const char *manifest, const struct pipeline_source *src,
                          struct composition *c, struct pipeline_events *ev,
                          struct mosaic_error *err)
@@ -226,6 +251,8 @@ static int from_manifest(const char *manifest, const struct pipeline_source *src
 	int r = pipeline_manifest_load(manifest, src->facts, &c->model, err);
 	if (r < 0)
 		return r;
+	if (src->generation)
+		return from_generation(manifest, src, c, ev, err);
 	c->lock_path =
 	    src->lock ? xstrdup(src->lock) : pipeline_lock_path(manifest, c->model, src->facts);
 	struct lock l = {0};
@@ -252,6 +279,9 @@ int pipeline_open(const struct pipeline_source *src, struct composition **out,
 	int r;
 	if (src->n_args == 0) {
 		r = mosaic_errorf(err, -EINVAL, "give a MANIFEST, INDEX or FRAGMENTs");
+	} else if (src->generation && (src->n_args != 1 || !pipeline_is_manifest(a[0]))) {
+		r = mosaic_errorf(err, -EINVAL,
+		                  "a generation is one of a MANIFEST's: give one MANIFEST with it");
 	} else if (src->n_args == 1 && pipeline_is_manifest(a[0])) {
 		c->kind = PIPELINE_FROM_MANIFEST;
 		r = from_manifest(a[0], src, c, ev, err);

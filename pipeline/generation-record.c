@@ -71,9 +71,9 @@ char *pipeline_generation_format(const struct pipeline_generation *g)
 	json_object_object_add(o, "fragments", frags);
 	json_object_object_add(o, "index_digest", json_object_new_string(g->index_digest));
 	json_object_object_add(o, "index", json_object_new_string(g->index_path));
-	char *text =
-	    xasprintf("%s\n", json_object_to_json_string_ext(
-	                          o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+	char *text = xasprintf("%s\n", json_object_to_json_string_ext(
+	                                   o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
+	                                          JSON_C_TO_STRING_NOSLASHESCAPE));
 	json_object_put(o);
 	return text;
 }

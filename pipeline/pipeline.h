@@ -64,7 +64,8 @@ int pipeline_fragment_path(const char *arg, const char *store, char **out,
                            struct mosaic_error *err);
 
 enum pipeline_source_kind {
-	PIPELINE_FROM_MANIFEST,  /* a manifest 'mosaic build' built: the fragments its lock names */
+	PIPELINE_FROM_MANIFEST,  /* a manifest 'mosaic build' built: the fragments its lock names,
+	                          * or those of one of its generations */
 	PIPELINE_FROM_INDEX,     /* a prebuilt index: its fragments found in the store by digest */
 	PIPELINE_FROM_FRAGMENTS, /* refs, digests or .sqfs paths, lowest first, verified */
 	PIPELINE_FROM_MOUNT,     /* a running mosaic mount: its index, fragments and upper */
@@ -76,6 +77,8 @@ struct pipeline_source {
 	const char *store, *keyring; /* NULL: the defaults */
 	const char *lock;            /* a MANIFEST's lock; NULL: NAME.lock beside it */
 	json_object *facts;          /* a MANIFEST's facts; may be NULL */
+	unsigned generation;         /* a MANIFEST: 0 its lock, N generation N of its history
+	                              * (pipeline_history_name of it and facts) */
 	bool mountpoints;            /* a directory is a running mount (else it is no source) */
 	bool open_index;             /* open (and checksum) the index too: idx is NULL without */
 };
@@ -91,7 +94,8 @@ struct composition {
 	/* a mount: its real mountpoint, mode (fusefs_writable_name) and whether its daemon runs */
 	char *mountpoint, *mode;
 	bool running;
-	/* a manifest: its model and lock */
+	/* a manifest: its model and lock (for a generation, the lock only while it is still the
+	 * one that generation was built with, else NULL) */
 	json_object *model;
 	char *lock_path;
 };
