@@ -251,9 +251,10 @@ int pipeline_generation_parse(const char *text, size_t len, struct pipeline_gene
 	while (used < len && text[used] && strchr(" \t\r\n", text[used]))
 		used++;
 	int r = 0;
-	if (!o || jerr != json_tokener_success)
-		r = mosaic_errorf(err, -EBADMSG, "not JSON: %s",
-		                  o ? "incomplete" : json_tokener_error_desc(jerr));
+	if (jerr == json_tokener_continue)
+		r = mosaic_errorf(err, -EBADMSG, "not JSON: it ends too early (truncated?)");
+	else if (!o || jerr != json_tokener_success)
+		r = mosaic_errorf(err, -EBADMSG, "not JSON: %s", json_tokener_error_desc(jerr));
 	else if (used < len)
 		r = mosaic_errorf(err, -EBADMSG, "bytes after the JSON object");
 	else

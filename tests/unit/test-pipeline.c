@@ -219,6 +219,130 @@ static void test_history_names(void)
 	   "no path, hidden file, space or empty name is one");
 }
 
+/* A record as the build writes it, with one key's text replaced by another (or the whole). */
+static char *record_text(const char *from, const char *to)
+{
+	char d[3][SHA256_HEX_LEN + 1];
+	digest_of("a", d[0]);
+	digest_of("b", d[1]);
+	digest_of("i", d[2]);
+	char *digests[] = {d[0], d[1], NULL};
+	char *names[] = {"libfoo", "dpkg-database", NULL}, *kinds[] = {"package", "config", NULL};
+	char *versions[] = {"1.0", NULL}, *archs[] = {"amd64", "amd64"},
+	     *sources[] = {"deb", "dir"};
+	json_object *facts = json_object_new_object();
+	pipeline_fact_add(facts, "role=web");
+	const struct pipeline_generation g = {
+	    .number = 3,
+	    .time = 1700000000,
+	    .history = "t@role=web",
+	    .manifest = "/m/t.yaml",
+	    .manifest_digest = d[0],
+	    .lock_digest = d[1],
+	    .index_digest = d[2],
+	    .index_path = "/c/index/x.idx",
+	    .facts = facts,
+	    .digests = digests,
+	    .names = names,
+	    .kinds = kinds,
+	    .versions = versions,
+	    .archs = archs,
+	    .sources = sources,
+	    .n_fragments = 2,
+	};
+	char *text = pipeline_generation_format(&g);
+	json_object_put(facts);
+	if (!from)
+		return text;
+	char *at = strstr(text, from);
+	if (!at)
+		return text;
+	char *out = xasprintf("%.*s%s%s", (int)(at - text), text, to, at + strlen(from));
+	free(text);
+	return out;
+}
+
+static int parse_text(const char *text, struct mosaic_error *err)
+{
+	struct pipeline_generation g;
+	int r = pipeline_generation_parse(text, strlen(text), &g, err);
+	pipeline_generation_clear(&g);
+	return r;
+}
+
+static void test_generation_record(void)
+{
+	_cleanup_free_ char *text = record_text(NULL, NULL);
+	struct pipeline_generation g;
+	struct mosaic_error err = {0};
+	is_int(pipeline_generation_parse(text, strlen(text), &g, &err), 0, "a record: %s", err.msg);
+	is_int(g.number, 3, "its number");
+	ok(g.time == 1700000000, "its time");
+	is_str(g.history, "t@role=web", "its history");
+	is_int(g.n_fragments, 2, "two fragments");
+	is_str(g.names[1], "dpkg-database", "lowest first");
+	ok(g.versions[1] == NULL && g.versions[0] && strcmp(g.versions[0], "1.0") == 0,
+	   "a version, and null for none");
+	is_str(g.kinds[0], "package", "kinds");
+	is_str(g.sources[1], "dir", "sources");
+	ok(g.images == NULL && g.path == NULL, "the parser fills no paths");
+	_cleanup_free_ char *again = pipeline_generation_format(&g);
+	is_str(again, text, "written again, the same bytes");
+	is_str(json_object_to_json_string_ext(g.facts, JSON_C_TO_STRING_PLAIN),
+	       "{\"role\":\"web\"}", "its facts");
+	pipeline_generation_clear(&g);
+
+	static const struct {
+		const char *from, *to, *what;
+		int code;
+	} bad[] = {
+	    {"\"version\": 1", "\"version\": 2", "another version", -EBADMSG},
+	    {"\"version\": 1", "\"version\": \"1\"", "a version that is not a number", -EBADMSG},
+	    {"\"number\": 3", "\"number\": 0", "number 0", -EBADMSG},
+	    {"\"number\": 3,", "", "no number", -EBADMSG},
+	    {"\"time\": 1700000000", "\"time\": 1.5", "a time that is not an integer", -EBADMSG},
+	    {"\"t@role=web\"", "\"..\\/x\"", "a history that is a path", -EBADMSG},
+	    {"\"libfoo\"", "\"lib\\u0000foo\"", "a NUL in a name", -EBADMSG},
+	    {"\"libfoo\"", "\"lib\\u001b[2Jfoo\"", "a control character in a name", -EBADMSG},
+	    {"\"libfoo\"", "\"\"", "an empty name", -EBADMSG},
+	    {"\"package\"", "\"blob\"", "an unknown kind", -EBADMSG},
+	    {"\"1.0\"", "1.0", "a version that is not a string", -EBADMSG},
+	    {"\"role\": \"web\"", "\"role\": 5", "a fact that is not a string", -EBADMSG},
+	    {"\"fragments\": [", "\"fragments\": [ 7, ", "a fragment that is not an object",
+	     -EBADMSG},
+	    {"\"/c/index/x.idx\"", "null", "no index", -EBADMSG},
+	    {"\"index_digest\": \"", "\"index_digest\": \"/", "an index digest not hex", -EBADMSG},
+	    {"\n}\n", "\n}\n{}", "bytes after the object", -EBADMSG},
+	    {"\n}\n", "\n", "a truncated record", -EBADMSG},
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		_cleanup_free_ char *t = record_text(bad[i].from, bad[i].to);
+		ok(strcmp(t, text) != 0, "(%s: the text was changed)", bad[i].what);
+		err = (struct mosaic_error){0};
+		is_int(parse_text(t, &err), bad[i].code, "refused: %s (%s)", bad[i].what, err.msg);
+	}
+	/* The first fragment's digest as a path: what a shared store's record might try. */
+	char d0[SHA256_HEX_LEN + 1];
+	digest_of("a", d0);
+	_cleanup_free_ char *quoted = xasprintf("\"digest\": \"%s\"", d0);
+	_cleanup_free_ char *path = record_text(quoted, "\"digest\": \"../../etc/passwd\"");
+	is_int(parse_text(path, &err), -EBADMSG, "a fragment digest that is a path");
+	ok(strstr(err.msg, "fragment 1") != NULL, "the message names the fragment: %s", err.msg);
+	is_int(parse_text("", &err), -EBADMSG, "empty");
+	is_int(parse_text("[]", &err), -EBADMSG, "not an object");
+	is_int(pipeline_generation_parse("{}", 2, &g, &err), -EBADMSG, "an empty object");
+	/* Not NUL-terminated: the parser reads len bytes and no more. */
+	_cleanup_free_ char *cut = xstrndup(text, strlen(text));
+	cut[strlen(cut) - 1] = 'x';
+	is_int(pipeline_generation_parse(cut, strlen(cut) - 1, &g, &err), 0,
+	       "the newline is not needed");
+	pipeline_generation_clear(&g);
+	size_t big = (16u << 20) + 1;
+	_cleanup_free_ char *huge = xmalloc(big);
+	memset(huge, ' ', big);
+	is_int(pipeline_generation_parse(huge, big, &g, &err), -EFBIG, "more than 16 MiB");
+}
+
 static void test_manifest_errors(void)
 {
 	_cleanup_free_ char *path = path_join(tmpdir, "bad.yaml");
@@ -247,6 +371,7 @@ int main(void)
 	test_mount_order();
 	test_facts_and_names();
 	test_history_names();
+	test_generation_record();
 	test_manifest_errors();
 	rm_tree(tmpdir);
 	free(tmpdir);
