@@ -142,7 +142,7 @@ static char *history_dir(const struct store *s, const char *history)
 }
 
 /* The gc root that keeps a generation's fragments: roots/ is flat, so the history and the
- * number are in its name (the number last: a history name never ends in "-DIGITS" alone). */
+ * number are in its name, the number after the last '-' (so one name per history and number). */
 static char *root_path(const struct store *s, const char *history, unsigned number)
 {
 	return xasprintf("%s/roots/generation-%s-%u", store_root(s), history, number);

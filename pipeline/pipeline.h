@@ -1,6 +1,7 @@
 /* pipeline/: a manifest's whole build as a list of named steps (resolve, download, fragments,
- * databases, configure, lock, export targets), and the one place that opens "a composition" (a
- * MANIFEST, an INDEX, FRAGMENTs or a MOUNTPOINT) for mount, export, configure, diff and commit.
+ * databases, configure, lock, generation, export targets), the generations it records, and the
+ * one place that opens "a composition" (a MANIFEST or one of its generations, an INDEX,
+ * FRAGMENTs or a MOUNTPOINT) for mount, export, configure, diff and commit.
  * Never prints: progress and what each step did reach the caller as events. */
 #pragma once
 
