@@ -262,17 +262,27 @@ int pipeline_generations_list(const char *store, const char *history,
 		return r;
 	}
 	struct pipeline_generation *v = xcalloc(m, sizeof(*v));
+	size_t k = 0;
 	for (size_t i = 0; i < m; i++) {
 		struct mosaic_error e = {0};
-		if (read_record(s, dir, history, numbers[i], &v[i], &e) < 0) {
-			v[i].number = numbers[i];
-			v[i].path = xasprintf("%s/%u.json", dir, numbers[i]);
-			v[i].error = xstrdup(e.msg);
+		r = read_record(s, dir, history, numbers[i], &v[k], &e);
+		if (r == -ENOENT) /* removed by a gc since the directory was read */
+			continue;
+		if (r < 0) {
+			v[k].number = numbers[i];
+			v[k].path = xasprintf("%s/%u.json", dir, numbers[i]);
+			v[k].error = xstrdup(e.msg);
 		}
+		k++;
 	}
+	r = k ? 0 : no_history(s, history, err);
 	store_free(s);
+	if (r < 0) {
+		free(v);
+		return r;
+	}
 	*out = v;
-	*n = m;
+	*n = k;
 	return 0;
 }
 
