@@ -1,6 +1,7 @@
 /* pipeline/: mosaic build and resolve as lists of named steps, each done by its module and
  * written in a file of its own (resolve.c, download.c, fragments.c, databases.c, configure.c,
- * lock.c, generation.c, export.c). This file only says in which order, and holds the state they share. */
+ * lock.c, generation.c, export.c). This file only says in which order, and holds the state they
+ * share. */
 #include "pipeline/internal.h"
 
 #include <string.h>
