@@ -1,6 +1,7 @@
 /* pipeline/: mosaic build and resolve as lists of named steps, each done by its module and
  * written in a file of its own (resolve.c, download.c, fragments.c, databases.c, configure.c,
- * export.c). This file only says in which order, and holds the state they share. */
+ * lock.c, generation.c, export.c). This file only says in which order, and holds the state they
+ * share. */
 #include "pipeline/internal.h"
 
 #include <string.h>
@@ -21,6 +22,7 @@ static const struct step build_steps[] = {
     {"rpm database", step_rpm_database},
     {"configure", step_configure},
     {"lock", step_write_lock},
+    {"generation", step_generation},
     {"gc root", step_record_root},
     {"export", step_export},
 };
@@ -34,6 +36,7 @@ void pipeline_build_result_clear(struct pipeline_build_result *res)
 {
 	free(res->lock_path);
 	free(res->store);
+	free(res->history);
 	*res = (struct pipeline_build_result){0};
 }
 
@@ -45,6 +48,7 @@ static void build_clear(struct build *b)
 	repos_clear(&b->rs);
 	provider_pool_free(&b->ctx);
 	json_object_put(b->model);
+	free(b->history);
 	free(b->lock_path);
 	free(b->sign_key);
 	free(b->cache);
@@ -58,8 +62,9 @@ static int build_open(struct build *b, struct mosaic_error *err)
 		return r;
 	if ((r = pipeline_manifest_load(b->o->manifest, b->o->facts, &b->model, err)) < 0)
 		return r;
+	b->history = pipeline_history_name(b->o->manifest, b->model, b->o->facts);
 	b->lock_path = b->o->lock_path ? xstrdup(b->o->lock_path)
-	                               : pipeline_lock_path(b->o->manifest, b->model);
+	                               : pipeline_lock_path(b->o->manifest, b->model, b->o->facts);
 	b->cache = mosaic_cache_dir();
 	b->ctx = (struct provider_ctx){
 	    .cache_dir = b->cache,
@@ -88,6 +93,9 @@ static void result_of(const struct build *b, struct pipeline_build_result *res)
 	res->lock_path = xstrdup(b->lock_path);
 	res->store = b->store ? xstrdup(store_root(b->store)) : NULL;
 	res->n_packages = b->lock.n_packages;
+	res->history = b->history ? xstrdup(b->history) : NULL;
+	res->generation = b->generation;
+	res->new_generation = b->new_generation;
 	res->n_fragments = b->lock.n_packages +
 	                   (b->lock.fragments ? json_object_array_length(b->lock.fragments) : 0);
 }

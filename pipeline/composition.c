@@ -4,6 +4,7 @@
 #include "compose/compose.h"
 #include "pipeline/internal.h"
 
+#include <fcntl.h>
 #include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -112,16 +113,15 @@ static void index_progress(size_t done, size_t n, uint64_t entries, void *data)
 	pipeline_progress(data, "index", item, done, n, 0, 0);
 }
 
-/* The index of the fragment list, built once and cached by the list's hash. */
-static int inputs_index(const struct inputs *ci, char **index_path, struct pipeline_events *ev,
-                        struct mosaic_error *err)
+int pipeline_index_cached(const struct compose_input *in, size_t n, char **index_path,
+                          struct pipeline_events *ev, struct mosaic_error *err)
 {
 	const struct compose_build_options o = {.progress = index_progress, .data = ev};
-	_cleanup_free_ char *cached = compose_index_cache_path(ci->in, ci->n);
+	_cleanup_free_ char *cached = compose_index_cache_path(in, n);
 	if (access(cached, R_OK) < 0) {
 		_cleanup_free_ char *dir = xstrndup(cached, strrchr(cached, '/') - cached);
 		mkdir_p(dir, 0755);
-		int r = compose_index_build(ci->in, ci->n, &o, cached, NULL, err);
+		int r = compose_index_build(in, n, &o, cached, NULL, err);
 		if (r < 0)
 			return r;
 	}
@@ -137,7 +137,7 @@ static int from_fragments(char *const *args, size_t n, const struct pipeline_sou
 	int r = inputs_resolve(args, n, src->store, src->keyring, &ci, err);
 	if (r < 0)
 		return r;
-	r = inputs_index(&ci, &c->index_path, ev, err);
+	r = pipeline_index_cached(ci.in, ci.n, &c->index_path, ev, err);
 	if (r == 0) {
 		c->n_images = ci.n;
 		c->images = xcalloc(ci.n ? ci.n : 1, sizeof(*c->images));
@@ -221,6 +221,30 @@ out:
 	return r;
 }
 
+/* Generation src->generation of the manifest's history: its fragments from the record, verified
+ * as FRAGMENTs are, and their index from the cache (built again if it is gone). */
+static int from_generation(const char *manifest, const struct pipeline_source *src,
+                           struct composition *c, struct pipeline_events *ev,
+                           struct mosaic_error *err)
+{
+	_cleanup_free_ char *history = pipeline_history_name(manifest, c->model, src->facts);
+	struct pipeline_generation g;
+	int r = pipeline_generation_get(src->store, history, src->generation, &g, err);
+	if (r < 0)
+		return r;
+	r = from_fragments(g.digests, g.n_fragments, src, c, ev, err);
+	/* The lock describes the generation (an export's SBOM reads it) only while it is the one
+	 * the generation was built with. */
+	_cleanup_free_ char *lock =
+	    src->lock ? xstrdup(src->lock) : pipeline_lock_path(manifest, c->model, src->facts);
+	_cleanup_close_ int fd = open(lock, O_RDONLY | O_CLOEXEC);
+	char hex[SHA256_HEX_LEN + 1];
+	if (r == 0 && fd >= 0 && sha256_fd(fd, hex) == 0 && strcmp(hex, g.lock_digest) == 0)
+		c->lock_path = TAKE_PTR(lock);
+	pipeline_generation_clear(&g);
+	return r;
+}
+
 static int from_manifest(const char *manifest, const struct pipeline_source *src,
                          struct composition *c, struct pipeline_events *ev,
                          struct mosaic_error *err)
@@ -228,7 +252,10 @@ static int from_manifest(const char *manifest, const struct pipeline_source *src
 	int r = pipeline_manifest_load(manifest, src->facts, &c->model, err);
 	if (r < 0)
 		return r;
-	c->lock_path = src->lock ? xstrdup(src->lock) : pipeline_lock_path(manifest, c->model);
+	if (src->generation)
+		return from_generation(manifest, src, c, ev, err);
+	c->lock_path =
+	    src->lock ? xstrdup(src->lock) : pipeline_lock_path(manifest, c->model, src->facts);
 	struct lock l = {0};
 	if ((r = lock_read(c->lock_path, &l, err)) < 0)
 		return mosaic_error_prefix(err, "run 'mosaic build %s' first", manifest);
@@ -253,6 +280,9 @@ int pipeline_open(const struct pipeline_source *src, struct composition **out,
 	int r;
 	if (src->n_args == 0) {
 		r = mosaic_errorf(err, -EINVAL, "give a MANIFEST, INDEX or FRAGMENTs");
+	} else if (src->generation && (src->n_args != 1 || !pipeline_is_manifest(a[0]))) {
+		r = mosaic_errorf(err, -EINVAL,
+		                  "a generation is one of a MANIFEST's: give one MANIFEST with it");
 	} else if (src->n_args == 1 && pipeline_is_manifest(a[0])) {
 		c->kind = PIPELINE_FROM_MANIFEST;
 		r = from_manifest(a[0], src, c, ev, err);
@@ -324,6 +354,8 @@ json_object *pipeline_composition_info(const struct pipeline_source *src,
 	json_object *o = json_object_new_object();
 	static const char *const kinds[] = {"manifest", "index", "fragments", "mount"};
 	json_object_object_add(o, "source", json_object_new_string(kinds[c->kind]));
+	if (src->generation)
+		json_object_object_add(o, "generation", json_object_new_int(src->generation));
 	if (c->kind == PIPELINE_FROM_MANIFEST || c->kind == PIPELINE_FROM_INDEX) {
 		char real[PATH_MAX];
 		json_object_object_add(

@@ -86,12 +86,13 @@ int pipeline_configure(const struct pipeline_configure_options *o,
 	if (r < 0)
 		return r;
 	_cleanup_free_ char *lock =
-	    o->lock ? xstrdup(o->lock) : pipeline_lock_path(o->manifest, model);
+	    o->lock ? xstrdup(o->lock) : pipeline_lock_path(o->manifest, model, o->facts);
 	_cleanup_free_ char *lock_dir = xstrdup(lock);
 	_cleanup_free_ char *abs_dir = realpath(dirname(lock_dir), NULL);
-	/* Beside the lock, under the manifest's name: a mount of its own per manifest. */
-	_cleanup_free_ char *base =
-	    xasprintf("%s/roots/%s", abs_dir ? abs_dir : lock_dir, model_str(model, "name"));
+	_cleanup_free_ char *history = pipeline_history_name(o->manifest, model, o->facts);
+	/* Beside the lock, under the manifest's history (its name, and its facts when given): a
+	 * mount of its own per manifest and role. */
+	_cleanup_free_ char *base = xasprintf("%s/roots/%s", abs_dir ? abs_dir : lock_dir, history);
 	res->mountpoint = o->mountpoint ? xstrdup(o->mountpoint) : path_join(base, "mnt");
 	res->upper = o->upper ? xstrdup(o->upper) : path_join(base, "upper");
 	if (!mosaic_mounted(res->mountpoint)) {

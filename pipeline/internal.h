@@ -5,6 +5,8 @@
 #include "pipeline/pipeline.h"
 #include "providers/providers.h"
 
+struct compose_input;
+
 /* ---- events (events.c) -------------------------------------------------------------------- */
 
 void pipeline_say(struct pipeline_events *ev, enum pipeline_event_kind kind, const char *step,
@@ -24,6 +26,16 @@ bool pipeline_is_index(const char *path);
 /* The number of CPUs online (at least 1). */
 unsigned pipeline_cpus(void);
 
+/* ---- generations (generation.c, generation-record.c) -------------------------------------- */
+
+#define PIPELINE_HISTORY_MAX 200
+/* Whether s can name a history: a letter or digit, then letters, digits and . _ + = , @ -, at
+ * most PIPELINE_HISTORY_MAX; so never a path, nor hidden. */
+bool pipeline_history_valid(const char *s);
+/* The record's text (docs/formats.md), keys in a fixed order, ending in a newline; images, path
+ * and error are not written. Caller frees. */
+char *pipeline_generation_format(const struct pipeline_generation *g);
+
 /* ---- the lock's fragments (order.c) ------------------------------------------------------- */
 
 /* The package fragments' digests in lock order (borrowed from the lock); caller frees the
@@ -42,6 +54,12 @@ void pipeline_base_key(char *const *digests, size_t n, char hex[SHA256_HEX_LEN +
 int pipeline_lock_mount_order(const struct lock *l, const char *lock_path, const char *manifest,
                               bool merged_usr, bool with_config, char ***digests, size_t *n,
                               struct pipeline_events *ev, struct mosaic_error *err);
+
+/* The index of an ordered fragment list, built once and cached by the list's hash
+ * (compose_index_cache_path) with index progress events; *index_path is its cache path. The
+ * inputs' images are read as they are: the caller verifies them or trusts them. */
+int pipeline_index_cached(const struct compose_input *in, size_t n, char **index_path,
+                          struct pipeline_events *ev, struct mosaic_error *err);
 
 /* The composition of the running mount at mountpoint, whatever the path looks like; its index
  * opened too when open_index. */
@@ -67,6 +85,7 @@ struct build {
 	const struct pipeline_build_options *o;
 	struct pipeline_events *ev;
 	json_object *model;
+	char *history; /* pipeline_history_name of the manifest and its facts */
 	char *lock_path;
 	char *sign_key;
 	int64_t epoch; /* $SOURCE_DATE_EPOCH, -1 when unset */
@@ -76,6 +95,8 @@ struct build {
 	struct lock lock;
 	struct store *store;
 	char **package_files; /* the downloaded package of each locked package */
+	unsigned generation;  /* what the generation step recorded (or found newest already) */
+	bool new_generation;
 };
 
 int step_resolve(struct build *b, struct mosaic_error *err);
@@ -90,6 +111,7 @@ int step_dpkg_database(struct build *b, struct mosaic_error *err);
 int step_rpm_database(struct build *b, struct mosaic_error *err);
 int step_configure(struct build *b, struct mosaic_error *err);
 int step_record_root(struct build *b, struct mosaic_error *err);
+int step_generation(struct build *b, struct mosaic_error *err);
 int step_export(struct build *b, struct mosaic_error *err);
 
 void repos_clear(struct repos *rs);

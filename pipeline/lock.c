@@ -10,12 +10,13 @@ int step_write_lock(struct build *b, struct mosaic_error *err)
 	return lock_write(b->lock_path, &b->lock, err);
 }
 
-/* Records the build's fragments in the store's roots, so that gc keeps them. */
+/* Records the build's fragments in the store's roots, so that gc keeps them: one root per
+ * history (manifest-NAME, or manifest-NAME@FACTS), so that two roles do not drop each other's. */
 int step_record_root(struct build *b, struct mosaic_error *err)
 {
 	const struct lock *l = &b->lock;
 	_cleanup_free_ char *dir = path_join(store_root(b->store), "roots");
-	_cleanup_free_ char *name = xasprintf("manifest-%s", l->name);
+	_cleanup_free_ char *name = xasprintf("manifest-%s", b->history);
 	_cleanup_free_ char *path = path_join(dir, name);
 	size_t cap = (l->n_packages + 16) * (SHA256_HEX_LEN + 1) + 1, len = 0;
 	_cleanup_free_ char *text = xmalloc(cap);

@@ -1,5 +1,6 @@
 /* pipeline/: a manifest as the commands take it: facts from the command line, this host's
- * architecture as the default one, and the lock beside it. */
+ * architecture as the default one, and the lock beside it (one per history: NAME.lock, or
+ * NAME@FACTS.lock when facts are given). */
 #include "manifests/manifest.h"
 #include "pipeline/internal.h"
 
@@ -118,13 +119,13 @@ int pipeline_manifest_load(const char *path, json_object *facts_in, json_object 
 	return r;
 }
 
-char *pipeline_lock_path(const char *manifest, json_object *model)
+char *pipeline_lock_path(const char *manifest, json_object *model, json_object *facts)
 {
 	_cleanup_free_ char *dir = xstrdup(manifest);
+	_cleanup_free_ char *history = pipeline_history_name(manifest, model, facts);
 	char *slash = strrchr(dir, '/');
-	const char *name = model_str(model, "name");
 	if (!slash)
-		return xasprintf("%s.lock", name);
+		return xasprintf("%s.lock", history);
 	*slash = 0;
-	return xasprintf("%s/%s.lock", dir, name);
+	return xasprintf("%s/%s.lock", dir, history);
 }

@@ -1,6 +1,7 @@
 /* pipeline/: a manifest's whole build as a list of named steps (resolve, download, fragments,
- * databases, configure, lock, export targets), and the one place that opens "a composition" (a
- * MANIFEST, an INDEX, FRAGMENTs or a MOUNTPOINT) for mount, export, configure, diff and commit.
+ * databases, configure, lock, generation, export targets), the generations it records, and the
+ * one place that opens "a composition" (a MANIFEST or one of its generations, an INDEX,
+ * FRAGMENTs or a MOUNTPOINT) for mount, export, configure, diff and commit.
  * Never prints: progress and what each step did reach the caller as events. */
 #pragma once
 
@@ -51,8 +52,9 @@ int pipeline_fact_add(json_object *facts, const char *kv);
  * problem. Caller puts *model. */
 int pipeline_manifest_load(const char *path, json_object *facts, json_object **model,
                            struct mosaic_error *err);
-/* NAME.lock beside the manifest. Caller frees. */
-char *pipeline_lock_path(const char *manifest, json_object *model);
+/* HISTORY.lock beside the manifest (pipeline_history_name: NAME.lock without facts). Caller
+ * frees. */
+char *pipeline_lock_path(const char *manifest, json_object *model, json_object *facts);
 /* Whether path names a manifest (NAME.yaml or NAME.yml). */
 bool pipeline_is_manifest(const char *path);
 /* ---- a composition (composition.c) -------------------------------------------------------- */
@@ -63,7 +65,8 @@ int pipeline_fragment_path(const char *arg, const char *store, char **out,
                            struct mosaic_error *err);
 
 enum pipeline_source_kind {
-	PIPELINE_FROM_MANIFEST,  /* a manifest 'mosaic build' built: the fragments its lock names */
+	PIPELINE_FROM_MANIFEST,  /* a manifest 'mosaic build' built: the fragments its lock names,
+	                          * or those of one of its generations */
 	PIPELINE_FROM_INDEX,     /* a prebuilt index: its fragments found in the store by digest */
 	PIPELINE_FROM_FRAGMENTS, /* refs, digests or .sqfs paths, lowest first, verified */
 	PIPELINE_FROM_MOUNT,     /* a running mosaic mount: its index, fragments and upper */
@@ -75,6 +78,8 @@ struct pipeline_source {
 	const char *store, *keyring; /* NULL: the defaults */
 	const char *lock;            /* a MANIFEST's lock; NULL: NAME.lock beside it */
 	json_object *facts;          /* a MANIFEST's facts; may be NULL */
+	unsigned generation;         /* a MANIFEST: 0 its lock, N generation N of its history
+	                              * (pipeline_history_name of it and facts) */
 	bool mountpoints;            /* a directory is a running mount (else it is no source) */
 	bool open_index;             /* open (and checksum) the index too: idx is NULL without */
 };
@@ -90,7 +95,8 @@ struct composition {
 	/* a mount: its real mountpoint, mode (fusefs_writable_name) and whether its daemon runs */
 	char *mountpoint, *mode;
 	bool running;
-	/* a manifest: its model and lock */
+	/* a manifest: its model and lock (for a generation, the lock only while it is still the
+	 * one that generation was built with, else NULL) */
 	json_object *model;
 	char *lock_path;
 };
@@ -213,6 +219,94 @@ void pipeline_switch_result_clear(struct pipeline_switch_result *res);
 int pipeline_switch(const struct pipeline_switch_options *o, struct pipeline_switch_result *res,
                     struct pipeline_events *ev, struct mosaic_error *err);
 
+/* ---- generations (generation.c) ---------------------------------------------------------- */
+
+/* Every build records a generation of its manifest's history in the store, as
+ * <store>/generations/<HISTORY>/<N>.json (docs/formats.md), N from 1, unless it equals the
+ * newest one; each keeps its fragments from gc through roots/generation-<HISTORY>-<N>. */
+#define PIPELINE_GENERATION_VERSION 1
+
+struct pipeline_generation {
+	unsigned number;
+	int64_t time; /* when the build recorded it: seconds since the epoch (wall clock) */
+	char *history, *manifest, *manifest_digest, *lock_digest, *index_digest;
+	char *index_path; /* the index in the builder's cache (rebuilt by pipeline_open if gone) */
+	json_object *facts; /* the facts the build was given, role included; {} for none */
+	/* The fragments, lowest first, exactly the list the index is built from: digest (64 hex),
+	 * name and kind (base, package, config, dev) of each, NULL-terminated; version, arch and
+	 * source (the descriptor's source type: deb, rpm, tar, dir, upper) n_fragments long, an
+	 * entry NULL when the fragment has none. */
+	char **digests, **names, **kinds, **versions, **archs, **sources;
+	size_t n_fragments;
+	char **images; /* each fragment's <store>/sha256/<hh>/<hex>.sqfs, NULL-terminated (get and
+	                * list; the parser leaves it NULL) */
+	char *path;    /* the record's file (get and list) */
+	char *error;   /* list only: why the record at path could not be read (number and path are
+	                * the only other fields set) */
+};
+void pipeline_generation_clear(struct pipeline_generation *g);
+/* Parses a record's bytes: untrusted, a store may be shared. Refuses another version, missing
+ * or mistyped fields, digests that are not 64 hex, control characters, an invalid history name,
+ * unknown kinds, trailing bytes and more than 16 MiB (-EBADMSG, -EFBIG). */
+int pipeline_generation_parse(const char *text, size_t len, struct pipeline_generation *out,
+                              struct mosaic_error *err);
+
+/* The history a manifest's builds are recorded under, and the name of its lock: the manifest's
+ * name without facts; with facts (as given, role included) NAME@KEY=VALUE,KEY=V1+V2 (keys and
+ * a key's values sorted), or NAME@ and 16 hex digits of the facts' SHA-256 when a fact holds
+ * anything but letters, digits, '.', '_' and '-', or the name would pass 128 characters.
+ * Caller frees. */
+char *pipeline_history_name(const char *manifest, json_object *model, json_object *facts);
+/* arg as a history: a MANIFEST (loaded with facts) names its own, anything else must be a
+ * history name (-EINVAL if it cannot be one). Caller frees *history. */
+int pipeline_history_find(const char *arg, json_object *facts, char **history,
+                          struct mosaic_error *err);
+
+/* The records of history in store (NULL: the default store), oldest first, images filled in;
+ * a record that cannot be read is listed with error set. -ENOENT when the history has none.
+ * Caller frees with pipeline_generations_free. */
+int pipeline_generations_list(const char *store, const char *history,
+                              struct pipeline_generation **out, size_t *n,
+                              struct mosaic_error *err);
+void pipeline_generations_free(struct pipeline_generation *v, size_t n);
+/* Generation number of history (0: the newest), with the image path of each fragment in the
+ * store, in index order, so that a caller can mount or switch to it without the lock. The
+ * images are not verified here: a caller verifies them (pipeline_open does) or lets the
+ * daemon verify each on first read. -ENOENT for an unknown history or number, -EBADMSG for a
+ * record that cannot be read (err names its file). Caller frees with
+ * pipeline_generation_clear. */
+int pipeline_generation_get(const char *store, const char *history, unsigned number,
+                            struct pipeline_generation *out, struct mosaic_error *err);
+
+enum pipeline_generation_change_kind {
+	PIPELINE_GENERATION_ADDED,
+	PIPELINE_GENERATION_REMOVED,
+	PIPELINE_GENERATION_UPGRADED,
+	PIPELINE_GENERATION_DOWNGRADED,
+	PIPELINE_GENERATION_CHANGED, /* the same name (and version) with another fragment */
+};
+struct pipeline_generation_change {
+	enum pipeline_generation_change_kind kind;
+	bool package;                    /* a package fragment (else base, config or dev) */
+	char *name, *arch;               /* arch may be NULL */
+	char *old_version, *new_version; /* NULL when there is none (or nothing on that side) */
+	char *old_digest, *new_digest;   /* NULL on the side that has none */
+};
+/* What changed from generation a to generation b of history: packages (by name and arch)
+ * added, removed, upgraded, downgraded (libsolv's Debian or RPM version rule, by the
+ * fragment's source) or rebuilt, and the other fragments (by name) added, removed or changed;
+ * packages first, each group sorted by name. Caller frees with
+ * pipeline_generation_changes_free. */
+int pipeline_generations_diff(const char *store, const char *history, unsigned a, unsigned b,
+                              struct pipeline_generation_change **out, size_t *n,
+                              struct mosaic_error *err);
+void pipeline_generation_changes_free(struct pipeline_generation_change *v, size_t n);
+/* Removes all but the keep (at least 1) newest records of history, and their gc roots, under
+ * the history's lock; *removed receives the numbers removed, oldest first (caller frees). The
+ * fragments themselves go at the next store gc, when no other root keeps them. */
+int pipeline_generations_gc(const char *store, const char *history, unsigned keep,
+                            unsigned **removed, size_t *n_removed, struct mosaic_error *err);
+
 /* ---- the build (build.c, one file per step) ----------------------------------------------- */
 
 struct pipeline_build_options {
@@ -231,6 +325,9 @@ struct pipeline_build_options {
 struct pipeline_build_result {
 	char *lock_path, *store;
 	size_t n_packages, n_fragments;
+	char *history;       /* the history the build was recorded in */
+	unsigned generation; /* its generation: a new one, or the newest when nothing changed */
+	bool new_generation;
 };
 void pipeline_build_result_clear(struct pipeline_build_result *res);
 
@@ -239,7 +336,8 @@ void pipeline_build_result_clear(struct pipeline_build_result *res);
 int pipeline_resolve(const struct pipeline_build_options *o, struct pipeline_build_result *res,
                      struct pipeline_events *ev, struct mosaic_error *err);
 /* resolve, then download, verify, make a signed fragment of each package, the package
- * databases, configure and commit a config fragment, write the lock, record the build as a gc
- * root, and make the manifest's export: targets. Incremental: nothing is made twice. */
+ * databases, configure and commit a config fragment, write the lock, record the build as a
+ * generation of its history (unless it equals the newest) and as a gc root, and make the
+ * manifest's export: targets. Incremental: nothing is made twice. */
 int pipeline_build(const struct pipeline_build_options *o, struct pipeline_build_result *res,
                    struct pipeline_events *ev, struct mosaic_error *err);

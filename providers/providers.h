@@ -159,6 +159,10 @@ char *provider_cache_path(const struct provider_ctx *ctx, const char *kind, cons
 /* Creates ctx->pool for repositories of type t and the architecture ctx->arch. */
 void provider_pool_new(struct provider_ctx *ctx, enum repo_type t);
 void provider_pool_free(struct provider_ctx *ctx);
+/* Compares two versions of a package by the rule of repositories of type t, libsolv's: Debian's
+ * ([epoch:]upstream[-revision], '~' before anything) or RPM's ([epoch:]version-release).
+ * Returns <0, 0 or >0 as a is older than, the same as or newer than b. */
+int package_version_compare(enum repo_type t, const char *a, const char *b);
 
 /* One requested package: name with an optional constraint (op "", "=", ">=", "<=", ">>", "<<"). */
 struct package_request {

@@ -30,6 +30,16 @@ void provider_pool_free(struct provider_ctx *ctx)
 	ctx->pool = NULL;
 }
 
+int package_version_compare(enum repo_type t, const char *a, const char *b)
+{
+	/* An empty pool knows the rule of its distribution type; nothing else is loaded. */
+	Pool *pool = pool_create();
+	pool_setdisttype(pool, provider_for(t)->disttype);
+	int r = pool_evrcmp_str(pool, a, b, EVRCMP_COMPARE);
+	pool_free(pool);
+	return r;
+}
+
 /* Grows an error message line by line, keeping what fits. */
 static void msg_append(struct mosaic_error *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

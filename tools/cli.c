@@ -66,6 +66,11 @@ int cli_source_option(int c, const char *arg, struct pipeline_source *src, const
 	case CLI_OPT_LOCK:
 		src->lock = arg;
 		return 1;
+	case CLI_OPT_GENERATION:
+		if (cli_parse_positive(arg, &src->generation) < 0)
+			return cli_usage(usage, "--generation takes a number from 1, not '%s'",
+			                 arg);
+		return 1;
 	case CLI_OPT_FACT:
 	case CLI_OPT_ROLE: {
 		if (!src->facts)
@@ -98,6 +103,18 @@ int cli_parse_timeout(const char *arg, unsigned *out)
 	errno = 0;
 	unsigned long v = strtoul(arg, &end, 10);
 	if (!*arg || *end || errno || v > 7 * 24 * 3600 || arg[0] == '-')
+		return -EINVAL;
+	*out = (unsigned)v;
+	return 0;
+}
+
+int cli_parse_positive(const char *arg, unsigned *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(arg, &end, 10);
+	if (!*arg || *end || errno || v < 1 || v > 999999999 || arg[0] == '-' || arg[0] == '+' ||
+	    arg[0] == ' ')
 		return -EINVAL;
 	*out = (unsigned)v;
 	return 0;

@@ -32,7 +32,7 @@ int cli_fragment_path(const char *arg, const char *store_path, char **out);
 
 /* The options of every command that opens a composition or a manifest: -s/--store, --keyring,
  * --lock, --fact KEY=VALUE and --role ROLE. */
-enum { CLI_OPT_KEYRING = 1000, CLI_OPT_LOCK, CLI_OPT_FACT, CLI_OPT_ROLE };
+enum { CLI_OPT_KEYRING = 1000, CLI_OPT_LOCK, CLI_OPT_FACT, CLI_OPT_ROLE, CLI_OPT_GENERATION };
 /* A list of initializers, which the formatter would brace as one. */
 /* clang-format off */
 #define CLI_SOURCE_OPTIONS                                                                         \
@@ -42,14 +42,22 @@ enum { CLI_OPT_KEYRING = 1000, CLI_OPT_LOCK, CLI_OPT_FACT, CLI_OPT_ROLE };
 	{"fact", required_argument, NULL, CLI_OPT_FACT},                                           \
 	{"role", required_argument, NULL, CLI_OPT_ROLE}
 /* clang-format on */
-/* Takes getopt's c into src when it is one of those: returns 1 when taken, 0 when c is another
- * option, or the exit code of a bad value. src->facts is made on the first fact. */
+/* --generation N: for the commands that open a MANIFEST's composition, one of its history's
+ * generations instead of its lock (cli_source_option takes it into src->generation). */
+/* clang-format off */
+#define CLI_GENERATION_OPTION {"generation", required_argument, NULL, CLI_OPT_GENERATION}
+/* clang-format on */
+/* Takes getopt's c into src when it is one of those (or --generation): returns 1 when taken, 0
+ * when c is another option, or the exit code of a bad value. src->facts is made on the first
+ * fact. */
 int cli_source_option(int c, const char *arg, struct pipeline_source *src, const char *usage);
 void cli_source_clear(struct pipeline_source *src);
 /* $SOURCE_DATE_EPOCH (-1 when unset) into *out; returns 0, or the exit code of a bad value. */
 int cli_source_date_epoch(int64_t *out);
 /* A number of seconds from 0 to a week (--step-timeout). */
 int cli_parse_timeout(const char *arg, unsigned *out);
+/* A generation number or count: 1 to 999999999 (-EINVAL otherwise). */
+int cli_parse_positive(const char *arg, unsigned *out);
 
 /* Where the libraries' progress goes: stderr, as a redrawn progress line when it is a terminal,
  * as plain lines otherwise; a step's output to stdout. */
@@ -74,3 +82,4 @@ int cmd_commit(int argc, char **argv);
 int cmd_configure(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_boot(int argc, char **argv);
+int cmd_generations(int argc, char **argv);

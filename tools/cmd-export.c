@@ -32,7 +32,11 @@ static const char usage_export[] =
     "  -s, --store STORE          the store fragments come from\n"
     "      --keyring FILE         trusted public keys (every fragment is verified)\n"
     "      --lock FILE            the lock whose packages the SBOM lists (default for a\n"
-    "                             MANIFEST: NAME.lock beside it; else fragments only)\n"
+    "                             MANIFEST: its lock beside it; else fragments only)\n"
+    "      --fact KEY=VALUE       a fact the MANIFEST's layers are matched against\n"
+    "      --role ROLE            the same as --fact role=ROLE\n"
+    "      --generation N         generation N of the MANIFEST's history instead of its\n"
+    "                             lock (see 'mosaic generations')\n"
     "      --upper DIR            an overlayfs-format upper over an INDEX or FRAGMENTs\n"
     "disks (raw, qcow2, vmdk, vhdx):\n"
     "      --size SIZE            the whole disk's size (K, M, G, T); default: the content\n"
@@ -102,6 +106,7 @@ static int export_cmd(int argc, char **argv, struct pipeline_source *src)
 	    {"output", required_argument, NULL, 'o'},
 	    {"source-date-epoch", required_argument, NULL, OPT_SDE},
 	    CLI_SOURCE_OPTIONS,
+	    CLI_GENERATION_OPTION,
 	    {"upper", required_argument, NULL, OPT_UPPER},
 	    {"size", required_argument, NULL, OPT_SIZE},
 	    {"free-space", required_argument, NULL, OPT_FREE_SPACE},

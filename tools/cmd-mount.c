@@ -19,6 +19,7 @@ static const char usage_mount[] =
     "      --lock FILE         the MANIFEST's lock (default: NAME.lock beside it)\n"
     "      --fact KEY=VALUE    a fact the MANIFEST's layers are matched against (repeatable)\n"
     "      --role ROLE         the same as --fact role=ROLE\n"
+    "      --generation N      generation N of the MANIFEST's history (mosaic generations)\n"
     "      --upper DIR         writable upper layer (kernel overlayfs upper format)\n"
     "      --work DIR          overlayfs work dir (default: .NAME.work beside the upper)\n"
     "      --writable=MODE     overlay (kernel overlayfs over the view) or fuse (the daemon's\n"
@@ -51,6 +52,7 @@ enum { OPT_UPPER = 256, OPT_WORK, OPT_WRITABLE, OPT_READ_ONLY, OPT_DEV };
 static int mount_cmd(int argc, char **argv, struct pipeline_source *src, char ***devp)
 {
 	static const struct option opts[] = {CLI_SOURCE_OPTIONS,
+	                                     CLI_GENERATION_OPTION,
 	                                     {"upper", required_argument, NULL, OPT_UPPER},
 	                                     {"work", required_argument, NULL, OPT_WORK},
 	                                     {"writable", required_argument, NULL, OPT_WRITABLE},

@@ -9,7 +9,8 @@ static const char usage_switch[] =
     "       mosaic switch MOUNTPOINT [--add FRAGMENT] [--remove NAME] [--replace NAME=FRAGMENT]\n"
     "\n"
     "Switches a running mount to another composition without unmounting it: a MANIFEST\n"
-    "'mosaic build' built, a prebuilt INDEX, FRAGMENTs (lowest first), or the fragments it\n"
+    "'mosaic build' built (its newest generation), a prebuilt INDEX, FRAGMENTs (lowest first), or "
+    "the fragments it\n"
     "serves with some removed, replaced or added on top. The new index is built (or found in\n"
     "the cache) and every new fragment verified before the mount changes at all; then every\n"
     "path shows the new composition at once. Paths that did not change keep their inode\n"
@@ -20,6 +21,7 @@ static const char usage_switch[] =
     "      --lock FILE         the MANIFEST's lock (default: NAME.lock beside it)\n"
     "      --fact KEY=VALUE    a fact the MANIFEST's layers are matched against (repeatable)\n"
     "      --role ROLE         the same as --fact role=ROLE\n"
+    "      --generation N      generation N of the MANIFEST's history, not its newest\n"
     "      --add FRAGMENT      put FRAGMENT on top of the served ones (repeatable)\n"
     "      --remove NAME       leave out the served fragment named NAME (repeatable)\n"
     "      --replace NAME=FRAGMENT\n"
@@ -103,6 +105,7 @@ static int switch_cmd(int argc, char **argv, bool rollback, struct pipeline_sour
 	const char *usage = rollback ? usage_rollback : usage_switch;
 	static const struct option opts[] = {
 	    CLI_SOURCE_OPTIONS,
+	    CLI_GENERATION_OPTION,
 	    {"add", required_argument, NULL, OPT_ADD},
 	    {"remove", required_argument, NULL, OPT_REMOVE},
 	    {"replace", required_argument, NULL, OPT_REPLACE},

@@ -13,7 +13,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build="$root/build-fuzz"
 targets_all=(fuzz-descriptor fuzz-deb822 fuzz-index fuzz-manifest fuzz-deb-metadata
-	fuzz-rpm-metadata)
+	fuzz-rpm-metadata fuzz-generation)
 
 usage() {
 	echo "usage: $0 [TARGET|all] [SECONDS]  (targets: ${targets_all[*]})" >&2

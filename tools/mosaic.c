@@ -15,6 +15,7 @@ static const char usage[] =
     "  manifest show|check MANIFEST     validate a manifest, show it merged (includes, layers)\n"
     "  resolve MANIFEST                 resolve its packages with libsolv into NAME.lock\n"
     "  build MANIFEST                   resolve, download, verify, one fragment per package\n"
+    "  generations [list|diff|gc] NAME  the builds of a manifest recorded in the store\n"
     "  compose FRAGMENT... -o INDEX     build a composition index (overlay rules, conflicts)\n"
     "  mount (MANIFEST|INDEX|FRAGMENT...) DIR\n"
     "                                   mount a composition (read-only, or with an upper)\n"
@@ -62,6 +63,8 @@ int main(int argc, char **argv)
 		return cmd_resolve(argc - 1, argv + 1);
 	if (strcmp(cmd, "build") == 0)
 		return cmd_build(argc - 1, argv + 1);
+	if (strcmp(cmd, "generations") == 0)
+		return cmd_generations(argc - 1, argv + 1);
 	if (strcmp(cmd, "diff") == 0)
 		return cmd_diff(argc - 1, argv + 1);
 	if (strcmp(cmd, "origin") == 0)

@@ -9,7 +9,8 @@ from conftest import MOSAIC, run
 COMMANDS = [[], ["fragment"], ["fragment", "create"], ["fragment", "verify"],
             ["fragment", "inspect"], ["store"], ["store", "add"], ["store", "list"],
             ["store", "show"], ["store", "verify"], ["store", "gc"], ["compose"], ["mount"],
-            ["umount"], ["status"]]
+            ["umount"], ["status"], ["generations"], ["generations", "diff"],
+            ["generations", "gc"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "mosaic")
@@ -29,7 +30,7 @@ def test_version():
                                   ["fragment", "inspect"], ["store", "frob"], ["compose"],
                                   ["compose", "--list"], ["mount"], ["mount", "x"],
                                   ["mount", "--writable=sometimes", "x", "y"], ["umount"],
-                                  ["status"]])
+                                  ["status"], ["generations"], ["generations", "gc", "t"]])
 def test_bad_usage_exits_2(args):
     p = run([MOSAIC, *args], check=False)
     assert p.returncode == 2 and p.stderr.startswith("mosaic: ")

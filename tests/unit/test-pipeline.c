@@ -145,11 +145,202 @@ static void test_facts_and_names(void)
 	   "not a bare suffix, an image or a word");
 	json_object *model = json_object_new_object();
 	json_object_object_add(model, "name", json_object_new_string("web"));
-	_cleanup_free_ char *a = pipeline_lock_path("dir/m.yaml", model);
-	_cleanup_free_ char *b = pipeline_lock_path("m.yaml", model);
+	_cleanup_free_ char *a = pipeline_lock_path("dir/m.yaml", model, NULL);
+	_cleanup_free_ char *b = pipeline_lock_path("m.yaml", model, NULL);
 	is_str(a, "dir/web.lock", "the lock is NAME.lock beside the manifest");
 	is_str(b, "web.lock", "in the current directory too");
+	json_object *empty = json_object_new_object();
+	_cleanup_free_ char *c = pipeline_lock_path("dir/m.yaml", model, empty);
+	is_str(c, "dir/web.lock", "no facts given: NAME.lock still");
+	json_object *role = json_object_new_object();
+	pipeline_fact_add(role, "role=db");
+	_cleanup_free_ char *d = pipeline_lock_path("dir/m.yaml", model, role);
+	is_str(d, "dir/web@role=db.lock", "with facts, a lock of the history's own");
+	json_object_put(empty);
+	json_object_put(role);
 	json_object_put(model);
+}
+
+static char *history(const char *name, const char *const *facts)
+{
+	json_object *model = json_object_new_object();
+	if (name)
+		json_object_object_add(model, "name", json_object_new_string(name));
+	json_object *f = facts ? json_object_new_object() : NULL;
+	for (size_t i = 0; facts && facts[i]; i++)
+		pipeline_fact_add(f, facts[i]);
+	char *h = pipeline_history_name("dir/file.yaml", model, f);
+	json_object_put(f);
+	json_object_put(model);
+	return h;
+}
+
+static void test_history_names(void)
+{
+	_cleanup_free_ char *plain = history("web", NULL);
+	_cleanup_free_ char *unnamed = history(NULL, NULL);
+	_cleanup_free_ char *role = history("t", (const char *const[]){"role=web", NULL});
+	_cleanup_free_ char *two =
+	    history("t", (const char *const[]){"role=web", "gpu=nvidia", NULL});
+	_cleanup_free_ char *swapped =
+	    history("t", (const char *const[]){"gpu=nvidia", "role=web", NULL});
+	_cleanup_free_ char *list =
+	    history("t", (const char *const[]){"hw=wlan0", "hw=gpu", "role=x", NULL});
+	_cleanup_free_ char *list2 =
+	    history("t", (const char *const[]){"hw=gpu", "role=x", "hw=wlan0", NULL});
+	_cleanup_free_ char *slash = history("t", (const char *const[]){"role=a/b", NULL});
+	_cleanup_free_ char *under = history("t", (const char *const[]){"role=a_b", NULL});
+	_cleanup_free_ char *empty = history("t", (const char *const[]){"role=", NULL});
+	is_str(plain, "web", "no facts: the manifest's name");
+	is_str(unnamed, "file", "no name: the file's");
+	is_str(role, "t@role=web", "a role");
+	is_str(two, "t@gpu=nvidia,role=web", "facts sorted by key");
+	is_str(swapped, two, "whatever order they were given in");
+	is_str(list, "t@hw=gpu+wlan0,role=x", "a key given twice: its values sorted, joined by +");
+	is_str(list2, list, "the same set in another order");
+	is_str(under, "t@role=a_b", "'_' is kept");
+	is_str(empty, "t@role=", "an empty value");
+	ok(strncmp(slash, "t@", 2) == 0 && strlen(slash) == 18 && !strchr(slash, '='),
+	   "'/' in a fact: a hash instead (%s)", slash);
+	_cleanup_free_ char *slash2 = history("t", (const char *const[]){"role=a/c", NULL});
+	ok(strcmp(slash, slash2) != 0, "other facts, another hash");
+	char big[200];
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = 0;
+	_cleanup_free_ char *kv = xasprintf("role=%s", big);
+	_cleanup_free_ char *lng = history("t", (const char *const[]){kv, NULL});
+	is_int(strlen(lng), 18, "too long: a hash");
+	const char *names[] = {plain, role, two, list, slash, empty, lng};
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+		ok(pipeline_history_valid(names[i]), "%s is a valid history name", names[i]);
+	ok(!pipeline_history_valid("") && !pipeline_history_valid("../x") &&
+	       !pipeline_history_valid(".hidden") && !pipeline_history_valid("a/b") &&
+	       !pipeline_history_valid("a b"),
+	   "no path, hidden file, space or empty name is one");
+}
+
+/* A record as the build writes it, with one key's text replaced by another (or the whole). */
+static char *record_text(const char *from, const char *to)
+{
+	char d[3][SHA256_HEX_LEN + 1];
+	digest_of("a", d[0]);
+	digest_of("b", d[1]);
+	digest_of("i", d[2]);
+	char *digests[] = {d[0], d[1], NULL};
+	char *names[] = {"libfoo", "dpkg-database", NULL}, *kinds[] = {"package", "config", NULL};
+	char *versions[] = {"1.0", NULL}, *archs[] = {"amd64", "amd64"},
+	     *sources[] = {"deb", "dir"};
+	json_object *facts = json_object_new_object();
+	pipeline_fact_add(facts, "role=web");
+	const struct pipeline_generation g = {
+	    .number = 3,
+	    .time = 1700000000,
+	    .history = "t@role=web",
+	    .manifest = "/m/t.yaml",
+	    .manifest_digest = d[0],
+	    .lock_digest = d[1],
+	    .index_digest = d[2],
+	    .index_path = "/c/index/x.idx",
+	    .facts = facts,
+	    .digests = digests,
+	    .names = names,
+	    .kinds = kinds,
+	    .versions = versions,
+	    .archs = archs,
+	    .sources = sources,
+	    .n_fragments = 2,
+	};
+	char *text = pipeline_generation_format(&g);
+	json_object_put(facts);
+	if (!from)
+		return text;
+	char *at = strstr(text, from);
+	if (!at)
+		return text;
+	char *out = xasprintf("%.*s%s%s", (int)(at - text), text, to, at + strlen(from));
+	free(text);
+	return out;
+}
+
+static int parse_text(const char *text, struct mosaic_error *err)
+{
+	struct pipeline_generation g;
+	int r = pipeline_generation_parse(text, strlen(text), &g, err);
+	pipeline_generation_clear(&g);
+	return r;
+}
+
+static void test_generation_record(void)
+{
+	_cleanup_free_ char *text = record_text(NULL, NULL);
+	struct pipeline_generation g;
+	struct mosaic_error err = {0};
+	is_int(pipeline_generation_parse(text, strlen(text), &g, &err), 0, "a record: %s", err.msg);
+	is_int(g.number, 3, "its number");
+	ok(g.time == 1700000000, "its time");
+	is_str(g.history, "t@role=web", "its history");
+	is_int(g.n_fragments, 2, "two fragments");
+	is_str(g.names[1], "dpkg-database", "lowest first");
+	ok(g.versions[1] == NULL && g.versions[0] && strcmp(g.versions[0], "1.0") == 0,
+	   "a version, and null for none");
+	is_str(g.kinds[0], "package", "kinds");
+	is_str(g.sources[1], "dir", "sources");
+	ok(g.images == NULL && g.path == NULL, "the parser fills no paths");
+	_cleanup_free_ char *again = pipeline_generation_format(&g);
+	is_str(again, text, "written again, the same bytes");
+	is_str(json_object_to_json_string_ext(g.facts, JSON_C_TO_STRING_PLAIN),
+	       "{\"role\":\"web\"}", "its facts");
+	pipeline_generation_clear(&g);
+
+	static const struct {
+		const char *from, *to, *what;
+		int code;
+	} bad[] = {
+	    {"\"version\": 1", "\"version\": 2", "another version", -EBADMSG},
+	    {"\"version\": 1", "\"version\": \"1\"", "a version that is not a number", -EBADMSG},
+	    {"\"number\": 3", "\"number\": 0", "number 0", -EBADMSG},
+	    {"\"number\": 3,", "", "no number", -EBADMSG},
+	    {"\"time\": 1700000000", "\"time\": 1.5", "a time that is not an integer", -EBADMSG},
+	    {"\"t@role=web\"", "\"..\\/x\"", "a history that is a path", -EBADMSG},
+	    {"\"libfoo\"", "\"lib\\u0000foo\"", "a NUL in a name", -EBADMSG},
+	    {"\"libfoo\"", "\"lib\\u001b[2Jfoo\"", "a control character in a name", -EBADMSG},
+	    {"\"libfoo\"", "\"\"", "an empty name", -EBADMSG},
+	    {"\"package\"", "\"blob\"", "an unknown kind", -EBADMSG},
+	    {"\"1.0\"", "1.0", "a version that is not a string", -EBADMSG},
+	    {"\"role\": \"web\"", "\"role\": 5", "a fact that is not a string", -EBADMSG},
+	    {"\"fragments\": [", "\"fragments\": [ 7, ", "a fragment that is not an object",
+	     -EBADMSG},
+	    {"\"/c/index/x.idx\"", "null", "no index", -EBADMSG},
+	    {"\"index_digest\": \"", "\"index_digest\": \"/", "an index digest not hex", -EBADMSG},
+	    {"\n}\n", "\n}\n{}", "bytes after the object", -EBADMSG},
+	    {"\n}\n", "\n", "a truncated record", -EBADMSG},
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		_cleanup_free_ char *t = record_text(bad[i].from, bad[i].to);
+		ok(strcmp(t, text) != 0, "(%s: the text was changed)", bad[i].what);
+		err = (struct mosaic_error){0};
+		is_int(parse_text(t, &err), bad[i].code, "refused: %s (%s)", bad[i].what, err.msg);
+	}
+	/* The first fragment's digest as a path: what a shared store's record might try. */
+	char d0[SHA256_HEX_LEN + 1];
+	digest_of("a", d0);
+	_cleanup_free_ char *quoted = xasprintf("\"digest\": \"%s\"", d0);
+	_cleanup_free_ char *path = record_text(quoted, "\"digest\": \"../../etc/passwd\"");
+	is_int(parse_text(path, &err), -EBADMSG, "a fragment digest that is a path");
+	ok(strstr(err.msg, "fragment 1") != NULL, "the message names the fragment: %s", err.msg);
+	is_int(parse_text("", &err), -EBADMSG, "empty");
+	is_int(parse_text("[]", &err), -EBADMSG, "not an object");
+	is_int(pipeline_generation_parse("{}", 2, &g, &err), -EBADMSG, "an empty object");
+	/* Not NUL-terminated: the parser reads len bytes and no more. */
+	_cleanup_free_ char *cut = xstrndup(text, strlen(text));
+	cut[strlen(cut) - 1] = 'x';
+	is_int(pipeline_generation_parse(cut, strlen(cut) - 1, &g, &err), 0,
+	       "the newline is not needed");
+	pipeline_generation_clear(&g);
+	size_t big = (16u << 20) + 1;
+	_cleanup_free_ char *huge = xmalloc(big);
+	memset(huge, ' ', big);
+	is_int(pipeline_generation_parse(huge, big, &g, &err), -EFBIG, "more than 16 MiB");
 }
 
 static void test_manifest_errors(void)
@@ -179,6 +370,8 @@ int main(void)
 	}
 	test_mount_order();
 	test_facts_and_names();
+	test_history_names();
+	test_generation_record();
 	test_manifest_errors();
 	rm_tree(tmpdir);
 	free(tmpdir);

@@ -1034,6 +1034,20 @@ static void test_cache_path(void)
 	is_int(provider_rpm.disttype, DISTTYPE_RPM, "provider_rpm disttype");
 }
 
+static void test_version_compare(void)
+{
+	ok(package_version_compare(REPO_DEB, "1.0", "2.0") < 0, "deb: 1.0 < 2.0");
+	ok(package_version_compare(REPO_DEB, "3.0~rc1", "3.0") < 0,
+	   "deb: ~ sorts before the release");
+	ok(package_version_compare(REPO_DEB, "2.0", "3.0~rc1") < 0, "deb: 2.0 < 3.0~rc1");
+	ok(package_version_compare(REPO_DEB, "1:0.9", "2.0") > 0, "deb: the epoch first");
+	is_int(package_version_compare(REPO_DEB, "1.0-1", "1.0-1"), 0, "deb: equal");
+	ok(package_version_compare(REPO_DEB, "1.0-2", "1.0-10") < 0, "deb: revisions numerically");
+	ok(package_version_compare(REPO_RPM, "1.0-1", "1.0-2") < 0, "rpm: release");
+	ok(package_version_compare(REPO_RPM, "1:1.0-1", "2.0-1") > 0, "rpm: the epoch first");
+	ok(package_version_compare(REPO_RPM, "1.10-1", "1.9-1") > 0, "rpm: numerically");
+}
+
 int main(void)
 {
 	const char *t = getenv("TMPDIR");
@@ -1046,6 +1060,7 @@ int main(void)
 	setenv("MOSAIC_CACHE_DIR", cache, 1);
 
 	test_cache_path();
+	test_version_compare();
 	test_deb822_all();
 	test_apt_sources();
 	test_release();
