@@ -10,6 +10,7 @@
  * The reply is {"ok": true, ...} or {"ok": false, "error": TEXT}. */
 #include "fusefs/internal.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -49,6 +50,8 @@ static int read_request(int fd, char **out)
 		if (n == 0)
 			break;
 		len += n;
+		if (buf[len - 1] == '\n')
+			break; /* a request that waits for its answer on the same connection */
 	}
 	buf[len] = '\0';
 	*out = buf;
@@ -232,7 +235,11 @@ static void serve_one(struct daemon *d, int fd)
 		json_object_object_add(out, "pid", json_object_new_int(getpid()));
 	} else if (strcmp(op, "switch") == 0)
 		out = do_switch(d, req);
-	else
+	else if (strcmp(op, "handover") == 0) {
+		json_object_put(req);
+		handover_give(d, fd); /* it answers itself */
+		return;
+	} else
 		out = failure("unknown request \"%s\"", op);
 	json_object_put(req);
 	reply(fd, out);
@@ -255,8 +262,27 @@ static void *control_thread(void *arg)
 			continue;
 		serve_one(d, fd);
 		close(fd);
+		if (d->handed_over)
+			break; /* the new daemon listens on this socket now */
 	}
 	return NULL;
+}
+
+static int control_run(struct daemon *d, int fd, struct mosaic_error *err)
+{
+	if (pipe2(d->control_stop, O_CLOEXEC) < 0) {
+		close(fd);
+		return mosaic_errorf(err, -errno, "pipe: %m");
+	}
+	d->control_fd = fd;
+	pthread_create(&d->control, NULL, control_thread, d);
+	d->control_started = true;
+	return 0;
+}
+
+int control_start_inherited(struct daemon *d, struct mosaic_error *err)
+{
+	return control_run(d, d->control_fd, err);
 }
 
 int control_start(struct daemon *d, struct mosaic_error *err)
@@ -277,14 +303,7 @@ int control_start(struct daemon *d, struct mosaic_error *err)
 		close(fd);
 		return mosaic_errorf(err, -e, "%s: %s", path, strerror(e));
 	}
-	if (pipe2(d->control_stop, O_CLOEXEC) < 0) {
-		close(fd);
-		return mosaic_errorf(err, -errno, "pipe: %m");
-	}
-	d->control_fd = fd;
-	pthread_create(&d->control, NULL, control_thread, d);
-	d->control_started = true;
-	return 0;
+	return control_run(d, fd, err);
 }
 
 void control_stop(struct daemon *d)
@@ -296,8 +315,10 @@ void control_stop(struct daemon *d)
 	close(d->control_stop[0]);
 	close(d->control_stop[1]);
 	close(d->control_fd);
-	_cleanup_free_ char *path = control_path(d->state_dir);
-	unlink(path);
+	if (!d->handed_over) {
+		_cleanup_free_ char *path = control_path(d->state_dir);
+		unlink(path);
+	}
 	d->control_started = false;
 }
 

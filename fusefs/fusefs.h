@@ -20,7 +20,8 @@ struct fusefs_options {
 	const char *index_path;
 	char *const *images; /* image path of each index fragment, in index order */
 	size_t n_images;
-	struct keyring *keyring; /* verifies a fragment on its first use */
+	struct keyring *keyring;  /* verifies a fragment on its first use */
+	const char *keyring_path; /* where it came from (a restarted daemon opens it again) */
 	const char *mountpoint;
 	const char *upper, *work; /* work: overlayfs's work dir (default: beside the upper) */
 	enum fusefs_writable writable;
@@ -61,3 +62,14 @@ struct fusefs_switch_result {
 int fusefs_switch(const char *mountpoint, const char *index_path, char *const *images, size_t n,
                   json_object *info, const char *reason, bool rollback,
                   struct fusefs_switch_result *res, struct mosaic_error *err);
+
+struct fusefs_restart_result {
+	pid_t old_pid, pid; /* the daemon before and after */
+	bool remounted;     /* the old one was gone: mounted again from its state */
+};
+/* Starts this binary as the mount's new daemon and hands it the running daemon's FUSE session
+ * (the view, its generations and view inodes, the upper and the open files come along); the
+ * processes on the mount see a pause, never an error. When the daemon is gone (killed), the
+ * mount is taken down and mounted again with what it served last. */
+int fusefs_restart(const char *mountpoint, struct fusefs_restart_result *res,
+                   struct mosaic_error *err);

@@ -68,7 +68,14 @@ struct daemon {
 	struct keyring *keyring;
 	char *state_dir;
 	const char *mountpoint, *lower, *upper, *work; /* absolute */
-	char *fallback; /* why kernel overlayfs was refused, when it was */
+	char *fallback;                          /* why kernel overlayfs was refused, when it was */
+	const char *fuse_options, *keyring_path; /* as mounted: what a restart needs again */
+	/* handover.c: this daemon gave its session away; what it took over from old_pid */
+	bool handed_over;
+	pid_t old_pid;
+	json_object *handover;
+	int *handover_fds;
+	size_t handover_nfds;
 	uint64_t fragment_opens, reads, bytes_read, invalidations; /* atomics */
 	pthread_mutex_t stats_lock;
 	double timeout;   /* entry and attribute timeout: changes come with invalidations */
@@ -240,7 +247,17 @@ extern const struct fuse_lowlevel_ops fusefs_upper_ops;
  * xattrs, locks the work dir against a second daemon and empties <work>/work, where copy-ups
  * and new objects are prepared (what a killed daemon left there never showed and goes, as
  * kernel overlayfs empties it at mount). */
-int upper_open(struct daemon *d, const char *upper, const char *work, struct mosaic_error *err);
+int upper_open(struct daemon *d, const char *upper, const char *work, int held_lock,
+               struct mosaic_error *err);
+/* For a handover: the work dir's lock fd; stopping the invalidation thread once it has sent
+ * what is queued (upper_start starts it again); the node table as JSON (objects by file
+ * handle), and restoring it after upper_open (held_lock: the lock fd that came with it); a
+ * new, empty directory handle. */
+int upper_lock_fd(struct daemon *d);
+void upper_pause(struct daemon *d);
+json_object *upper_save(struct daemon *d);
+int upper_restore(struct daemon *d, json_object *saved, struct mosaic_error *err);
+void *upper_dir_handle_new(void);
 /* Starts the thread that sends the kernel invalidations for session se. */
 void upper_start(struct daemon *d, struct fuse_session *se);
 /* Stops that thread, flushes the upper (syncfs) and frees d->up. */
@@ -251,6 +268,8 @@ void upper_close(struct daemon *d);
 /* Listens on <state_dir>/control for requests (a switch, a ping) from root or the mount's
  * owner, in a thread of its own, once the session (d->se) serves. */
 int control_start(struct daemon *d, struct mosaic_error *err);
+/* The same on the listening socket d->control_fd that a handover brought. */
+int control_start_inherited(struct daemon *d, struct mosaic_error *err);
 void control_stop(struct daemon *d);
 /* Sends req to the daemon whose state directory is state_dir; its reply in *out when it says
  * ok, else the error it gave (-EPERM for a caller it does not serve). */
@@ -289,3 +308,20 @@ void loop_handed_over(struct daemon *d);
 /* A new daemon's session learns the connection's terms from the FUSE_INIT request the old one
  * kept (d->init_req), without the kernel: libfuse answers it, the kernel drops the answer. */
 int loop_replay_init(struct daemon *d, const void *req, size_t len);
+
+/* ---- handover.c: restarting without unmounting --------------------------------------------- */
+
+/* The old daemon's side, on a "handover" request on sock (its control thread): pauses, sends the
+ * session, and waits for "taken". true: the session is the new daemon's (this one ends without
+ * unmounting); false: it serves on. */
+bool handover_give(struct daemon *d, int sock);
+/* The new daemon's side: asks the daemon listening on control for the session; fills d (the
+ * mount, the generations and view inodes, the history) and *fuse_fd. sock_out: the connection,
+ * which the caller closes (a close without "taken" gives the session back). */
+int handover_take(struct daemon *d, const char *control, int *sock_out, int *fuse_fd,
+                  struct mosaic_error *err);
+/* The lock fd of the upper that came with it (-1: none). */
+int handover_lock_fd(struct daemon *d);
+/* Once the session and the upper are set up: the upper's nodes and the open handles, then
+ * "taken" to the old daemon. */
+int handover_finish(struct daemon *d, int sock, struct mosaic_error *err);

@@ -43,8 +43,16 @@ static bool is_mountpoint(const char *path)
 	return a.st_dev != b.st_dev || a.st_ino == b.st_ino;
 }
 
-/* How many mounts sit at path, from mountinfo: a mount whose daemon died cannot be stat'ed. */
+/* How many mounts sit at path, from mountinfo: a mount whose daemon died cannot be stat'ed.
+ * With top_source, whether the topmost of them has that source (mosaic's are "mosaic"). */
+static int mounts_at_source(const char *path, const char *top_source, bool *top_is);
+
 static int mounts_at(const char *path)
+{
+	return mounts_at_source(path, NULL, NULL);
+}
+
+static int mounts_at_source(const char *path, const char *top_source, bool *top_is)
 {
 	_cleanup_fclose_ FILE *f = fopen("/proc/self/mountinfo", "re");
 	_cleanup_free_ char *line = NULL;
@@ -61,6 +69,12 @@ static int mounts_at(const char *path)
 		char *end = strchr(point, ' '), *w = point;
 		if (end)
 			*end = '\0';
+		const char *source = NULL; /* after " - ": the type, then the source */
+		char *dash = end ? strstr(end + 1, " - ") : NULL;
+		if (dash && (dash = strchr(dash + 3, ' '))) {
+			source = dash + 1;
+			dash[1 + strcspn(dash + 1, " \n")] = '\0';
+		}
 		for (char *r = point; *r; w++) { /* octal escapes: \040 is a space */
 			if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] && r[3]) {
 				*w = (char)((r[1] - '0') << 6 | (r[2] - '0') << 3 | (r[3] - '0'));
@@ -69,7 +83,11 @@ static int mounts_at(const char *path)
 				*w = *r++;
 		}
 		*w = '\0';
-		n += strcmp(point, path) == 0;
+		if (strcmp(point, path) == 0) {
+			n++;
+			if (top_is) /* later lines are mounted over earlier ones */
+				*top_is = source && top_source && strcmp(source, top_source) == 0;
+		}
 	}
 	return n;
 }
@@ -209,6 +227,38 @@ static void *ready_thread(void *arg)
 	return NULL;
 }
 
+static struct fuse_session *session_new(struct daemon *d)
+{
+	bool writable = d->mode == FUSEFS_WRITABLE_FUSE;
+	_cleanup_free_ char *fopts =
+	    xasprintf("%sdefault_permissions,fsname=mosaic,subtype=mosaic%s%s%s",
+	              writable ? "" : "ro,", geteuid() == 0 ? ",allow_other,dev,suid" : "",
+	              d->fuse_options ? "," : "", d->fuse_options ? d->fuse_options : "");
+	char *argv[] = {"mosaic", "-o", fopts, NULL};
+	struct fuse_args args = FUSE_ARGS_INIT(3, argv);
+	const struct fuse_lowlevel_ops *ops = writable ? &fusefs_upper_ops : &fusefs_ops;
+	struct fuse_session *se = fuse_session_new(&args, ops, sizeof(*ops), d);
+	fuse_opt_free_args(&args); /* libfuse copied what it added to them */
+	return se;
+}
+
+/* After the loop: the watchers stop and, unless the session went to a new daemon, everything
+ * mosaic mounted comes down, upper first. */
+static void session_end(struct daemon *d, struct fuse_session *se, bool overlay_mounted)
+{
+	dev_stop(d);
+	control_stop(d);
+	d->se = NULL;
+	if (!d->handed_over) {
+		if (overlay_mounted && is_mountpoint(d->mountpoint))
+			umount2(d->mountpoint, MNT_DETACH);
+		fuse_session_unmount(se);
+	}
+	/* No request runs any more: the upper is flushed and let go. */
+	upper_close(d);
+	fuse_session_destroy(se);
+}
+
 /* Mounts the view in one mode and serves it until it is unmounted; 0 or 1 (the exit status).
  * *fell_back: overlayfs was refused and may_fall_back allowed fuse, which the caller now
  * serves instead (the readiness pipe is still unused then). */
@@ -221,23 +271,16 @@ static int serve(struct daemon *d, const struct fusefs_options *o, const char *m
 	_cleanup_free_ char *lower = path_join(state_dir, "lower");
 	const char *target = mode == FUSEFS_WRITABLE_OVERLAY ? lower : mountpoint;
 	bool writable = mode == FUSEFS_WRITABLE_FUSE;
+	d->mode = mode;
 	if (writable) {
 		struct mosaic_error err = {0};
-		if (upper_open(d, o->upper, o->work, &err) < 0) {
+		if (upper_open(d, o->upper, o->work, -1, &err) < 0) {
 			snprintf(msg, sizeof(msg), "%s\n", err.msg);
 			say(pipe_fd, msg);
 			return 1;
 		}
 	}
-	_cleanup_free_ char *fopts =
-	    xasprintf("%sdefault_permissions,fsname=mosaic,subtype=mosaic%s%s%s",
-	              writable ? "" : "ro,", geteuid() == 0 ? ",allow_other,dev,suid" : "",
-	              o->fuse_options ? "," : "", o->fuse_options ? o->fuse_options : "");
-	char *argv[] = {"mosaic", "-o", fopts, NULL};
-	struct fuse_args args = FUSE_ARGS_INIT(3, argv);
-	const struct fuse_lowlevel_ops *ops = writable ? &fusefs_upper_ops : &fusefs_ops;
-	struct fuse_session *se = fuse_session_new(&args, ops, sizeof(*ops), d);
-	fuse_opt_free_args(&args); /* libfuse copied what it added to them */
+	struct fuse_session *se = session_new(d);
 	if (!se) {
 		snprintf(msg, sizeof(msg), "cannot start a FUSE session (bad -o options?)\n");
 		say(pipe_fd, msg);
@@ -271,16 +314,7 @@ static int serve(struct daemon *d, const struct fusefs_options *o, const char *m
 	pthread_create(&t, NULL, ready_thread, &rd);
 	int r = loop_run(d);
 	pthread_join(t, NULL);
-	dev_stop(d);
-	control_stop(d);
-	d->se = NULL;
-	/* SIGTERM, or the view was unmounted: take down what is still mounted, upper first. */
-	if (rd.overlay_mounted && is_mountpoint(mountpoint))
-		umount2(mountpoint, MNT_DETACH);
-	fuse_session_unmount(se);
-	/* No request runs any more: the upper is flushed and let go. */
-	upper_close(d);
-	fuse_session_destroy(se);
+	session_end(d, se, rd.overlay_mounted);
 	if (rd.fell_back) {
 		*fell_back = true;
 		memcpy(reason, rd.reason, sizeof(rd.reason));
@@ -325,6 +359,8 @@ static int daemon_main(const struct fusefs_options *o, const char *mountpoint,
 	                   .lower = lower,
 	                   .upper = o->upper,
 	                   .work = o->work,
+	                   .fuse_options = o->fuse_options,
+	                   .keyring_path = o->keyring_path,
 	                   .mode = mode};
 	char msg[1200];
 	pthread_mutex_init(&d.stats_lock, NULL);
@@ -361,7 +397,8 @@ static int daemon_main(const struct fusefs_options *o, const char *mountpoint,
 	free(d.init_req);
 	handles_free(&d);
 	free(d.fallback);
-	remove_state(state_dir);
+	if (!d.handed_over) /* else it is the new daemon's */
+		remove_state(state_dir);
 	free(d.state_dir);
 	return rc;
 }
@@ -369,7 +406,7 @@ static int daemon_main(const struct fusefs_options *o, const char *mountpoint,
 /* The options with every path absolute: the daemon works from "/". */
 struct absolute_options {
 	struct fusefs_options o;
-	char *index_path, *upper, *work, **images;
+	char *index_path, *upper, *work, *keyring_path, **images;
 };
 
 static char *absolute(const char *path)
@@ -385,6 +422,7 @@ static void absolute_options_clear(struct absolute_options *a)
 	free(a->index_path);
 	free(a->upper);
 	free(a->work);
+	free(a->keyring_path);
 	strv_free(a->images, a->o.n_images);
 }
 
@@ -398,6 +436,7 @@ int fusefs_mount(const struct fusefs_options *o, enum fusefs_writable *picked,
 	a.o.index_path = a.index_path = absolute(o->index_path);
 	a.o.upper = a.upper = absolute(o->upper);
 	a.o.work = a.work = absolute(o->work);
+	a.o.keyring_path = a.keyring_path = absolute(o->keyring_path);
 	a.images = xcalloc(o->n_images + o->n_dev + 1, sizeof(*a.images));
 	for (size_t i = 0; i < o->n_images; i++)
 		a.images[i] = absolute(o->images[i]);
@@ -437,8 +476,11 @@ static int do_mount(const struct fusefs_options *o, enum fusefs_writable *picked
 	if (old) {
 		_cleanup_free_ char *stale = path_join(state, "lower");
 		detach_all(stale);
-		if (stat(mnt, &st) < 0 && errno == ENOTCONN)
-			detach_all(mnt);
+		/* The kernel may still answer stat from its cache: look at what is mounted. */
+		bool ours = false;
+		while (mounts_at_source(mnt, "mosaic", &ours) > 0 && ours)
+			if (umount2(mnt, MNT_DETACH) < 0)
+				break;
 	}
 	json_object_put(old);
 	if (stat(mnt, &st) < 0)
@@ -670,4 +712,185 @@ int fusefs_switch(const char *mountpoint, const char *index_path, char *const *i
 		res->ms = json_object_get_double(v);
 	json_object_put(out);
 	return 0;
+}
+
+/* ---- restarting the daemon ------------------------------------------------------------------ */
+
+/* The new daemon: takes the session from the running one (handover.c) and serves it. */
+static int takeover_main(const char *state, int ready_fd)
+{
+	raise_fd_limit();
+	struct daemon d = {.state_dir = xstrdup(state),
+	                   .timeout = 86400,
+	                   .loop_lock = PTHREAD_MUTEX_INITIALIZER,
+	                   .handles_lock = PTHREAD_MUTEX_INITIALIZER,
+	                   .hchunks = xcalloc(HCHUNKS, sizeof(struct handle_slot *))};
+	pthread_mutex_init(&d.stats_lock, NULL);
+	struct mosaic_error err = {0};
+	_cleanup_free_ char *control = path_join(state, "control");
+	int sock = -1, fuse_fd = -1;
+	struct fuse_session *se = NULL;
+	int r = handover_take(&d, control, &sock, &fuse_fd, &err);
+	if (r == 0 && !(se = session_new(&d)))
+		r = mosaic_errorf(&err, -EINVAL, "cannot start a FUSE session");
+	char dev[64];
+	snprintf(dev, sizeof(dev), "/dev/fd/%d", fuse_fd);
+	if (r == 0 && fuse_session_mount(se, dev) < 0)
+		r = mosaic_errorf(&err, -EIO, "taking the FUSE descriptor failed");
+	d.se = se;
+	if (r == 0)
+		r = loop_replay_init(&d, d.init_req, d.init_len);
+	if (r == 0 && d.mode == FUSEFS_WRITABLE_FUSE)
+		r = upper_open(&d, d.upper, d.work, handover_lock_fd(&d), &err);
+	if (r == 0)
+		r = handover_finish(&d, sock, &err);
+	if (sock >= 0)
+		close(sock); /* without "taken", the old daemon serves on */
+	char msg[1200];
+	if (r < 0) {
+		snprintf(msg, sizeof(msg), "%s\n", err.msg[0] ? err.msg : strerror(-r));
+		say(ready_fd, msg);
+		/* The descriptor is the old daemon's still: only this copy goes. */
+		if (se)
+			fuse_session_destroy(se);
+		return 1;
+	}
+	if (d.up)
+		upper_start(&d, se);
+	if (control_start_inherited(&d, &err) < 0)
+		fprintf(stderr, "mosaic: no control channel: %s\n", err.msg);
+	daemon_write_state(&d);
+	daemon_write_stats(&d);
+	if (dev_start(&d, &err) < 0)
+		fprintf(stderr, "mosaic: dev directories are not watched: %s\n", err.msg);
+	fprintf(stderr, "mosaic: took the session over from pid %d\n", (int)d.old_pid);
+	snprintf(msg, sizeof(msg), "OK %d %d\n", (int)getpid(), (int)d.old_pid);
+	say(ready_fd, msg);
+	loop_run(&d);
+	session_end(&d, se, d.mode == FUSEFS_WRITABLE_OVERLAY);
+	live_stop(&d);
+	if (!d.handed_over)
+		remove_state(state);
+	return 0;
+}
+
+/* A daemon that is gone (killed) left its state: the mount comes back with what it served
+ * last, every switch it completed included. */
+static int remount(const char *mnt, json_object *st, struct fusefs_restart_result *res,
+                   struct mosaic_error *err)
+{
+	json_object *v;
+	struct fusefs_options o = {.mountpoint = mnt};
+	const char *mode = NULL;
+#define STR(k) (json_object_object_get_ex(st, k, &v) && v ? json_object_get_string(v) : NULL)
+	o.index_path = STR("index");
+	o.upper = STR("upper");
+	o.work = STR("work");
+	o.keyring_path = STR("keyring");
+	o.fuse_options = STR("fuse_options");
+	mode = STR("mode");
+#undef STR
+	json_object *fr = NULL;
+	json_object_object_get_ex(st, "fragments", &fr);
+	size_t n = fr ? json_object_array_length(fr) : 0;
+	_cleanup_free_ char **images = xcalloc(n + 1, sizeof(*images));
+	for (size_t i = 0; i < n; i++)
+		images[i] = (char *)json_object_get_string(json_object_array_get_idx(fr, i));
+	o.images = images;
+	o.n_images = n;
+	o.writable = !o.upper                               ? FUSEFS_READ_ONLY
+	             : mode && strcmp(mode, "overlay") == 0 ? FUSEFS_WRITABLE_OVERLAY
+	                                                    : FUSEFS_WRITABLE_FUSE;
+	if (json_object_object_get_ex(st, "generation", &v))
+		o.info = v;
+	if (!o.index_path || !n)
+		return mosaic_errorf(err, -EINVAL, "the state of %s names no composition", mnt);
+	struct keyring *k = NULL;
+	if (o.keyring_path) {
+		int r = keyring_open(o.keyring_path, &k, err);
+		if (r < 0)
+			return r;
+	}
+	o.keyring = k;
+	enum fusefs_writable picked;
+	int r = fusefs_mount(&o, &picked, err);
+	keyring_free(k);
+	res->remounted = r == 0;
+	return r;
+}
+
+int fusefs_restart(const char *mountpoint, struct fusefs_restart_result *res,
+                   struct mosaic_error *err)
+{
+	*res = (struct fusefs_restart_result){0};
+	char mnt[PATH_MAX];
+	int r = mountpoint_path(mountpoint, mnt);
+	if (r < 0)
+		return mosaic_errorf(err, r, "mountpoint %s: %s", mountpoint, strerror(-r));
+	_cleanup_free_ char *state = state_dir_for(mnt);
+	json_object *st = read_json(state, "state.json"), *v;
+	if (!st)
+		return mosaic_errorf(err, -EINVAL, "%s is not mounted by mosaic", mnt);
+	pid_t pid = json_object_object_get_ex(st, "pid", &v) ? json_object_get_int(v) : 0;
+	res->old_pid = pid;
+	if (!pid_alive(pid)) {
+		r = remount(mnt, st, res, err);
+		json_object_put(st);
+		return r;
+	}
+	json_object_put(st);
+	int pfd[2];
+	if (pipe2(pfd, O_CLOEXEC) < 0)
+		return mosaic_errorf(err, -errno, "pipe: %m");
+	pid_t child = fork();
+	if (child < 0)
+		return mosaic_errorf(err, -errno, "fork: %m");
+	if (child == 0) {
+		close(pfd[0]);
+		/* Nothing the caller had open stays open in the daemon (a file on the mount
+		 * would keep it busy). */
+		if (pfd[1] > 3)
+			close_range(3, pfd[1] - 1, 0);
+		close_range(pfd[1] + 1, ~0U, 0);
+		setsid();
+		if (chdir("/") < 0)
+			_exit(1);
+		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+		_cleanup_free_ char *log = path_join(state, "daemon.log");
+		int lfd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+		dup2(null, 0);
+		dup2(null, 1);
+		dup2(lfd >= 0 ? lfd : null, 2);
+		_exit(takeover_main(state, pfd[1]));
+	}
+	close(pfd[1]);
+	char msg[1200] = "";
+	size_t got = 0;
+	ssize_t n;
+	while (got < sizeof(msg) - 1 && (n = read(pfd[0], msg + got, sizeof(msg) - 1 - got)) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			break;
+		got += n;
+	}
+	close(pfd[0]);
+	msg[got] = '\0';
+	int new_pid, old;
+	if (sscanf(msg, "OK %d %d", &new_pid, &old) == 2) {
+		res->pid = new_pid;
+		/* The old daemon lets go of the session and exits. */
+		for (int i = 0; i < 200 && pid_alive(pid); i++) {
+			struct timespec ts = {0, 25 * 1000 * 1000};
+			nanosleep(&ts, NULL);
+		}
+		return 0;
+	}
+	int status;
+	waitpid(child, &status, 0);
+	msg[strcspn(msg, "\n")] = '\0';
+	return mosaic_errorf(err, -EIO,
+	                     "the new daemon did not take over (%s); the old one (pid %d) "
+	                     "serves on",
+	                     got ? msg : "it died", (int)pid);
 }

@@ -174,8 +174,5 @@ int loop_replay_init(struct daemon *d, const void *req, size_t len)
 	memcpy(b.mem, req, len);
 	fuse_session_process_buf(d->se, &b);
 	free(b.mem);
-	d->init_req = xmalloc(len);
-	memcpy(d->init_req, req, len);
-	d->init_len = len;
 	return 0;
 }

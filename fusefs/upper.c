@@ -79,7 +79,7 @@ struct upper {
 	                                         restoring that dir's times */
 	struct fuse_session *se;
 	pthread_t thread;
-	bool thread_started, stop;
+	bool thread_started, stop, flush; /* flush: send what is queued before stopping */
 	pthread_mutex_t nlock;
 	pthread_cond_t ncond;
 	struct notice *head, **tail;
@@ -684,7 +684,7 @@ static void *notify_thread(void *arg)
 		if (!up->head)
 			up->tail = &up->head;
 		pthread_mutex_unlock(&up->nlock);
-		if (!up->stop) {
+		if (!up->stop || up->flush) {
 			if (m->name)
 				fuse_lowlevel_notify_inval_entry(up->se, m->parent, m->name,
 				                                 strlen(m->name));
@@ -2579,7 +2579,8 @@ static bool path_within(const char *a, const char *b)
 	return strncmp(a, b, l) == 0 && (a[l] == '/' || a[l] == '\0' || strcmp(b, "/") == 0);
 }
 
-int upper_open(struct daemon *d, const char *upper, const char *work, struct mosaic_error *err)
+int upper_open(struct daemon *d, const char *upper, const char *work, int held_lock,
+               struct mosaic_error *err)
 {
 	const struct compose_inode *root = vx_inode(d, FUSE_ROOT_ID);
 	struct stat st, wst;
@@ -2606,10 +2607,12 @@ int upper_open(struct daemon *d, const char *upper, const char *work, struct mos
 		                     "the upper %s and the work dir %s must not contain each other",
 		                     upper, work);
 
-	_cleanup_close_ int lock_fd = open(rw, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	/* A daemon taking over the session gets the lock its predecessor holds. */
+	_cleanup_close_ int lock_fd =
+	    held_lock >= 0 ? held_lock : open(rw, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (lock_fd < 0)
 		return mosaic_errorf(err, -errno, "%s: %m", rw);
-	if (flock(lock_fd, LOCK_EX | LOCK_NB) < 0)
+	if (held_lock < 0 && flock(lock_fd, LOCK_EX | LOCK_NB) < 0)
 		return mosaic_errorf(err, errno == EWOULDBLOCK ? -EBUSY : -errno,
 		                     "the work dir %s is in use by another mosaic mount", work);
 	/* What a daemon killed mid-copy-up left: never visible, thrown away (as overlayfs
@@ -2745,4 +2748,137 @@ void upper_close(struct daemon *d)
 	free(up);
 	d->up = NULL;
 	d->on_switch = NULL;
+}
+
+/* ---- handing the upper to another daemon ---------------------------------------------------- */
+
+int upper_lock_fd(struct daemon *d)
+{
+	return d->up ? d->up->lock_fd : -1;
+}
+
+void upper_pause(struct daemon *d)
+{
+	if (!d->up)
+		return;
+	d->up->flush = true;
+	notify_stop(d->up);
+	d->up->flush = false;
+}
+
+static void hex_of(const unsigned char *p, size_t n, char *out)
+{
+	for (size_t i = 0; i < n; i++)
+		sprintf(out + 2 * i, "%02x", p[i]);
+}
+
+static json_object *node_save(struct upper *up, struct node *n)
+{
+	json_object *o = json_object_new_object();
+	json_object_object_add(o, "ino", json_object_new_int64(n->ino));
+	json_object_object_add(o, "dev", json_object_new_int64(n->dev));
+	json_object_object_add(o, "st_ino", json_object_new_int64(n->st_ino));
+	json_object_object_add(o, "type", json_object_new_int(n->type));
+	json_object_object_add(o, "lower", json_object_new_int64(n->lower));
+	json_object_object_add(o, "origin", json_object_new_int64(n->origin));
+	json_object_object_add(o, "where", json_object_new_int64(n->where));
+	json_object_object_add(o, "nlookup", json_object_new_int64(n->nlookup));
+	json_object_object_add(o, "dead", json_object_new_boolean(n->dead));
+	/* The new daemon finds the object by a file handle: fds stay with this process. */
+	struct file_handle *h = n->fh;
+	_cleanup_free_ struct file_handle *made = NULL;
+	if (!h && n->fd >= 0) {
+		made = malloc(sizeof(*made) + MAX_HANDLE_SZ);
+		int mount_id;
+		made->handle_bytes = MAX_HANDLE_SZ;
+		if (name_to_handle_at(n->fd, "", made, &mount_id, AT_EMPTY_PATH) == 0)
+			h = made;
+	}
+	if (h) {
+		char hex[2 * MAX_HANDLE_SZ + 1];
+		hex_of(h->f_handle, h->handle_bytes, hex);
+		json_object_object_add(o, "handle_type", json_object_new_int(h->handle_type));
+		json_object_object_add(o, "handle", json_object_new_string(hex));
+	}
+	(void)up;
+	return o;
+}
+
+json_object *upper_save(struct daemon *d)
+{
+	struct upper *up = d->up;
+	json_object *o = json_object_new_object(), *arr = json_object_new_array();
+	pthread_mutex_lock(&up->lock);
+	json_object_object_add(o, "next_ino", json_object_new_int64(up->next_ino));
+	for (size_t i = 0; i < up->inos.size; i++)
+		for (struct node *n = up->inos.tab[i]; n; n = n->next_ino)
+			json_object_array_add(arr, node_save(up, n));
+	for (fuse_ino_t v = 2; v < d->next_vino; v++) {
+		struct node *n = index_node(up, v);
+		if (n && n->ino == v)
+			json_object_array_add(arr, node_save(up, n));
+	}
+	pthread_mutex_unlock(&up->lock);
+	json_object_object_add(o, "nodes", arr);
+	return o;
+}
+
+static int64_t get_i64(json_object *o, const char *key)
+{
+	json_object *v;
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : 0;
+}
+
+int upper_restore(struct daemon *d, json_object *saved, struct mosaic_error *err)
+{
+	struct upper *up = d->up;
+	json_object *arr;
+	if (!json_object_object_get_ex(saved, "nodes", &arr))
+		return mosaic_errorf(err, -EINVAL, "the handover has no upper nodes");
+	up->next_ino = get_i64(saved, "next_ino");
+	if (up->next_ino < VIEW_INO_END)
+		up->next_ino = VIEW_INO_END;
+	for (size_t i = 0; i < json_object_array_length(arr); i++) {
+		json_object *o = json_object_array_get_idx(arr, i), *h;
+		struct node *n = xcalloc(1, sizeof(*n));
+		n->fd = -1;
+		n->ino = get_i64(o, "ino");
+		n->dev = get_i64(o, "dev");
+		n->st_ino = get_i64(o, "st_ino");
+		n->type = get_i64(o, "type");
+		n->lower = get_i64(o, "lower");
+		n->origin = get_i64(o, "origin");
+		n->where = get_i64(o, "where");
+		n->nlookup = get_i64(o, "nlookup");
+		json_object *dead;
+		n->dead =
+		    json_object_object_get_ex(o, "dead", &dead) && json_object_get_boolean(dead);
+		if (json_object_object_get_ex(o, "handle", &h)) {
+			const char *hex = json_object_get_string(h);
+			size_t nb = strlen(hex) / 2;
+			if (nb <= MAX_HANDLE_SZ) {
+				n->fh = xmalloc(sizeof(*n->fh) + MAX_HANDLE_SZ);
+				n->fh->handle_bytes = nb;
+				n->fh->handle_type = get_i64(o, "handle_type");
+				for (size_t k = 0; k < nb; k++)
+					sscanf(hex + 2 * k, "%2hhx", &n->fh->f_handle[k]);
+			}
+		}
+		if (is_index(up, n->ino))
+			index_node_set(up, n->ino, n);
+		else
+			ino_insert(up, n);
+		if (n->lower && n->lower != n->ino && !index_node(up, n->lower))
+			index_node_set(up, n->lower, n); /* an upper directory merged by a switch */
+		if (!n->dead)
+			dev_insert(up, n);
+		if (n->origin && n->where)
+			where_insert(up, n);
+	}
+	return 0;
+}
+
+void *upper_dir_handle_new(void)
+{
+	return xcalloc(1, sizeof(struct dir_handle));
 }

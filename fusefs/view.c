@@ -194,6 +194,10 @@ void daemon_write_state(struct daemon *d)
 	json_object_object_add(s, "mode", json_object_new_string(fusefs_writable_name(d->mode)));
 	if (d->fallback)
 		json_object_object_add(s, "fallback", json_object_new_string(d->fallback));
+	if (d->keyring_path)
+		json_object_object_add(s, "keyring", json_object_new_string(d->keyring_path));
+	if (d->fuse_options)
+		json_object_object_add(s, "fuse_options", json_object_new_string(d->fuse_options));
 	json_object_object_add(s, "index", json_object_new_string(d->cur->index_path));
 	json_object_object_add(s, "lower",
 	                       d->mode == FUSEFS_WRITABLE_OVERLAY ? json_object_new_string(d->lower)
@@ -226,7 +230,8 @@ static struct handle_slot *handle_slot(struct daemon *d, uint64_t fh)
 {
 	if (fh == 0 || fh > HCHUNKS * (uint64_t)HCHUNK_SIZE)
 		return NULL;
-	struct handle_slot *c = __atomic_load_n(&d->hchunks[(fh - 1) / HCHUNK_SIZE], __ATOMIC_ACQUIRE);
+	struct handle_slot *c =
+	    __atomic_load_n(&d->hchunks[(fh - 1) / HCHUNK_SIZE], __ATOMIC_ACQUIRE);
 	return c ? &c[(fh - 1) % HCHUNK_SIZE] : NULL;
 }
 

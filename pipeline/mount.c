@@ -68,6 +68,7 @@ int pipeline_mount(const struct pipeline_source *src, const struct fusefs_option
 		r = serve_dev_live(c, err);
 	if (r == 0) {
 		o.keyring = k;
+		o.keyring_path = src->keyring ? src->keyring : def;
 		o.index_path = c->index_path;
 		o.images = c->images;
 		o.n_images = c->n_images;

@@ -71,6 +71,7 @@ int cmd_mount(int argc, char **argv);
 int cmd_umount(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_switch(int argc, char **argv);
+int cmd_restart(int argc, char **argv);
 int cmd_rollback(int argc, char **argv);
 int cmd_store(int argc, char **argv);
 int cmd_manifest(int argc, char **argv);

@@ -183,9 +183,10 @@ static bool kvm_works(const char *qemu)
 		dup2(in[0], 0);
 		dup2(null, 1);
 		dup2(null, 2);
-		char *argv[] = {(char *)qemu, "-machine", "q35", "-accel", "kvm", "-cpu", "host",
-		                "-nodefaults", "-no-user-config", "-display", "none", "-S",
-		                "-monitor", "stdio", NULL};
+		char *argv[] = {
+		    (char *)qemu, "-machine", "q35",         "-accel",          "kvm",
+		    "-cpu",       "host",     "-nodefaults", "-no-user-config", "-display",
+		    "none",       "-S",       "-monitor",    "stdio",           NULL};
 		execv(qemu, argv);
 		_exit(127);
 	}

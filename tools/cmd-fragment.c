@@ -150,8 +150,8 @@ static int fragment_create_cmd(int argc, char **argv)
 		case 'l':
 			o.level = strtol(optarg, &end, 10);
 			if (*end || o.level < 1 || o.level > 22)
-				return cli_usage(usage_create, "bad --compression-level '%s' (1..22)",
-						 optarg);
+				return cli_usage(usage_create,
+				                 "bad --compression-level '%s' (1..22)", optarg);
 			break;
 		case 'h':
 			fputs(usage_create, stdout);

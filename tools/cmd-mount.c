@@ -37,6 +37,15 @@ static const char usage_umount[] = "Usage: mosaic umount MOUNTPOINT [--lazy]\n"
                                    "the daemon to exit.\n"
                                    "  --lazy   detach even while busy\n";
 
+static const char usage_restart[] =
+    "Usage: mosaic restart MOUNTPOINT\n"
+    "\n"
+    "Starts this mosaic binary as the mount's daemon and hands it the running daemon's FUSE\n"
+    "session (after an upgrade, say): the view, its generations, the upper and the open files\n"
+    "come along, and processes using the mount see a short pause, not an error. When the\n"
+    "daemon is gone (killed), the mount comes back with what it served last instead; files\n"
+    "that were open on it must be opened again.\n";
+
 static const char usage_status[] = "Usage: mosaic status MOUNTPOINT [--json]\n"
                                    "\n"
                                    "Shows the daemon's mode, fragments, what it serves (and "
@@ -230,5 +239,25 @@ int cmd_status(int argc, char **argv)
 #undef GET
 	}
 	json_object_put(s);
+	return EXIT_OK;
+}
+
+int cmd_restart(int argc, char **argv)
+{
+	const struct cli_flag flags[] = {{}};
+	int r = cli_flags(argc, argv, usage_restart, flags, 1, "exactly one MOUNTPOINT");
+	if (r >= 0)
+		return r;
+	struct mosaic_error err = {0};
+	struct fusefs_restart_result res;
+	if (fusefs_restart(argv[optind], &res, &err) < 0)
+		return cli_fail(&err);
+	if (res.remounted)
+		printf(
+		    "the daemon of %s (pid %d) was gone: mounted again with what it served last\n",
+		    argv[optind], (int)res.old_pid);
+	else
+		printf("restarted the daemon of %s: pid %d took the session over from pid %d\n",
+		       argv[optind], (int)res.pid, (int)res.old_pid);
 	return EXIT_OK;
 }

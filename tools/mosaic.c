@@ -24,8 +24,9 @@ static const char usage[] =
     "  switch DIR (MANIFEST|INDEX|FRAGMENT...)\n"
     "                                   switch a running mount to another composition\n"
     "  rollback DIR                     switch it back to what it served before\n"
+    "  restart DIR                      hand a mount to a new daemon without unmounting\n"
     "  configure DIR                    run the packages' scripts in a chroot, into the upper\n"
-  "  commit DIR -o STORE              freeze a mount's upper into a signed config fragment\n"
+    "  commit DIR -o STORE              freeze a mount's upper into a signed config fragment\n"
     "  diff DIR                         list what the upper adds, modifies and deletes\n"
     "  origin DIR PATH                  which fragment and package PATH comes from\n"
     "  export (MANIFEST|INDEX|DIR) --format tar -o OUT\n"
@@ -89,5 +90,7 @@ int main(int argc, char **argv)
 		return cmd_switch(argc - 1, argv + 1);
 	if (strcmp(cmd, "rollback") == 0)
 		return cmd_rollback(argc - 1, argv + 1);
+	if (strcmp(cmd, "restart") == 0)
+		return cmd_restart(argc - 1, argv + 1);
 	return cli_usage(usage, "unknown command '%s'", cmd);
 }
