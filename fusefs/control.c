@@ -5,6 +5,8 @@
  *
  *   {"op": "switch", "index": PATH, "images": [PATH...], "info": {...}, "reason": TEXT,
  *    "rollback": BOOL}
+ *   {"op": "rollback", "reason": TEXT}   (to what was served before the last switch)
+ *   {"op": "handover"}                   (handover.c)
  *   {"op": "ping"}
  *
  * The reply is {"ok": true, ...} or {"ok": false, "error": TEXT}. */
@@ -235,7 +237,32 @@ static void serve_one(struct daemon *d, int fd)
 		json_object_object_add(out, "pid", json_object_new_int(getpid()));
 	} else if (strcmp(op, "switch") == 0)
 		out = do_switch(d, req);
-	else if (strcmp(op, "handover") == 0) {
+	else if (strcmp(op, "rollback") == 0) {
+		size_t np = d->previous ? json_object_array_length(d->previous) : 0;
+		if (np == 0)
+			out =
+			    failure("%s has nothing to roll back to: it serves what it was mounted "
+			            "with, or every switch was rolled back",
+			            d->mountpoint);
+		else {
+			/* The newest composition served before, as a switch request. */
+			json_object *prev = json_object_array_get_idx(d->previous, np - 1), *x;
+			json_object *sw = json_object_new_object();
+			if (json_object_object_get_ex(prev, "index", &x))
+				json_object_object_add(sw, "index", json_object_get(x));
+			if (json_object_object_get_ex(prev, "images", &x))
+				json_object_object_add(sw, "images", json_object_get(x));
+			if (json_object_object_get_ex(prev, "info", &x))
+				json_object_object_add(sw, "info", json_object_get(x));
+			json_object_object_add(sw, "reason",
+			                       json_object_new_string(str_field(req, "reason")
+			                                                  ? str_field(req, "reason")
+			                                                  : "rollback"));
+			json_object_object_add(sw, "rollback", json_object_new_boolean(true));
+			out = do_switch(d, sw);
+			json_object_put(sw);
+		}
+	} else if (strcmp(op, "handover") == 0) {
 		json_object_put(req);
 		handover_give(d, fd); /* it answers itself */
 		return;

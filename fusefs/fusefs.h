@@ -62,6 +62,10 @@ struct fusefs_switch_result {
 int fusefs_switch(const char *mountpoint, const char *index_path, char *const *images, size_t n,
                   json_object *info, const char *reason, bool rollback,
                   struct fusefs_switch_result *res, struct mosaic_error *err);
+/* Switches the mount back to the newest composition it served before (the daemon keeps up to
+ * 16), which it then forgets; -EINVAL when there is none. */
+int fusefs_rollback(const char *mountpoint, const char *reason, struct fusefs_switch_result *res,
+                    struct mosaic_error *err);
 
 struct fusefs_restart_result {
 	pid_t old_pid, pid; /* the daemon before and after */

@@ -26,6 +26,7 @@ struct frag {
 	int error;                    /* a first use that failed fails every later one */
 	uint64_t refs;                /* the generations that use it; atomics */
 	bool dev;                     /* path is a directory served live (dev.c) */
+	bool fresh; /* new with the generation being switched to: verified before it serves */
 };
 
 /* One composition the daemon serves or served (live.c): its index and fragments, and the view

@@ -629,8 +629,8 @@ int fusefs_umount(const char *mountpoint, bool lazy, struct mosaic_error *err)
 		if (umount2(lower, flags) < 0)
 			return mosaic_errorf(err, -errno, "unmounting the view under %s: %m", mnt);
 	/* The daemon sees the unmount, cleans up and exits: wait for it. */
-	for (int i = 0; i < 200 && pid_alive(pid); i++) {
-		struct timespec ts = {0, 50 * 1000 * 1000};
+	for (int i = 0; i < 2000 && pid_alive(pid); i++) {
+		struct timespec ts = {0, 5 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
 	if (pid_alive(pid))
@@ -665,18 +665,23 @@ int fusefs_status(const char *mountpoint, json_object **out, struct mosaic_error
 	return 0;
 }
 
+static int switch_request(const char *mountpoint, json_object *req,
+                          struct fusefs_switch_result *res, struct mosaic_error *err);
+
+int fusefs_rollback(const char *mountpoint, const char *reason, struct fusefs_switch_result *res,
+                    struct mosaic_error *err)
+{
+	json_object *req = json_object_new_object();
+	json_object_object_add(req, "op", json_object_new_string("rollback"));
+	if (reason)
+		json_object_object_add(req, "reason", json_object_new_string(reason));
+	return switch_request(mountpoint, req, res, err);
+}
+
 int fusefs_switch(const char *mountpoint, const char *index_path, char *const *images, size_t n,
                   json_object *info, const char *reason, bool rollback,
                   struct fusefs_switch_result *res, struct mosaic_error *err)
 {
-	char mnt[PATH_MAX];
-	int r = mountpoint_path(mountpoint, mnt);
-	if (r < 0)
-		return mosaic_errorf(err, r, "mountpoint %s: %s", mountpoint, strerror(-r));
-	_cleanup_free_ char *state = state_dir_for(mnt);
-	_cleanup_free_ char *state_file = path_join(state, "state.json");
-	if (access(state_file, F_OK) < 0)
-		return mosaic_errorf(err, -EINVAL, "%s is not mounted by mosaic", mnt);
 	_cleanup_free_ char *index = absolute(index_path);
 	json_object *req = json_object_new_object(), *imgs = json_object_new_array();
 	json_object_object_add(req, "op", json_object_new_string("switch"));
@@ -691,8 +696,23 @@ int fusefs_switch(const char *mountpoint, const char *index_path, char *const *i
 	if (reason)
 		json_object_object_add(req, "reason", json_object_new_string(reason));
 	json_object_object_add(req, "rollback", json_object_new_boolean(rollback));
+	return switch_request(mountpoint, req, res, err);
+}
+
+static int switch_request(const char *mountpoint, json_object *req,
+                          struct fusefs_switch_result *res, struct mosaic_error *err)
+{
+	char mnt[PATH_MAX];
+	int r = mountpoint_path(mountpoint, mnt);
+	_cleanup_free_ char *state = r == 0 ? state_dir_for(mnt) : NULL;
+	_cleanup_free_ char *state_file = state ? path_join(state, "state.json") : NULL;
+	if (r < 0)
+		r = mosaic_errorf(err, r, "mountpoint %s: %s", mountpoint, strerror(-r));
+	else if (access(state_file, F_OK) < 0)
+		r = mosaic_errorf(err, -EINVAL, "%s is not mounted by mosaic", mnt);
 	json_object *out = NULL;
-	r = fusefs_control(state, mnt, req, &out, err);
+	if (r == 0)
+		r = fusefs_control(state, mnt, req, &out, err);
 	json_object_put(req);
 	if (r < 0)
 		return r;

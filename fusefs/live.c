@@ -38,6 +38,7 @@ static struct frag *frag_new(const char *path, const char *digest)
 	f->refs = 1;
 	struct stat st;
 	f->dev = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+	f->fresh = true;
 	return f;
 }
 
@@ -65,6 +66,11 @@ static void gen_put(struct gen *g)
 
 /* Opens the index at index_path with its images; a fragment the current generation has (same
  * digest) is shared with it, so it is not opened or verified again. */
+static int frag_cmp(const void *a, const void *b)
+{
+	return strcmp((*(struct frag *const *)a)->digest, (*(struct frag *const *)b)->digest);
+}
+
 static int gen_open(struct daemon *d, const char *index_path, char *const *images, size_t n,
                     struct gen **out, struct mosaic_error *err)
 {
@@ -83,17 +89,22 @@ static int gen_open(struct daemon *d, const char *index_path, char *const *image
 	}
 	g->frags = xcalloc(n ? n : 1, sizeof(*g->frags));
 	g->n_frags = n;
+	/* The served generation's fragments by digest, to share them. */
+	size_t ns = d->cur ? d->cur->n_frags : 0;
+	_cleanup_free_ struct frag **served = xcalloc(ns + 1, sizeof(*served));
+	if (ns) {
+		memcpy(served, d->cur->frags, ns * sizeof(*served));
+		qsort_safe(served, ns, sizeof(*served), frag_cmp);
+	}
 	for (size_t i = 0; i < n; i++) {
-		char dg[65];
-		compose_index_fragment_digest(g->idx, i, dg);
-		struct frag *f = NULL;
-		for (size_t j = 0; d->cur && j < d->cur->n_frags && !f; j++)
-			if (strcmp(d->cur->frags[j]->digest, dg) == 0)
-				f = d->cur->frags[j];
+		struct frag key, *kp = &key, **hit;
+		compose_index_fragment_digest(g->idx, i, key.digest);
+		hit = ns ? bsearch(&kp, served, ns, sizeof(*served), frag_cmp) : NULL;
+		struct frag *f = hit ? *hit : NULL;
 		if (f)
 			__atomic_add_fetch(&f->refs, 1, __ATOMIC_RELAXED);
 		else
-			f = frag_new(images[i], dg);
+			f = frag_new(images[i], key.digest);
 		g->frags[i] = f;
 	}
 	for (uint32_t i = 1; i <= compose_index_inodes(g->idx); i++)
@@ -186,6 +197,8 @@ int live_start(struct daemon *d, const char *index_path, char *const *images, si
 	if (r < 0)
 		return r;
 	g->scratch = own != NULL;
+	for (size_t i = 0; i < g->n_frags; i++)
+		g->frags[i]->fresh = false; /* verified on first use, as ever at mount */
 	uint32_t ni = compose_index_inodes(g->idx);
 	d->next_vino = ni + 1;
 	vnode_reserve(d, ni);
@@ -417,7 +430,10 @@ static int verify_new(struct daemon *d, struct gen *g, struct mosaic_error *err)
 {
 	for (size_t i = 0; i < g->n_frags; i++) {
 		struct frag *f = g->frags[i];
-		if (f->image || f->dev) /* a dev directory is live and unsigned by design */
+		/* Only what the served generation does not have: the fragments it shares are
+		 * verified on their first use, as at mount. A dev directory is live and unsigned
+		 * by design. */
+		if (!f->fresh || f->image || f->dev)
 			continue;
 		int r = d->keyring ? fragment_verify(d->keyring, f->path, NULL, err) : 0;
 		if (r == 0)
@@ -427,6 +443,7 @@ static int verify_new(struct daemon *d, struct gen *g, struct mosaic_error *err)
 			                     f->path, err->msg,
 			                     "the served composition is unchanged");
 		__atomic_add_fetch(&d->fragment_opens, 1, __ATOMIC_RELAXED);
+		f->fresh = false;
 	}
 	return 0;
 }
@@ -636,6 +653,8 @@ int live_restore(struct daemon *d, json_object *in, struct mosaic_error *err)
 		if (r < 0)
 			break;
 		gens[i]->refs = 0;
+		for (size_t j = 0; j < gens[i]->n_frags; j++)
+			gens[i]->frags[j]->fresh = false;
 		if (json_object_object_get_ex(o, "info", &x) && x)
 			gens[i]->info = json_object_get(x);
 		gens[i]->scratch =

@@ -218,8 +218,11 @@ void daemon_write_state(struct daemon *d)
 		json_object_object_add(s, "generation", json_object_get(d->cur->info));
 	if (d->history)
 		json_object_object_add(s, "history", json_object_get(d->history));
-	if (d->previous)
-		json_object_object_add(s, "previous", json_object_get(d->previous));
+	/* "previous" (what rollback goes back to) stays in the daemon: with a thousand
+	 * fragments each, it would make state.json megabytes that every command reads. */
+	json_object_object_add(
+	    s, "can_roll_back",
+	    json_object_new_int(d->previous ? json_object_array_length(d->previous) : 0));
 	daemon_write_json(d->state_dir, "state.json", s);
 	json_object_put(s);
 }

@@ -138,7 +138,11 @@ static char *run_check(const char *mountpoint, const char *cmd, bool on_host, do
 			_exit(127);
 		}
 		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		fprintf(stderr, "mosaic: /bin/sh: %m\n");
+		if (on_host)
+			fprintf(stderr, "mosaic: /bin/sh: %m\n");
+		else
+			fprintf(stderr, "mosaic: the view has no /bin/sh to run the check in (%m); "
+			                "run it on the host with --check-host\n");
 		_exit(127);
 	}
 	setpgid(pid, pid);
@@ -174,7 +178,7 @@ int pipeline_switch(const struct pipeline_switch_options *o, struct pipeline_swi
 	int r = served_now(o->mountpoint, &state, err);
 	if (r < 0)
 		return r;
-	json_object *v, *prev = NULL;
+	json_object *v;
 	/* What is served now: where a failed check goes back to. */
 	const char *old_index =
 	    json_object_object_get_ex(state, "index", &v) ? json_object_get_string(v) : NULL;
@@ -188,25 +192,8 @@ int pipeline_switch(const struct pipeline_switch_options *o, struct pipeline_swi
 	const char *reason = "switch";
 	struct composition *c = NULL;
 	if (o->rollback) {
-		size_t np = json_object_object_get_ex(state, "previous", &v) && v
-		                ? json_object_array_length(v)
-		                : 0;
-		if (np == 0)
-			r = mosaic_errorf(err, -ENOENT,
-			                  "%s has nothing to roll back to: it serves what it was "
-			                  "mounted with",
-			                  o->mountpoint);
-		else {
-			prev = json_object_array_get_idx(v, np - 1);
-			json_object *x;
-			json_object_object_get_ex(prev, "index", &x);
-			index = xstrdup(json_object_get_string(x));
-			json_object_object_get_ex(prev, "images", &x);
-			images = strv_of(x, &n);
-			if (json_object_object_get_ex(prev, "info", &x))
-				info = json_object_get(x);
-			reason = "rollback";
-		}
+		/* The daemon knows what it served before. */
+		reason = NULL;
 	} else if (o->target) {
 		struct pipeline_source s = *o->target;
 		s.mountpoints = false;
@@ -255,10 +242,22 @@ int pipeline_switch(const struct pipeline_switch_options *o, struct pipeline_swi
 		strv_free(list, nl);
 	}
 	composition_free(c);
-	if (r == 0)
-		r = fusefs_switch(o->mountpoint, index, images, n, info, reason, o->rollback,
-		                  &res->sw, err);
-	if (r == 0) {
+	if (r == 0 && o->rollback)
+		r = fusefs_rollback(o->mountpoint, "rollback", &res->sw, err);
+	else if (r == 0)
+		r = fusefs_switch(o->mountpoint, index, images, n, info, reason, false, &res->sw,
+		                  err);
+	if (r == 0 && o->rollback) {
+		/* what it serves now */
+		json_object *now = NULL, *x;
+		if (fusefs_status(o->mountpoint, &now, NULL) == 0) {
+			if (json_object_object_get_ex(now, "fragments", &x))
+				res->n_fragments = json_object_array_length(x);
+			if (json_object_object_get_ex(now, "generation", &x))
+				res->served = json_object_get(x);
+			json_object_put(now);
+		}
+	} else if (r == 0) {
 		res->n_fragments = n;
 		res->served = json_object_get(info);
 	}
