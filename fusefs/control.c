@@ -178,7 +178,7 @@ static json_object *do_switch(struct daemon *d, json_object *req)
 		if (dev_is_dir(images[i]))
 			rc = dev_compose(d, images, n, &own, &err);
 	if (rc == 0)
-		rc = live_switch(d, own ? own : index, images, n, info, own != NULL, &r, &err);
+		rc = live_switch(d, own ? own : index, images, n, info, own != NULL, 0, &r, &err);
 	if (rc < 0 && own)
 		unlink(own);
 	free(images);

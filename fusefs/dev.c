@@ -119,6 +119,8 @@ static void watch_all(struct daemon *d)
 static void rebuild(struct daemon *d)
 {
 	pthread_rwlock_rdlock(&d->live);
+	/* A switch made meanwhile (mosaic switch) wins: this rebuild then starts again. */
+	uint64_t base = __atomic_load_n(&d->switches, __ATOMIC_ACQUIRE) + 1;
 	size_t n = d->cur->n_frags;
 	char **images = xcalloc(n + 1, sizeof(*images));
 	for (size_t i = 0; i < n; i++)
@@ -130,11 +132,17 @@ static void rebuild(struct daemon *d)
 	struct live_switch_result res;
 	int r = dev_compose(d, images, n, &index, &err);
 	if (r == 0)
-		r = live_switch(d, index, images, n, info, true, &res, &err);
+		r = live_switch(d, index, images, n, info, true, base, &res, &err);
 	if (r == 0) {
 		__atomic_add_fetch(&d->dev_switches, 1, __ATOMIC_RELAXED);
 		daemon_write_state(d);
 		daemon_write_stats(d);
+	} else if (r == -EAGAIN) {
+		unlink(index);
+		free(index);
+		json_object_put(info);
+		strv_free(images, n);
+		return rebuild(d);
 	} else {
 		/* A half-written file can make a walk fail; the next event tries again. */
 		fprintf(stderr, "mosaic: dev: %s\n", err.msg);

@@ -89,6 +89,7 @@ struct daemon {
 	json_object *history;  /* the switches done, oldest first (state.json) */
 	json_object *previous; /* what was served before each switch not undone, newest last */
 	pthread_mutex_t switch_lock;     /* one switch at a time */
+	uint64_t switches;               /* switches done (atomics) */
 	int control_fd, control_stop[2]; /* control.c's socket and the pipe that stops it */
 	pthread_t control;
 	bool control_started;
@@ -204,9 +205,11 @@ struct live_switch_result {
  * generation does not have is verified and opened first (a failure changes nothing); the view
  * then changes at once, and the kernel is told exactly what changed before this returns.
  * info is kept with the generation (what status shows of it); own_index: index_path is the
- * daemon's own, removed when the generation goes. */
+ * daemon's own, removed when the generation goes. expect: when not 0, switch only if the
+ * switch count is still expect - 1 (else -EAGAIN: the caller built on what is no longer
+ * served). */
 int live_switch(struct daemon *d, const char *index_path, char *const *images, size_t n,
-                json_object *info, bool own_index, struct live_switch_result *res,
+                json_object *info, bool own_index, uint64_t expect, struct live_switch_result *res,
                 struct mosaic_error *err);
 
 /* ---- ops.c: the read-only view's handlers ------------------------------------------------ */

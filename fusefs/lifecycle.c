@@ -524,6 +524,12 @@ static int do_mount(const struct fusefs_options *o, enum fusefs_writable *picked
 	bool may_fall_back = false;
 	if (!o->upper)
 		mode = FUSEFS_READ_ONLY;
+	else if (live && mode == FUSEFS_WRITABLE_OVERLAY)
+		return mosaic_errorf(err, -EINVAL,
+		                     "live dev directories change the view under the upper, which "
+		                     "kernel overlayfs does not allow: mount with --writable=fuse");
+	else if (live)
+		mode = FUSEFS_WRITABLE_FUSE; /* the view changes under the upper */
 	else if (mode == FUSEFS_READ_ONLY || mode == FUSEFS_WRITABLE_AUTO) {
 		/* kernel overlayfs where it is allowed, the daemon's own copy-up where not */
 		mode = FUSEFS_WRITABLE_OVERLAY;

@@ -456,12 +456,16 @@ static double now_ms(void)
 }
 
 int live_switch(struct daemon *d, const char *index_path, char *const *images, size_t n,
-                json_object *info, bool own_index, struct live_switch_result *res,
+                json_object *info, bool own_index, uint64_t expect, struct live_switch_result *res,
                 struct mosaic_error *err)
 {
 	*res = (struct live_switch_result){0};
 	double t0 = now_ms();
 	pthread_mutex_lock(&d->switch_lock);
+	if (expect && __atomic_load_n(&d->switches, __ATOMIC_ACQUIRE) + 1 != expect) {
+		pthread_mutex_unlock(&d->switch_lock);
+		return -EAGAIN; /* another switch came first: what the caller built is stale */
+	}
 	struct gen *g = NULL;
 	int r = gen_open(d, index_path, images, n, &g, err);
 	if (r == 0)
@@ -519,6 +523,7 @@ int live_switch(struct daemon *d, const char *index_path, char *const *images, s
 	}
 	d->cur = g;
 	d->idx = g->idx;
+	__atomic_add_fetch(&d->switches, 1, __ATOMIC_ACQ_REL);
 	/* the served reference becomes the stranded ones' */
 	__atomic_add_fetch(&old->refs, stranded, __ATOMIC_ACQ_REL);
 	pthread_rwlock_unlock(&d->live);
