@@ -354,8 +354,24 @@ json_object *pipeline_composition_info(const struct pipeline_source *src,
 	json_object *o = json_object_new_object();
 	static const char *const kinds[] = {"manifest", "index", "fragments", "mount"};
 	json_object_object_add(o, "source", json_object_new_string(kinds[c->kind]));
-	if (src->generation)
-		json_object_object_add(o, "generation", json_object_new_int(src->generation));
+	unsigned number = src->generation;
+	if (!number && c->kind == PIPELINE_FROM_MANIFEST && c->model) {
+		/* The manifest's lock: its newest generation, when that is what the lock names. */
+		_cleanup_free_ char *history =
+		    pipeline_history_name(src->args[0], c->model, src->facts);
+		struct pipeline_generation g;
+		struct mosaic_error ignored = {0};
+		if (history && pipeline_generation_get(src->store, history, 0, &g, &ignored) == 0) {
+			bool same = g.n_fragments == c->n_images;
+			for (size_t i = 0; same && i < c->n_images; i++)
+				same = strstr(c->images[i], g.digests[i]) != NULL;
+			if (same)
+				number = g.number;
+			pipeline_generation_clear(&g);
+		}
+	}
+	if (number)
+		json_object_object_add(o, "generation", json_object_new_int(number));
 	if (c->kind == PIPELINE_FROM_MANIFEST || c->kind == PIPELINE_FROM_INDEX) {
 		char real[PATH_MAX];
 		json_object_object_add(
