@@ -22,20 +22,35 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import (MOSAIC, assert_same_tree, file_sha256, flip_byte, mosaic_mounted,
-                      object_path, run, tree_snapshot, view_xattrs, wait_gone, write_file)
-from test_mount import make_fragment
+from conftest import (MOSAIC, assert_same_tree, file_sha256, flip_byte, host_build,
+                      mosaic_mounted, object_path, run, tree_snapshot, view_xattrs, wait_gone,
+                      walk_tree, write_file)
+from test_mount import make_fragment, mosaic_pids
 
-pytestmark = pytest.mark.usefixtures("no_mount_leftovers")
+pytestmark = pytest.mark.usefixtures("no_mount_leftovers", "no_process_leftovers")
 
 EPOCH = "1700000000"
 NOBODY = 65534
+
+
+@pytest.fixture
+def no_process_leftovers():
+    """No daemon of this mosaic binary that a test started outlives it (killed if one does,
+    and then the test fails)."""
+    before = mosaic_pids()
+    yield
+    left = {pid for pid in mosaic_pids() - before if not wait_gone(pid, 10)}
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+        wait_gone(pid, 5)
+    assert not left, f"mosaic processes outlived the test: {sorted(left)}"
 
 
 # ---- the compositions ---------------------------------------------------------------------------
@@ -118,11 +133,12 @@ def build_only_b(root):
     mkdir(root / "srv/perm-dir", mode=0o700, uid=42, gid=43)
     mkdir(root / "srv/newdir")
     write_file(root / "srv/newdir/n", "n\n")
+    write_file(root / "usr/share/common/newsub/x", "a new subdirectory of a shared one\n")
 
 
 # Paths the second composition adds where the first has nothing: stat'ed before the switch so
 # that the kernel caches the ENOENT (a negative dentry).
-NEGATIVE = ["etc/added.conf", "srv/newdir"]
+NEGATIVE = ["etc/added.conf", "srv/newdir", "usr/share/common/newsub"]
 # Paths whose content changes (bytes, link target, type or xattrs of a file): new inode numbers.
 CHANGED = ["etc/changed.conf", "etc/link", "etc/xattr-file", "etc/thing", "etc/thing2"]
 # Directories both have, whose attributes change (mode, owner, xattrs): they keep their number.
@@ -222,6 +238,17 @@ def entry(root, rel):
     elif stat.S_ISLNK(st.st_mode):
         e["link"] = os.readlink(p)
     return e
+
+
+def other_attrs(root):
+    """What tree_snapshot leaves out: directories' link counts, and every entry's atime, ctime
+    and block count."""
+    out = {}
+    for rel, p in walk_tree(root):
+        st = os.lstat(p)
+        out[rel] = (st.st_nlink if stat.S_ISDIR(st.st_mode) else None, st.st_atime_ns,
+                    st.st_ctime_ns, st.st_blocks)
+    return out
 
 
 def inodes(root):
@@ -362,11 +389,13 @@ def test_switch_shows_exactly_the_new_composition(lab, tmp_path):
     (before any listing could refresh the kernel's entries) and then a full walk equal a fresh
     mount of the target; unchanged paths keep their inode numbers, changed and new ones get
     numbers the mount never gave before."""
-    want = fresh_tree(lab, lab.B, tmp_path / "ref")
+    with mounted(lab, lab.B, tmp_path / "ref") as ref:
+        want, want_other = tree_snapshot(ref.mnt), other_attrs(ref.mnt)
     want_a = fresh_tree(lab, lab.A, tmp_path / "ref-a")
     with mounted(lab, lab.A, tmp_path / "mnt") as m:
         mnt = m.mnt
         before = tree_snapshot(mnt)  # lists, stats, reads, readlinks and getxattrs everything
+        other_attrs(mnt)
         assert_same_tree(before, want_a, "the first composition")
         for rel in NEGATIVE:
             assert not os.path.lexists(mnt / rel)
@@ -386,12 +415,17 @@ def test_switch_shows_exactly_the_new_composition(lab, tmp_path):
             assert sorted(os.listdir(mnt / d)) == sorted(
                 p.rsplit("/", 1)[-1] for p in want if p and os.path.dirname(p) == d), d
         after = tree_snapshot(mnt)
+        after_other = other_attrs(mnt)
         after_inos = inodes(mnt)
     assert_same_tree(after, want, "switched mount vs a fresh mount of the target")
+    assert after_other == want_other, {p: (after_other.get(p), want_other.get(p))
+                                       for p in set(after_other) | set(want_other)
+                                       if after_other.get(p) != want_other.get(p)}
 
     old_numbers = set(inos.values())
     # Unchanged: every directory both have, and every file of the fragments both serve that
-    # neither composition's own fragment covers.
+    # neither composition's own fragment covers. (etc/perms has the same bytes in both but
+    # comes from another fragment with its new owner and mode: either number is right.)
     own = own_files(lab)
     kept = [p for p in after_inos if p in inos and p not in own and
             (stat.S_ISDIR(after[p]["type"]) == stat.S_ISDIR(before[p]["type"]))]
@@ -429,8 +463,8 @@ def test_json_counts_each_path_once(lab, tmp_path):
         after = inodes(m.mnt)
     added, removed = set(b) - set(a), set(a) - set(b)
     changed = {p for p in set(a) & set(b) if p and inos[p] != after[p]}
-    assert (len(added), len(removed), len(changed)) == (4, 7, 6)
-    assert (out["added"], out["removed"], out["changed"]) == (4, 7, 6), out
+    assert (len(added), len(removed), len(changed)) == (6, 7, 6)
+    assert (out["added"], out["removed"], out["changed"]) == (6, 7, 6), out
 
 
 # ---- 2. what processes hold ---------------------------------------------------------------------
@@ -1211,3 +1245,194 @@ def test_other_users_see_the_new_composition(lab, shared_tmp):
                                   for p in sorted(set(got) | set(want))
                                   if got.get(p) != want.get(p))
     assert got["srv/perm-dir"][5] == 13  # EACCES: 0700 and owned by uid 42 now
+
+
+# ---- 9, 10. a real system: debian-minimal between two builds (slow) ------------------------
+
+def foo_files(version, data_byte):
+    return {"/usr/share/foo/version": f"foo {version}\n",
+            "/usr/bin/foo": f"#!/bin/sh\necho foo {version}\n",
+            # big enough that a holder's reads are not one page
+            "/usr/share/foo/data": bytes([data_byte]) * (300 << 10) + f"foo {version}\n".encode(),
+            "/usr/share/doc/foo/marker": f"foo {version}\n"}
+
+
+@pytest.fixture(scope="module")
+def generations(debian_minimal, repo_key, tmp_path_factory):
+    """Two builds of debian-minimal plus packages from a local signed repository served on
+    127.0.0.1: gen1 with foo 1.0, gen2 with foo 2.0 and bar. Both are built (unconfigured: dpkg's
+    status then says "unpacked") into a copy of the session's debian-minimal store made of hard
+    links, so that only foo, bar and each generation's dpkg database are made here and the
+    session's store is left as it was."""
+    import httpd
+    import repos
+    dm = debian_minimal
+    work = tmp_path_factory.mktemp("switch-debian")
+    pkgs = [repos.DebPkg("foo", "1.0", files=foo_files("1.0", 0x11)),
+            repos.DebPkg("foo", "2.0", files=foo_files("2.0", 0x22)),
+            repos.DebPkg("bar", "1.0", files={"/usr/bin/bar": "#!/bin/sh\necho bar 1.0\n"})]
+    repos.build_deb_repo(work / "repo", repo_key, pkgs)
+    store = work / "store"
+    shutil.copytree(dm.store, store, copy_function=os.link)
+    with httpd.serve(work / "repo") as srv:
+        gens = {}
+        # Debian has a bar of its own (1.11): the version says which one.
+        for n, packages in ((1, ["foo (= 1.0)"]), (2, ["foo (= 2.0)", "bar (= 1.0)"])):
+            manifest, lock = work / f"gen{n}.yaml", work / f"gen{n}.lock"
+            manifest.write_text(
+                f"name: switch-gen{n}\ninclude: {dm.manifest}\nrepositories:\n"
+                f"  - name: local\n    type: deb\n    uri: {srv.url}\n    suites: [stable]\n"
+                f"    keyring: {repo_key.keyring}\n"
+                "packages:\n" + "".join(f'  - "{p}"\n' for p in packages))
+            p = host_build([manifest, "--lock", lock, "-s", store, "--sign", dm.key.fingerprint,
+                            "--no-configure"], dm.env)
+            print(p.stderr)
+            gens[n] = [manifest, "--lock", lock]
+        yield SimpleNamespace(gen1=gens[1], gen2=gens[2], store=store, env=dm.env,
+                              keyring=dm.key.keyring, work=work)
+
+
+def gen_mounted(g, gen, mnt):
+    return mosaic_mounted([*gen, "-s", g.store, "--keyring", g.keyring], mnt, g.env)
+
+
+def switch_gen(g, mnt, gen):
+    p = run([MOSAIC, "switch", mnt, *gen, "-s", g.store, "--keyring", g.keyring, "--json"],
+            env=g.env, check=False)
+    assert p.returncode == 0, f"mosaic switch exited {p.returncode}: {p.stderr}"
+    return json.loads(p.stdout)
+
+
+LISTER = r"""
+import hashlib, json, os, sys
+d, stop = sys.argv[1], sys.argv[2]
+loops, errors, seen = 0, [], {}
+while not os.path.exists(stop):
+    loops += 1
+    try:
+        names = sorted(os.listdir(d))
+        seen[hashlib.sha256("\0".join(names).encode()).hexdigest()] = len(names)
+        os.stat(os.path.join(d, "foo"))  # in both generations: a lookup never fails
+    except OSError as e:
+        errors.append(f"{loops}: {e}")
+print(json.dumps({"loops": loops, "errors": errors[:20], "n_errors": len(errors),
+                  "seen": seen}))
+"""
+
+
+def listing_key(d):
+    return hashlib.sha256("\0".join(sorted(os.listdir(d))).encode()).hexdigest()
+
+
+@pytest.mark.slow
+def test_debian_generations_switch_under_readers(generations, tmp_path):
+    """A real system switched from gen1 to gen2 while a process holds foo 1.0's data open and
+    another lists /usr/bin in a loop: the holder reads foo 1.0's bytes until it reopens, the
+    lister never sees an error nor a listing that is neither generation's, dpkg in a chroot of
+    the mount says foo 2.0 and bar, and a full walk equals a fresh mount of gen2."""
+    g = generations
+    with gen_mounted(g, g.gen2, tmp_path / "ref") as ref:
+        want = tree_snapshot(ref.mnt)
+        listing2 = listing_key(ref.mnt / "usr/bin")
+    data_old = foo_files("1.0", 0x11)["/usr/share/foo/data"]
+    data_new = foo_files("2.0", 0x22)["/usr/share/foo/data"]
+    stop = tmp_path / "stop-lister"
+    with gen_mounted(g, g.gen1, tmp_path / "mnt") as m, Holder() as h:
+        mnt = m.mnt
+        data = mnt / "usr/share/foo/data"
+        listing1 = listing_key(mnt / "usr/bin")
+        h("open", data)
+        assert h("read", data, 4096) == data_old[:4096]
+        lister = subprocess.Popen([sys.executable, "-c", LISTER, mnt / "usr/bin", stop],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1)
+            out = switch_gen(g, mnt, g.gen2)
+            time.sleep(1)
+        finally:
+            stop.touch()
+            listed = json.loads(lister.communicate(timeout=60)[0])
+        assert listed["n_errors"] == 0, listed["errors"]
+        assert listed["loops"] > 10, listed
+        assert set(listed["seen"]) <= {listing1, listing2}, listed["seen"]
+        assert listing2 in listed["seen"], "the lister never saw gen2's /usr/bin"
+        assert out["changed"] >= 1 and out["invalidations"] >= 1, out
+
+        assert h("read", data, 1 << 20) == data_old[4096:]
+        h("seek", data, 0)
+        assert h("read", data, 1 << 20) == data_old, "the held file, read again from the start"
+        assert h("cat", data) == data_new, "a new open"
+        assert (mnt / "usr/share/foo/version").read_text() == "foo 2.0\n"
+
+        q = run(["chroot", mnt, "dpkg-query", "-W", "-f", "${Package} ${Version} ${Status}\n",
+                 "foo", "bar"])
+        assert sorted(q.stdout.splitlines()) == ["bar 1.0 install ok unpacked",
+                                                 "foo 2.0 install ok unpacked"], q.stdout
+        listing = run(["chroot", mnt, "dpkg", "-l", "foo", "bar"]).stdout
+        assert re.search(r"^\S+\s+foo\s+2\.0\s", listing, re.M), listing
+        assert re.search(r"^\S+\s+bar\s+1\.0\s", listing, re.M), listing
+        assert run(["chroot", mnt, "/usr/bin/foo"]).stdout == "foo 2.0\n"
+        assert run(["chroot", mnt, "bar"]).stdout == "bar 1.0\n"
+        got = tree_snapshot(mnt)
+    assert_same_tree(got, want, "debian-minimal switched to gen2 vs a fresh mount of gen2")
+
+
+@pytest.mark.slow
+def test_runc_container_sees_the_switch(generations, tmp_path):
+    """A container whose root is the read-only view prints foo's version in a loop; after the
+    switch it prints the new one, without being restarted."""
+    if shutil.which("runc") is None:
+        pytest.skip("runc is not installed")
+    g = generations
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    name = f"mosaic-switch-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    with gen_mounted(g, g.gen1, bundle / "rootfs") as m:
+        run(["runc", "spec"], cwd=bundle)
+        spec = json.loads((bundle / "config.json").read_text())
+        spec["process"]["terminal"] = False
+        spec["process"]["args"] = ["/bin/sh", "-c", "while true; do cat /usr/share/foo/version; "
+                                   "sleep 0.1; done"]
+        spec["root"] = {"path": "rootfs", "readonly": True}
+        (bundle / "config.json").write_text(json.dumps(spec))
+        lines, lock = [], threading.Lock()
+        p = subprocess.Popen(["runc", "run", "--bundle", bundle, name], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+        def read():
+            for line in p.stdout:
+                with lock:
+                    lines.append(line.rstrip("\n"))
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+
+        def wait_for(text, timeout):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and p.poll() is None:
+                with lock:
+                    if text in lines:
+                        return True
+                time.sleep(0.05)
+            return False
+
+        try:
+            assert wait_for("foo 1.0", 60), f"the container did not start: {p.poll()} " \
+                                             f"{p.stderr.read() if p.poll() is not None else ''}"
+            pid = json.loads(run(["runc", "state", name]).stdout)["pid"]
+            switch_gen(g, m.mnt, g.gen2)
+            assert wait_for("foo 2.0", 30), f"still {lines[-3:]} 30 s after the switch"
+            time.sleep(0.5)
+            assert p.poll() is None, "the container stopped"
+            assert json.loads(run(["runc", "state", name]).stdout)["pid"] == pid
+            with lock:
+                after = lines[lines.index("foo 2.0"):]
+            assert set(after) == {"foo 2.0"}, f"the old version again after the new: {after}"
+        finally:
+            subprocess.run(["runc", "kill", name, "KILL"], capture_output=True)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            subprocess.run(["runc", "delete", "-f", name], capture_output=True)
+            reader.join(10)
