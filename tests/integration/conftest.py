@@ -495,3 +495,34 @@ def host_build(args, env):
         pytest.skip(f"the host's apt sources cannot be reached: {p.stderr[-300:]}")
     assert p.returncode == 0, p.stderr[-3000:]
     return p
+
+
+# ---- debian-minimal, built once per run (appended for the switch tests) ------------------------
+
+DEBIAN_MINIMAL = REPO / "manifests" / "examples" / "debian-minimal.yaml"
+
+
+@pytest.fixture(scope="session")
+def debian_minimal():
+    """manifests/examples/debian-minimal.yaml built unconfigured from the host's apt sources, once
+    per run, into a store kept across runs (CACHE/configure-debian/store) under a signing key
+    kept beside it, so that later runs make no fragment: SimpleNamespace(key, env, lock, store,
+    manifest, data (the lock), build (the finished process)). env signs with the key and uses
+    the shared package cache. Slow: only for tests marked slow."""
+    import minbase
+    if minbase.host_release() != "bookworm":
+        pytest.skip("the host is not Debian bookworm")
+    work = CACHE / "configure-debian"
+    work.mkdir(parents=True, exist_ok=True)
+    key = cached_key(work, "mosaic configure-debian")
+    try:
+        env = dict(os.environ, GNUPGHOME=key.gnupghome,
+                   MOSAIC_CACHE_DIR=str(CACHE / "mosaic-cache"))
+        env.pop("MOSAIC_KEYRING", None)
+        lock, store = work / "debian-minimal.lock", work / "store"
+        p = host_build([DEBIAN_MINIMAL, "--lock", lock, "-s", store, "--sign", key.fingerprint,
+                        "--no-configure"], env)
+        yield SimpleNamespace(key=key, env=env, lock=lock, store=store, manifest=DEBIAN_MINIMAL,
+                              data=json.loads(lock.read_text()), build=p)
+    finally:
+        key.close()  # its gpg-agent

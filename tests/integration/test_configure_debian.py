@@ -33,15 +33,14 @@ from types import SimpleNamespace
 import pytest
 
 import minbase
-from conftest import (CACHE, MOSAIC, REPO, assert_same_tree, cached_key, host_build, mounts_under,
-                      run, tree_snapshot, wait_gone)
+from conftest import (CACHE, MOSAIC, REPO, assert_same_tree, mounts_under, run, tree_snapshot,
+                      wait_gone)
 
 pytestmark = pytest.mark.slow
 
 MANIFEST = REPO / "manifests" / "examples" / "debian-minimal.yaml"
 SUITE = "bookworm"
 DIFFERENCES = Path(__file__).resolve().parent / "minbase-differences.txt"
-WORK = CACHE / "configure-debian"
 MOSAIC_CACHE = CACHE / "mosaic-cache"
 CHROOT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
               "HOME": "/root", "LC_ALL": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
@@ -159,29 +158,19 @@ def unmount_all_under(path):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    if minbase.host_release() != SUITE:
-        pytest.skip(f"the host is not Debian {SUITE}")
+def built(debian_minimal, tmp_path_factory):
+    """debian-minimal as the session builds it once (conftest's debian_minimal: unconfigured,
+    the test runs mosaic configure on the live mount itself), and a work dir for the module."""
     for tool in ("debootstrap", "apt-ftparchive", "unshare"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (tools/setup.sh)")
-    WORK.mkdir(parents=True, exist_ok=True)
-    key = cached_key(WORK, "mosaic configure-debian")
-    env = dict(os.environ, GNUPGHOME=key.gnupghome, MOSAIC_CACHE_DIR=str(MOSAIC_CACHE))
-    env.pop("MOSAIC_KEYRING", None)
-    lock, store = WORK / "debian-minimal.lock", WORK / "store"
-    try:
-        # Unconfigured: the test runs mosaic configure on the live mount itself.
-        p = host_build([MANIFEST, "--lock", lock, "-s", store, "--sign", key.fingerprint,
-                        "--no-configure"], env)
-        print(p.stderr)
-        work = tmp_path_factory.mktemp("configure-debian")
-        yield SimpleNamespace(key=key, env=env, lock=lock, store=store, work=work,
-                              data=json.loads(lock.read_text()))
-        unmount_all_under(work)
-        assert mounts_under(work) == [], "a mount outlived the test"
-    finally:
-        key.close()  # its gpg-agent
+    dm = debian_minimal
+    print(dm.build.stderr)
+    work = tmp_path_factory.mktemp("configure-debian")
+    yield SimpleNamespace(key=dm.key, env=dm.env, lock=dm.lock, store=dm.store, work=work,
+                          data=dm.data)
+    unmount_all_under(work)
+    assert mounts_under(work) == [], "a mount outlived the test"
 
 
 @pytest.fixture(scope="module")
