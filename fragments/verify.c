@@ -91,6 +91,20 @@ int fragment_verify(struct keyring *k, const char *image_path, struct fragment_d
 	struct fragment_descriptor d;
 	if ((r = fragment_descriptor_parse(djson, dlen, &d, err)) < 0)
 		return mosaic_error_prefix(err, "fragment %s", name);
+	/* A store object named by a digest must hold that fragment (the descriptor's digest is
+	 * the image's, checked below or when it was remembered), remembered or not. */
+	const char *base = strrchr(image_path, '/');
+	base = base ? base + 1 : image_path;
+	if (strlen(base) == SHA256_HEX_LEN + 5 && is_sha256_hex_prefix(base) &&
+	    strncmp(base, d.digest, SHA256_HEX_LEN) != 0)
+		r = mosaic_errorf(err, -EBADMSG,
+		                  "fragment %s: store object is named for another digest "
+		                  "(it holds %.12s)",
+		                  name, d.digest);
+	if (r < 0) {
+		fragment_descriptor_clear(&d);
+		return r;
+	}
 	if (!remembered) {
 		if ((uint64_t)st_img.st_size < d.image_size)
 			r = mosaic_errorf(err, -EBADMSG,
@@ -113,11 +127,6 @@ int fragment_verify(struct keyring *k, const char *image_path, struct fragment_d
 				    "fragment %s: image digest mismatch: the descriptor "
 				    "says sha256:%.16s…, the image is sha256:%.16s…",
 				    name, d.digest, hex);
-			else if (strlen(name) == SHA256_HEX_LEN + 5 && is_sha256_hex_prefix(name) &&
-			         strncmp(name, hex, SHA256_HEX_LEN) != 0)
-				r = mosaic_errorf(
-				    err, -EBADMSG,
-				    "fragment %s: store object is named for another digest", name);
 		}
 		if (r == 0 && (r = fragment_image_check(image_path, err)) < 0)
 			mosaic_error_prefix(err, "fragment %s", name);

@@ -212,14 +212,16 @@ static void serve_one(struct daemon *d, int fd)
 	socklen_t len = sizeof(cred);
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
 		return reply(fd, failure("cannot tell who is asking: %s", strerror(errno)));
+	/* The request is read first, also from a caller that is refused: a client that sends
+	 * before it reads would otherwise get a reset instead of the answer. */
+	_cleanup_free_ char *text = NULL;
+	int r = read_request(fd, &text);
 	if (cred.uid != 0 && cred.uid != geteuid()) {
 		fprintf(stderr, "mosaic: refused a control request from uid %u (pid %d)\n",
 		        (unsigned)cred.uid, (int)cred.pid);
 		return reply(fd, failure("only root or the mount's owner (uid %u) may control %s",
 		                         (unsigned)geteuid(), d->mountpoint));
 	}
-	_cleanup_free_ char *text = NULL;
-	int r = read_request(fd, &text);
 	if (r < 0)
 		return reply(fd, failure("reading the request: %s", strerror(-r)));
 	json_tokener *tok = json_tokener_new();

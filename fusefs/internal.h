@@ -141,6 +141,9 @@ void fusefs_index_stat(const struct compose_inode *in, fuse_ino_t ino, struct st
  * its first use). Caller frees with fusefs_open_file_free. */
 int fusefs_frag_open(struct daemon *d, const struct gen *g, const struct compose_inode *in,
                      struct open_file **out);
+/* Verifies f against the daemon's keyring (a good signature, and the very fragment the index
+ * names) and opens its image. */
+int fusefs_frag_check(struct daemon *d, struct frag *f, struct mosaic_error *err);
 /* Reads from a fragment file under its fragment's lock; bytes read or -errno. */
 ssize_t fusefs_frag_pread(struct open_file *of, void *buf, size_t size, off_t off);
 /* Reads index file ino of g without an open handle: its fragment is found from the inode, and

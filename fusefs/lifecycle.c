@@ -6,6 +6,7 @@
 #include "fusefs/internal.h"
 #include "fragments/fragment.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
@@ -31,7 +32,19 @@ static char *state_dir_for(const char *real_mountpoint)
 	char hex[SHA256_HEX_LEN + 1];
 	sha256_buffer(real_mountpoint, strlen(real_mountpoint), hex);
 	_cleanup_free_ char *rt = runtime_dir();
-	return xasprintf("%s/%.16s", rt, hex);
+	char *own = xasprintf("%s/%.16s", rt, hex);
+	/* A user asking about root's mount finds its state where root keeps it (the daemon
+	 * then decides what that user may do). */
+	_cleanup_free_ char *own_state = path_join(own, "state.json");
+	if (geteuid() != 0 && access(own_state, F_OK) < 0) {
+		_cleanup_free_ char *root = xasprintf("/run/mosaic/%.16s", hex);
+		_cleanup_free_ char *root_state = path_join(root, "state.json");
+		if (access(root_state, F_OK) == 0) {
+			free(own);
+			return TAKE_PTR(root);
+		}
+	}
+	return own;
 }
 
 static bool is_mountpoint(const char *path)
@@ -121,13 +134,17 @@ static int mountpoint_path(const char *mountpoint, char mnt[static PATH_MAX])
 	return 0;
 }
 
+/* Everything the daemon keeps in its state directory (state.json, stats.json, daemon.log,
+ * control, dev-*.idx, handover-*), and lower/ and the directory itself. */
 static void remove_state(const char *state_dir)
 {
-	static const char *const files[] = {"state.json", "stats.json", "daemon.log"};
-	for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
-		_cleanup_free_ char *p = path_join(state_dir, files[i]);
-		unlink(p);
-	}
+	DIR *dp = opendir(state_dir);
+	struct dirent *de;
+	while (dp && (de = readdir(dp)))
+		if (de->d_type != DT_DIR)
+			unlinkat(dirfd(dp), de->d_name, 0);
+	if (dp)
+		closedir(dp);
 	_cleanup_free_ char *lower = path_join(state_dir, "lower");
 	rmdir(lower);
 	rmdir(state_dir);

@@ -249,6 +249,7 @@ struct plan {
 	struct gen *old, *new;
 	uint32_t *claimed; /* [old ino] the new inode that kept its view inode, 0 none */
 	uint32_t next_vino;
+	uint64_t paths; /* counted by assign_new */
 	struct notice_entry *notes;
 	size_t n_notes, cap_notes;
 	struct live_switch_result *res;
@@ -327,13 +328,31 @@ static bool same_attrs(const struct plan *p, uint32_t o, uint32_t n)
 }
 
 /* Gives new inode n, and everything below it, view inodes of their own. */
+/* The paths at and below old inode o. */
+static uint64_t old_paths(const struct plan *p, uint32_t o)
+{
+	uint64_t c = 1;
+	uint32_t k;
+	const struct compose_dirent *de = compose_index_dirents(p->old->idx, o, &k);
+	for (uint32_t i = 0; i < k; i++)
+		c += old_paths(p, de[i].ino);
+	return c;
+}
+
+/* A directory the kernel may hold (a cwd) that left the view: its cached listing goes. */
+static void old_dir_gone(struct plan *p, uint32_t o)
+{
+	if (S_ISDIR(compose_index_inode(p->old->idx, o)->mode))
+		note(p, 0, NULL, 0, old_view(p, o), 0);
+}
+
 static fuse_ino_t assign_new(struct plan *p, uint32_t n)
 {
+	p->paths++;
 	if (p->new->to_view[n])
 		return p->new->to_view[n]; /* another link of it */
 	fuse_ino_t v = p->next_vino++;
 	p->new->to_view[n] = v;
-	p->res->added++;
 	const struct compose_inode *in = compose_index_inode(p->new->idx, n);
 	if (S_ISDIR(in->mode)) {
 		uint32_t k;
@@ -376,8 +395,13 @@ static bool pair_entry(struct plan *p, fuse_ino_t vdir, const char *name, size_t
 			pair_dirs(p, o, n, v);
 		return false;
 	}
+	/* What is below a replaced path is added or removed with it; the path itself changed. */
 	p->res->changed++;
+	p->paths = 0;
 	assign_new(p, n);
+	p->res->added += p->paths - 1;
+	p->res->removed += old_paths(p, o) - 1;
+	old_dir_gone(p, o);
 	note(p, vdir, name, len, 0, 0);
 	return true;
 }
@@ -400,13 +424,16 @@ static void pair_dirs(struct plan *p, uint32_t od, uint32_t nd, fuse_ino_t vdir)
 			                      ne[j].name_len, oe[i].ino, ne[j].ino);
 			i++, j++;
 		} else if (c < 0) { /* gone */
-			p->res->removed++;
+			p->res->removed += old_paths(p, oe[i].ino);
+			old_dir_gone(p, oe[i].ino);
 			note(p, vdir, compose_index_string(oi, oe[i].name_off), oe[i].name_len, 0,
 			     0);
 			listing = true;
 			i++;
 		} else { /* new: the kernel may hold a negative entry for it */
+			p->paths = 0;
 			assign_new(p, ne[j].ino);
+			p->res->added += p->paths;
 			note(p, vdir, compose_index_string(ni, ne[j].name_off), ne[j].name_len, 0,
 			     0);
 			listing = true;
@@ -435,9 +462,7 @@ static int verify_new(struct daemon *d, struct gen *g, struct mosaic_error *err)
 		 * by design. */
 		if (!f->fresh || f->image || f->dev)
 			continue;
-		int r = d->keyring ? fragment_verify(d->keyring, f->path, NULL, err) : 0;
-		if (r == 0)
-			r = fragment_image_open(f->path, &f->image, err);
+		int r = fusefs_frag_check(d, f, err);
 		if (r < 0)
 			return mosaic_errorf(err, r, "fragment %.12s (%s): %s; %s", f->digest,
 			                     f->path, err->msg,

@@ -28,6 +28,23 @@ void fusefs_index_stat(const struct compose_inode *in, fuse_ino_t ino, struct st
 
 /* ---- file data ---------------------------------------------------------------------------- */
 
+int fusefs_frag_check(struct daemon *d, struct frag *f, struct mosaic_error *err)
+{
+	struct fragment_descriptor desc;
+	int r = 0;
+	if (d->keyring && (r = fragment_verify(d->keyring, f->path, &desc, err)) == 0) {
+		/* The image must be the fragment the index names, not any trusted one. */
+		if (strcmp(desc.digest, f->digest) != 0)
+			r = mosaic_errorf(err, -EBADMSG,
+			                  "%s is fragment %.12s, but the index names %.12s there",
+			                  f->path, desc.digest, f->digest);
+		fragment_descriptor_clear(&desc);
+	}
+	if (r == 0)
+		r = fragment_image_open(f->path, &f->image, err);
+	return r;
+}
+
 static int frag_use(struct daemon *d, struct frag *f)
 {
 	/* Called with f->lock held. */
@@ -36,11 +53,7 @@ static int frag_use(struct daemon *d, struct frag *f)
 	if (f->error)
 		return f->error;
 	struct mosaic_error err = {0};
-	int r = 0;
-	if (d->keyring)
-		r = fragment_verify(d->keyring, f->path, NULL, &err);
-	if (r == 0)
-		r = fragment_image_open(f->path, &f->image, &err);
+	int r = fusefs_frag_check(d, f, &err);
 	if (r < 0) {
 		fprintf(stderr, "mosaic: %s\n", err.msg);
 		f->error = -EIO;

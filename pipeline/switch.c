@@ -163,6 +163,8 @@ static char *run_check(const char *mountpoint, const char *cmd, bool on_host, do
 		struct timespec ts = {0, 10 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
+	/* What the check started and left running goes with it. */
+	kill(-pid, SIGKILL);
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
 		return NULL;
 	if (WIFEXITED(status))
@@ -272,8 +274,10 @@ int pipeline_switch(const struct pipeline_switch_options *o, struct pipeline_swi
 		char **oi = strv_of(old_fr, &no);
 		struct fusefs_switch_result back;
 		_cleanup_free_ char *why = xasprintf("rollback: %s", res->check_failed);
-		int b = fusefs_switch(o->mountpoint, old_index, oi, no, old_info, why, true, &back,
-		                      err);
+		/* After a switch, back pops what it pushed; after a rollback, back pushes again
+		 * what the rollback popped: the stack is as it was either way. */
+		int b = fusefs_switch(o->mountpoint, old_index, oi, no, old_info, why, !o->rollback,
+		                      &back, err);
 		strv_free(oi, no);
 		if (b < 0)
 			r = mosaic_errorf(err, b, "%s, and switching back failed: %s",
