@@ -20,16 +20,32 @@
 #include <sys/un.h>
 #include <time.h>
 
-#define MAX_REQUEST  (64u << 20)
-#define HISTORY_MAX  100
-#define PREVIOUS_MAX 16
+#define MAX_REQUEST        (64u << 20)
+#define HISTORY_MAX        100
+#define REQUEST_TIMEOUT_MS 30000
+#define PREVIOUS_MAX       16
 
 static char *control_path(const char *state_dir)
 {
 	return path_join(state_dir, "control");
 }
 
-static int read_request(int fd, char **out)
+/* Reads and drops what fd still sends, for at most a second or 64 MiB. */
+static void drain(int fd)
+{
+	char buf[65536];
+	size_t total = 0;
+	for (;;) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		if (poll(&p, 1, 1000) <= 0)
+			return;
+		ssize_t n = read(fd, buf, sizeof(buf));
+		if (n <= 0 || (total += n) > MAX_REQUEST)
+			return;
+	}
+}
+
+static int read_request(int fd, int timeout_ms, char **out)
 {
 	size_t cap = 4096, len = 0;
 	char *buf = xmalloc(cap);
@@ -41,6 +57,13 @@ static int read_request(int fd, char **out)
 			}
 			cap *= 2;
 			buf = xrealloc(buf, cap);
+		}
+		/* One control thread serves everyone: a silent caller does not hold it. */
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		int ready = poll(&p, 1, timeout_ms);
+		if (ready == 0) {
+			free(buf);
+			return -ETIMEDOUT;
 		}
 		ssize_t n = read(fd, buf + len, cap - 1 - len);
 		if (n < 0 && errno == EINTR)
@@ -64,6 +87,7 @@ static void reply(int fd, json_object *o)
 {
 	const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
 	write_all(fd, s, strlen(s));
+	write_all(fd, "\n", 1); /* a client waiting on the connection (handover) reads a line */
 	json_object_put(o);
 }
 
@@ -212,16 +236,21 @@ static void serve_one(struct daemon *d, int fd)
 	socklen_t len = sizeof(cred);
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
 		return reply(fd, failure("cannot tell who is asking: %s", strerror(errno)));
-	/* The request is read first, also from a caller that is refused: a client that sends
-	 * before it reads would otherwise get a reset instead of the answer. */
-	_cleanup_free_ char *text = NULL;
-	int r = read_request(fd, &text);
 	if (cred.uid != 0 && cred.uid != geteuid()) {
 		fprintf(stderr, "mosaic: refused a control request from uid %u (pid %d)\n",
 		        (unsigned)cred.uid, (int)cred.pid);
-		return reply(fd, failure("only root or the mount's owner (uid %u) may control %s",
-		                         (unsigned)geteuid(), d->mountpoint));
+		json_object *no = failure("only root or the mount's owner (uid %u) may control %s",
+		                          (unsigned)geteuid(), d->mountpoint);
+		json_object_object_add(no, "errno", json_object_new_int(EPERM));
+		reply(fd, no);
+		/* What the caller is still sending is read and dropped, briefly: a close with
+		 * unread data would reset the connection before it read the answer. */
+		shutdown(fd, SHUT_WR);
+		drain(fd);
+		return;
 	}
+	_cleanup_free_ char *text = NULL;
+	int r = read_request(fd, REQUEST_TIMEOUT_MS, &text);
 	if (r < 0)
 		return reply(fd, failure("reading the request: %s", strerror(-r)));
 	json_tokener *tok = json_tokener_new();
@@ -241,12 +270,13 @@ static void serve_one(struct daemon *d, int fd)
 		out = do_switch(d, req);
 	else if (strcmp(op, "rollback") == 0) {
 		size_t np = d->previous ? json_object_array_length(d->previous) : 0;
-		if (np == 0)
+		if (np == 0) {
 			out =
 			    failure("%s has nothing to roll back to: it serves what it was mounted "
 			            "with, or every switch was rolled back",
 			            d->mountpoint);
-		else {
+			json_object_object_add(out, "errno", json_object_new_int(ENOENT));
+		} else {
 			/* The newest composition served before, as a switch request. */
 			json_object *prev = json_object_array_get_idx(d->previous, np - 1), *x;
 			json_object *sw = json_object_new_object();
@@ -371,7 +401,7 @@ int fusefs_control(const char *state_dir, const char *mountpoint, json_object *r
 	if (write_all(fd, s, strlen(s)) < 0 || shutdown(fd, SHUT_WR) < 0)
 		return mosaic_errorf(err, -errno, "sending to the daemon of %s: %m", mountpoint);
 	_cleanup_free_ char *text = NULL;
-	int r = read_request(fd, &text);
+	int r = read_request(fd, -1, &text); /* a switch verifying many fragments takes long */
 	if (r < 0)
 		return mosaic_errorf(err, r, "reading the daemon's answer: %s", strerror(-r));
 	json_object *o = json_tokener_parse(text);
@@ -384,8 +414,12 @@ int fusefs_control(const char *state_dir, const char *mountpoint, json_object *r
 		                     mountpoint);
 	}
 	if (!json_object_get_boolean(ok)) {
+		/* what kind of failure: a refusal, a thing not there; else bad input */
 		const char *msg = str_field(o, "error");
-		r = mosaic_errorf(err, strstr(msg ? msg : "", "only root") ? -EPERM : -EINVAL, "%s",
+		json_object *e;
+		int code =
+		    json_object_object_get_ex(o, "errno", &e) ? json_object_get_int(e) : EINVAL;
+		r = mosaic_errorf(err, code > 0 ? -code : -EINVAL, "%s",
 		                  msg ? msg : "the daemon refused");
 		json_object_put(o);
 		return r;

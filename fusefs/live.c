@@ -300,14 +300,15 @@ static bool same_content(const struct plan *p, const struct compose_inode *a,
 		return false;
 	switch (a->mode & S_IFMT) {
 	case S_IFREG:
-		if (a->size != b->size || a->frag_inode != b->frag_inode ||
-		    a->fragment >= p->old->n_frags || b->fragment >= p->new->n_frags ||
+		if (a->frag_inode != b->frag_inode || a->fragment >= p->old->n_frags ||
+		    b->fragment >= p->new->n_frags ||
 		    p->old->frags[a->fragment] != p->new->frags[b->fragment])
 			return false;
-		/* A live file is the same file (frag_inode: its st_ino) written since: every
-		 * write moves its mtime. */
-		return !p->new->frags[b->fragment]->dev ||
-		       (a->mtime == b->mtime && a->mtime_nsec == b->mtime_nsec);
+		/* A live dev file is the same file while it is the same inode of its directory
+		 * (frag_inode: its st_ino): an edit in place is a change of its content under the
+		 * same number, as on any filesystem (pair_entry drops its cached pages). A file of
+		 * an image is the same only with the same size too. */
+		return p->new->frags[b->fragment]->dev || a->size == b->size;
 	case S_IFLNK:
 		return a->data_len == b->data_len &&
 		       memcmp(compose_index_string(p->old->idx, a->data_off),
@@ -317,6 +318,16 @@ static bool same_content(const struct plan *p, const struct compose_inode *a,
 		return a->rdev == b->rdev;
 	}
 	return true;
+}
+
+/* A file of a live dev directory written in place: every write moves its mtime. */
+static bool live_edit(const struct plan *p, uint32_t o, uint32_t n)
+{
+	const struct compose_inode *a = compose_index_inode(p->old->idx, o);
+	const struct compose_inode *b = compose_index_inode(p->new->idx, n);
+	return S_ISREG(b->mode) && b->fragment < p->new->n_frags &&
+	       p->new->frags[b->fragment]->dev &&
+	       (a->mtime != b->mtime || a->mtime_nsec != b->mtime_nsec || a->size != b->size);
 }
 
 static bool same_attrs(const struct plan *p, uint32_t o, uint32_t n)
@@ -389,7 +400,9 @@ static bool pair_entry(struct plan *p, fuse_ino_t vdir, const char *name, size_t
 {
 	fuse_ino_t v = keep(p, o, n);
 	if (v) {
-		if (!same_attrs(p, o, n))
+		if (live_edit(p, o, n))
+			note(p, 0, NULL, 0, v, 0); /* attributes and cached pages */
+		else if (!same_attrs(p, o, n))
 			note(p, 0, NULL, 0, v, -1);
 		if (S_ISDIR(compose_index_inode(p->new->idx, n)->mode))
 			pair_dirs(p, o, n, v);

@@ -105,13 +105,18 @@ static int edited(const struct pipeline_switch_options *o, json_object *state, c
 		free(v[at]);
 		v[at] = path;
 	}
+	/* Added fragments go on top of the fragments, under the live dev directories on top. */
+	size_t top = n;
+	while (top > 0 && is_dir(v[top - 1]))
+		top--;
 	for (size_t i = 0; r == 0 && i < o->n_add; i++) {
 		char *path = NULL;
 		if ((r = pipeline_fragment_path(o->add[i], o->store, &path, err)) < 0)
 			break;
 		v = xrealloc(v, (n + 2) * sizeof(*v));
-		v[n++] = path;
-		v[n] = NULL;
+		memmove(v + top + 1, v + top, (n - top) * sizeof(*v));
+		v[top++] = path;
+		v[++n] = NULL;
 	}
 	keyring_free(k);
 	if (r < 0) {

@@ -280,14 +280,6 @@ def test_long_running_readers_see_each_edit_and_nothing_breaks(root, tmp_path):
         assert (m.mnt / "srv/conf").read_text() == "v040\n"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a process that opened a file of a --dev directory before an in-place edit keeps reading "
-    "the old content from the page cache after the edit shows to new opens (the read-only view "
-    "runs without OPEN and with keep_cache, and the edit gives the path a new view inode but "
-    "the open one is never invalidated); once those pages are evicted "
-    "(POSIX_FADV_DONTNEED, memory pressure) the same fd reads the NEW file cut to the OLD size "
-    "('v3 longer' of 'v3 longer content' after 'version1' of 9 bytes): what an open fd reads "
-    "depends on the page cache, not on the edit"))
 def test_a_file_held_open_sees_an_in_place_edit(root, tmp_path):
     dev = tmp_path / "dev"
     write_file(dev / "srv/held", "version1\n")
@@ -405,12 +397,6 @@ def test_switch_keeps_the_dev_directory_on_top(root, tmp_path):
         assert status(m.mnt, root.env)["fragments"][-1] == str(dev)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "mosaic switch --add FRAGMENT puts FRAGMENT above the live dev directory: "
-    "pipeline/switch.c edited() appends --add after every served image, dev directories "
-    "included, while a switch to MANIFEST|INDEX|FRAGMENT... appends the dev directories last; "
-    "after `switch --add extra` the state's fragments are [root, DEV, extra] and extra's "
-    "srv/shadowed hides the dev directory's"))
 def test_switch_add_keeps_the_dev_directory_on_top(root, tmp_path):
     dev = tmp_path / "dev"
     write_file(dev / "srv/shadowed", "from the dev directory\n")

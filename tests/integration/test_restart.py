@@ -515,16 +515,6 @@ def test_nobody_may_not_restart_or_switch_a_root_mount(layers, shared_mount):
     assert _control(m.mnt, {"op": "ping"})["pid"] == before["pid"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "run as another user, mosaic restart/switch/rollback MNT of a root mount say "
-    "'MNT is not mounted by mosaic' (exit 2): fusefs/lifecycle.c state_dir_for() looks for the "
-    "mount's state under the CALLER's runtime dir (/tmp/mosaic-UID or $XDG_RUNTIME_DIR/mosaic, "
-    "/run/mosaic only for euid 0), so the request never reaches the daemon, whose refusal "
-    "'only root or the mount's owner (uid 0) may control MNT' is never shown; the mount is "
-    "safe (it keeps serving) but the message is false. Behind it, a second race: serve_one() "
-    "in fusefs/control.c answers a refusal before reading the request and closes, so a client "
-    "still sending gets EPIPE (fusefs_control: 'sending to the daemon of MNT: Broken pipe') "
-    "or ECONNRESET instead of the refusal (a raw client sending 4 MiB gets EPIPE every time)"))
 def test_nobody_hears_why_it_may_not_restart(layers, shared_mount):
     m = shared_mount
     for a in (["restart", m.mnt], ["rollback", m.mnt]):
@@ -535,17 +525,11 @@ def test_nobody_hears_why_it_may_not_restart(layers, shared_mount):
 
 
 
-STATE_LEAK = pytest.mark.xfail(strict=True, reason=(
-    "after mosaic restart, mosaic umount leaves the mount's state directory "
-    "/run/mosaic/<16 hex of sha256(mountpoint)>/ behind with the handover's files in it "
-    "(handover-vnodes, handover-map-N written by live_save in fusefs/live.c): remove_state() "
-    "in fusefs/lifecycle.c unlinks only state.json, stats.json and daemon.log, so its rmdir "
-    "fails; one such directory per restarted mountpoint piles up in /run/mosaic"))
 
 
 @pytest.mark.parametrize("restarts,dev", [
     (0, False), (0, True),
-    pytest.param(1, False, marks=STATE_LEAK), pytest.param(1, True, marks=STATE_LEAK)])
+    pytest.param(1, False), pytest.param(1, True)])
 def test_umount_leaves_no_state_behind(layers, tmp_path, restarts, dev):
     extra = []
     if dev:
