@@ -36,8 +36,7 @@ static struct frag *frag_new(const char *path, const char *digest)
 	f->path = xstrdup(path);
 	snprintf(f->digest, sizeof(f->digest), "%s", digest);
 	f->refs = 1;
-	struct stat st;
-	f->dev = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+	f->dev = dev_is_dir(path);
 	f->fresh = true;
 	return f;
 }

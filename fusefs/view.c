@@ -24,6 +24,8 @@ void fusefs_index_stat(const struct compose_inode *in, fuse_ino_t ino, struct st
 	st->st_blksize = 4096;
 	st->st_blocks = (in->size + 511) / 512;
 	st->st_atim.tv_sec = st->st_mtim.tv_sec = st->st_ctim.tv_sec = in->mtime;
+	/* live dev files keep their nanoseconds; images have whole seconds (0 here) */
+	st->st_atim.tv_nsec = st->st_mtim.tv_nsec = st->st_ctim.tv_nsec = in->mtime_nsec;
 }
 
 /* ---- file data ---------------------------------------------------------------------------- */
@@ -298,7 +300,7 @@ void handles_free(struct daemon *d)
 {
 	if (!d->hchunks)
 		return;
-	for (size_t c = 0; c < HCHUNKS; c++)
+	for (size_t c = 0; c <= d->last_handle / HCHUNK_SIZE && c < HCHUNKS; c++)
 		free(d->hchunks[c]);
 	free(d->hchunks);
 	d->hchunks = NULL;
