@@ -369,10 +369,7 @@ void control_stop(struct daemon *d)
 {
 	if (!d->control_started)
 		return;
-	write_all(d->control_stop[1], "x", 1);
-	pthread_join(d->control, NULL);
-	close(d->control_stop[0]);
-	close(d->control_stop[1]);
+	thread_stop(d->control, d->control_stop);
 	close(d->control_fd);
 	if (!d->handed_over) {
 		_cleanup_free_ char *path = control_path(d->state_dir);

@@ -211,10 +211,7 @@ void dev_stop(struct daemon *d)
 {
 	if (!d->dev_started)
 		return;
-	write_all(d->dev_stop[1], "x", 1);
-	pthread_join(d->dev_watch, NULL);
-	close(d->dev_stop[0]);
-	close(d->dev_stop[1]);
+	thread_stop(d->dev_watch, d->dev_stop);
 	close(d->dev_fd);
 	d->dev_started = false;
 }

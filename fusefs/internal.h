@@ -152,6 +152,8 @@ ssize_t fusefs_index_read(struct daemon *d, const struct gen *g, uint32_t ino, v
                           size_t size, off_t off);
 /* Closes the upper fd or the fragment file and frees of (NULL is fine). */
 void fusefs_open_file_free(struct open_file *of);
+/* Stops thread t, which polls stop[0], and closes that pipe. */
+void thread_stop(pthread_t t, int stop[2]);
 /* A new fi->fh for p; what a fi->fh is; and taking it out of the table (release). */
 uint64_t handle_put(struct daemon *d, void *p, enum handle_kind kind);
 void *handle_get(struct daemon *d, uint64_t fh);

@@ -420,6 +420,24 @@ static int daemon_main(const struct fusefs_options *o, const char *mountpoint,
 	return rc;
 }
 
+/* What a starting daemon wrote on its readiness pipe before closing it (NUL-terminated); the
+ * number of bytes. */
+static size_t read_ready(int fd, char *msg, size_t size)
+{
+	size_t got = 0;
+	ssize_t n;
+	while (got < size - 1 && (n = read(fd, msg + got, size - 1 - got)) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			break;
+		got += n;
+	}
+	close(fd);
+	msg[got] = '\0';
+	return got;
+}
+
 /* The options with every path absolute: the daemon works from "/". */
 struct absolute_options {
 	struct fusefs_options o;
@@ -595,18 +613,8 @@ static int do_mount(const struct fusefs_options *o, enum fusefs_writable *picked
 		_exit(rc);
 	}
 	close(pfd[1]);
-	char msg[1200] = "";
-	size_t got = 0;
-	ssize_t n;
-	while (got < sizeof(msg) - 1 && (n = read(pfd[0], msg + got, sizeof(msg) - 1 - got)) != 0) {
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			break;
-		got += n;
-	}
-	close(pfd[0]);
-	msg[got] = '\0';
+	char msg[1200];
+	size_t got = read_ready(pfd[0], msg, sizeof(msg));
 	if (strncmp(msg, "OK ", 3) == 0) {
 		/* the mode the daemon serves, which a fallback may have changed */
 		msg[strcspn(msg, "\n")] = '\0';
@@ -907,18 +915,8 @@ int fusefs_restart(const char *mountpoint, struct fusefs_restart_result *res,
 		_exit(takeover_main(state, pfd[1]));
 	}
 	close(pfd[1]);
-	char msg[1200] = "";
-	size_t got = 0;
-	ssize_t n;
-	while (got < sizeof(msg) - 1 && (n = read(pfd[0], msg + got, sizeof(msg) - 1 - got)) != 0) {
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			break;
-		got += n;
-	}
-	close(pfd[0]);
-	msg[got] = '\0';
+	char msg[1200];
+	size_t got = read_ready(pfd[0], msg, sizeof(msg));
 	int new_pid, old;
 	if (sscanf(msg, "OK %d %d", &new_pid, &old) == 2) {
 		res->pid = new_pid;

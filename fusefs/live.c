@@ -172,8 +172,8 @@ void view_forget(struct daemon *d, fuse_ino_t v, uint64_t count)
 	view_release(d, v);
 }
 
-int live_start(struct daemon *d, const char *index_path, char *const *images, size_t n,
-               json_object *info, struct mosaic_error *err)
+/* The locks and the empty view inode table, for live_start and live_restore. */
+static void live_init(struct daemon *d)
 {
 	pthread_rwlockattr_t a;
 	pthread_rwlockattr_init(&a);
@@ -183,6 +183,12 @@ int live_start(struct daemon *d, const char *index_path, char *const *images, si
 	pthread_rwlockattr_destroy(&a);
 	pthread_mutex_init(&d->switch_lock, NULL);
 	d->vchunks = xcalloc(VCHUNKS, sizeof(*d->vchunks));
+}
+
+int live_start(struct daemon *d, const char *index_path, char *const *images, size_t n,
+               json_object *info, struct mosaic_error *err)
+{
+	live_init(d);
 	/* Live dev directories among the fragments: the index is the daemon's own. */
 	_cleanup_free_ char *own = NULL;
 	for (size_t i = 0; i < n && !own; i++)
@@ -666,13 +672,7 @@ int live_save(struct daemon *d, json_object *out, struct mosaic_error *err)
 
 int live_restore(struct daemon *d, json_object *in, struct mosaic_error *err)
 {
-	pthread_rwlockattr_t a;
-	pthread_rwlockattr_init(&a);
-	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-	pthread_rwlock_init(&d->live, &a);
-	pthread_rwlockattr_destroy(&a);
-	pthread_mutex_init(&d->switch_lock, NULL);
-	d->vchunks = xcalloc(VCHUNKS, sizeof(*d->vchunks));
+	live_init(d);
 	json_object *arr, *v;
 	if (!json_object_object_get_ex(in, "gens", &arr) || !json_object_array_length(arr) ||
 	    !json_object_object_get_ex(in, "next_vino", &v))

@@ -45,12 +45,15 @@ static void keep_init(struct daemon *d, const struct fuse_buf *b)
 	const struct fuse_in_header *h = b->mem;
 	if (h->opcode != FUSE_INIT)
 		return;
-	pthread_mutex_lock(&d->loop_lock);
-	free(d->init_req);
-	d->init_req = xmalloc(b->size);
-	memcpy(d->init_req, b->mem, b->size);
-	d->init_len = b->size;
-	pthread_mutex_unlock(&d->loop_lock);
+	/* Not loop_lock: a pause holds it while it waits for this very thread to stop. */
+	static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+	pthread_mutex_lock(&init_lock);
+	if (!d->init_len) {
+		d->init_req = xmalloc(b->size);
+		memcpy(d->init_req, b->mem, b->size);
+		__atomic_store_n(&d->init_len, b->size, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&init_lock);
 }
 
 static void *worker(void *arg)
@@ -65,7 +68,7 @@ static void *worker(void *arg)
 			wake(d, 'E');
 			break;
 		}
-		if (!d->init_len)
+		if (!__atomic_load_n(&d->init_len, __ATOMIC_ACQUIRE))
 			keep_init(d, &buf);
 		fuse_session_process_buf(d->se, &buf);
 	}

@@ -308,3 +308,11 @@ void handles_free(struct daemon *d)
 	d->free_handles = NULL;
 	d->n_free_handles = d->cap_free_handles = 0;
 }
+
+void thread_stop(pthread_t t, int stop[2])
+{
+	write_all(stop[1], "x", 1);
+	pthread_join(t, NULL);
+	close(stop[0]);
+	close(stop[1]);
+}
