@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MOSAIC, object_path, run
+from conftest import MOSAIC, mosaic_mounted, object_path, run, tree_snapshot
 from test_build import build, deb_repo
 
 pytestmark = pytest.mark.usefixtures("no_mount_leftovers")
@@ -166,6 +166,35 @@ def test_export_an_earlier_generation(two, tmp_path, env, signer):
     assert marker() == ("libfoo 3.0~rc1\n", True)
     assert marker("--generation", "1") == ("libfoo 1.0\n", False)
     assert marker("--generation", "2") == ("libfoo 3.0~rc1\n", True)
+
+
+def test_mount_and_switch_between_generations(two, tmp_path, env, signer):
+    """A mount of the manifest serves its newest generation and says which; a switch to
+    --generation 1 serves the earlier packages live, back to 2 the newer ones; an unknown
+    generation is a clear error that leaves the mount serving what it served."""
+    m, store = two["manifest"], two["store"]
+    src = ["-s", store, "--keyring", signer.keyring]
+    marker = "usr/share/doc/libfoo/marker"
+    with mosaic_mounted([m, *src], tmp_path / "mnt", env) as mt:
+        mnt = mt.mnt
+
+        def serving():
+            return json.loads(run([MOSAIC, "status", mnt, "--json"], env=env).stdout)["generation"]
+
+        assert serving()["generation"] == 2 and serving()["source"] == "manifest"
+        assert (mnt / marker).read_text() == "libfoo 3.0~rc1\n"
+        assert (mnt / "usr/share/doc/app/marker").exists()
+        run([MOSAIC, "switch", mnt, m, *src, "--generation", "1"], env=env)
+        assert serving()["generation"] == 1
+        assert (mnt / marker).read_text() == "libfoo 1.0\n"
+        assert not (mnt / "usr/share/doc/app/marker").exists()
+        before = tree_snapshot(mnt)
+        p = run([MOSAIC, "switch", mnt, m, *src, "--generation", "9"], env=env, check=False)
+        assert p.returncode == 1 and "9" in p.stderr and "generation" in p.stderr, p.stderr
+        assert tree_snapshot(mnt) == before
+        assert serving()["generation"] == 1
+        run([MOSAIC, "switch", mnt, m, *src, "--generation", "2"], env=env)
+        assert (mnt / marker).read_text() == "libfoo 3.0~rc1\n"
 
 
 def test_roles_keep_their_own_history_and_lock(repos, tmp_path, env, signer):
