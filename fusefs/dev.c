@@ -21,16 +21,6 @@
 /* After an event, changes that follow within this are taken in the same rebuild. */
 #define QUIET_MS 2
 
-bool dev_is_dir(const char *path)
-{
-	/* A fragment image is a .sqfs file: no stat for the thousand of them a mount has. */
-	size_t l = strlen(path);
-	if (l > 5 && strcmp(path + l - 5, ".sqfs") == 0)
-		return false;
-	struct stat st;
-	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 /* The name and kind of the fragment whose image is at path, from the descriptor beside it. */
 static int describe(const char *path, struct compose_input *in, struct mosaic_error *err)
 {

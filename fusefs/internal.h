@@ -141,6 +141,8 @@ void fusefs_index_stat(const struct compose_inode *in, fuse_ino_t ino, struct st
  * its first use). Caller frees with fusefs_open_file_free. */
 int fusefs_frag_open(struct daemon *d, const struct gen *g, const struct compose_inode *in,
                      struct open_file **out);
+/* Whether path is a directory: a live dev fragment among a generation's images. */
+bool dev_is_dir(const char *path);
 /* Verifies f against the daemon's keyring (a good signature, and the very fragment the index
  * names) and opens its image. */
 int fusefs_frag_check(struct daemon *d, struct frag *f, struct mosaic_error *err);
@@ -172,7 +174,7 @@ void daemon_write_state(struct daemon *d);
 /* Serves the index at index_path with its images as the first generation: its view inodes are
  * its index inodes. */
 int live_start(struct daemon *d, const char *index_path, char *const *images, size_t n,
-               json_object *info, struct mosaic_error *err);
+               json_object *info, bool own_index, struct mosaic_error *err);
 /* Lets go of every generation (the kernel holds nothing any more). */
 void live_stop(struct daemon *d);
 /* With d->live held for reading: the index inode that view inode v is, with its generation and
@@ -292,8 +294,6 @@ int live_restore(struct daemon *d, json_object *in, struct mosaic_error *err);
 
 /* ---- dev.c: live dev directories ----------------------------------------------------------- */
 
-/* Whether path is a directory (a live dev fragment among images). */
-bool dev_is_dir(const char *path);
 /* Builds, in the state directory, the index of images as they are now (directories walked
  * live, the others described by the descriptor beside them); *index_path: caller frees. */
 int dev_compose(struct daemon *d, char *const *images, size_t n, char **index_path,

@@ -381,7 +381,15 @@ static int daemon_main(const struct fusefs_options *o, const char *mountpoint,
 	                   .mode = mode};
 	char msg[1200];
 	pthread_mutex_init(&d.stats_lock, NULL);
-	int r = live_start(&d, o->index_path, o->images, o->n_images, o->info, &err);
+	/* Live dev directories among the fragments: the index is the daemon's own. */
+	_cleanup_free_ char *own = NULL;
+	int r = 0;
+	for (size_t i = 0; i < o->n_images && !own && r == 0; i++)
+		if (dev_is_dir(o->images[i]))
+			r = dev_compose(&d, o->images, o->n_images, &own, &err);
+	if (r == 0)
+		r = live_start(&d, own ? own : o->index_path, o->images, o->n_images, o->info,
+		               own != NULL, &err);
 	if (r < 0) {
 		snprintf(msg, sizeof(msg), "%s\n", err.msg);
 		say(pipe_fd, msg);

@@ -186,22 +186,14 @@ static void live_init(struct daemon *d)
 }
 
 int live_start(struct daemon *d, const char *index_path, char *const *images, size_t n,
-               json_object *info, struct mosaic_error *err)
+               json_object *info, bool own_index, struct mosaic_error *err)
 {
 	live_init(d);
-	/* Live dev directories among the fragments: the index is the daemon's own. */
-	_cleanup_free_ char *own = NULL;
-	for (size_t i = 0; i < n && !own; i++)
-		if (dev_is_dir(images[i])) {
-			int r = dev_compose(d, images, n, &own, err);
-			if (r < 0)
-				return r;
-		}
 	struct gen *g;
-	int r = gen_open(d, own ? own : index_path, images, n, &g, err);
+	int r = gen_open(d, index_path, images, n, &g, err);
 	if (r < 0)
 		return r;
-	g->scratch = own != NULL;
+	g->scratch = own_index;
 	for (size_t i = 0; i < g->n_frags; i++)
 		g->frags[i]->fresh = false; /* verified on first use, as ever at mount */
 	uint32_t ni = compose_index_inodes(g->idx);

@@ -66,6 +66,16 @@ static int frag_use(struct daemon *d, struct frag *f)
 	return 0;
 }
 
+bool dev_is_dir(const char *path)
+{
+	/* A fragment image is a .sqfs file: no stat for the thousand of them a mount has. */
+	size_t l = strlen(path);
+	if (l > 5 && strcmp(path + l - 5, ".sqfs") == 0)
+		return false;
+	struct stat st;
+	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 /* A file of a live dev directory, by the path the index recorded for it. */
 static int dev_open(const struct gen *g, const struct frag *f, const struct compose_inode *in)
 {
