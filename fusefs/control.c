@@ -307,15 +307,7 @@ static void serve_one(struct daemon *d, int fd)
 static void *control_thread(void *arg)
 {
 	struct daemon *d = arg;
-	for (;;) {
-		struct pollfd p[2] = {{.fd = d->control_fd, .events = POLLIN},
-		                      {.fd = d->control_stop[0], .events = POLLIN}};
-		if (poll(p, 2, -1) < 0 && errno != EINTR)
-			break;
-		if (p[1].revents)
-			break;
-		if (!(p[0].revents & POLLIN))
-			continue;
+	while (wait_readable(d->control_fd, d->control_stop[0])) {
 		int fd = accept4(d->control_fd, NULL, NULL, SOCK_CLOEXEC);
 		if (fd < 0)
 			continue;

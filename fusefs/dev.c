@@ -158,19 +158,12 @@ static void drain(int fd)
 static void *dev_thread(void *arg)
 {
 	struct daemon *d = arg;
-	for (;;) {
-		struct pollfd p[2] = {{.fd = d->dev_fd, .events = POLLIN},
-		                      {.fd = d->dev_stop[0], .events = POLLIN}};
-		if (poll(p, 2, -1) < 0 && errno != EINTR)
-			break;
-		if (p[1].revents)
-			break;
-		if (!(p[0].revents & POLLIN))
-			continue;
+	while (wait_readable(d->dev_fd, d->dev_stop[0])) {
 		/* Take what comes in a burst (an editor's write, rename, chmod) together. */
+		struct pollfd p = {.fd = d->dev_fd, .events = POLLIN};
 		do
 			drain(d->dev_fd);
-		while (poll(p, 1, QUIET_MS) > 0 && (p[0].revents & POLLIN));
+		while (poll(&p, 1, QUIET_MS) > 0 && (p.revents & POLLIN));
 		watch_all(d); /* directories made meanwhile */
 		rebuild(d);
 	}

@@ -154,6 +154,8 @@ ssize_t fusefs_index_read(struct daemon *d, const struct gen *g, uint32_t ino, v
                           size_t size, off_t off);
 /* Closes the upper fd or the fragment file and frees of (NULL is fine). */
 void fusefs_open_file_free(struct open_file *of);
+/* Waits until fd is readable (true) or stop is (false): a watcher thread's loop. */
+bool wait_readable(int fd, int stop);
 /* Stops thread t, which polls stop[0], and closes that pipe. */
 void thread_stop(pthread_t t, int stop[2]);
 /* A new fi->fh for p; what a fi->fh is; and taking it out of the table (release). */

@@ -6,6 +6,7 @@
 #include "fusefs/internal.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -325,4 +326,17 @@ void thread_stop(pthread_t t, int stop[2])
 	pthread_join(t, NULL);
 	close(stop[0]);
 	close(stop[1]);
+}
+
+bool wait_readable(int fd, int stop)
+{
+	for (;;) {
+		struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = stop, .events = POLLIN}};
+		if (poll(p, 2, -1) < 0 && errno != EINTR)
+			return false;
+		if (p[1].revents)
+			return false;
+		if (p[0].revents & POLLIN)
+			return true;
+	}
 }

@@ -147,29 +147,46 @@ void pipeline_generations_free(struct pipeline_generation *v, size_t n)
 	free(v);
 }
 
+/* The store, the history's directory and its record numbers (sorted, at least one), for
+ * listing and reading. */
+static int open_history(const char *store, const char *history, struct store **s, char **dir,
+                        unsigned **numbers, size_t *m, struct mosaic_error *err)
+{
+	if (!pipeline_history_valid(history))
+		return mosaic_errorf(err, -EINVAL, "'%s' is not a history name", history);
+	int r = open_store(store, s, err);
+	if (r < 0)
+		return r;
+	*dir = history_dir(*s, history);
+	*numbers = NULL;
+	*m = 0;
+	r = record_numbers(*dir, numbers, m);
+	if (r == -ENOENT || (r == 0 && *m == 0))
+		r = no_history(*s, history, err);
+	else if (r < 0)
+		r = mosaic_errorf(err, r, "%s: %s", *dir, strerror(-r));
+	if (r < 0) {
+		store_free(*s);
+		free(*dir);
+		free(*numbers);
+		*dir = NULL;
+		*numbers = NULL;
+	}
+	return r;
+}
+
 int pipeline_generations_list(const char *store, const char *history,
                               struct pipeline_generation **out, size_t *n, struct mosaic_error *err)
 {
 	*out = NULL;
 	*n = 0;
-	if (!pipeline_history_valid(history))
-		return mosaic_errorf(err, -EINVAL, "'%s' is not a history name", history);
 	struct store *s;
-	int r = open_store(store, &s, err);
-	if (r < 0)
-		return r;
-	_cleanup_free_ char *dir = history_dir(s, history);
+	_cleanup_free_ char *dir = NULL;
 	_cleanup_free_ unsigned *numbers = NULL;
 	size_t m = 0;
-	r = record_numbers(dir, &numbers, &m);
-	if (r == -ENOENT || (r == 0 && m == 0))
-		r = no_history(s, history, err);
-	else if (r < 0)
-		r = mosaic_errorf(err, r, "%s: %s", dir, strerror(-r));
-	if (r < 0) {
-		store_free(s);
+	int r = open_history(store, history, &s, &dir, &numbers, &m, err);
+	if (r < 0)
 		return r;
-	}
 	struct pipeline_generation *v = xcalloc(m, sizeof(*v));
 	size_t k = 0;
 	for (size_t i = 0; i < m; i++) {
@@ -199,21 +216,14 @@ int pipeline_generation_get(const char *store, const char *history, unsigned num
                             struct pipeline_generation *out, struct mosaic_error *err)
 {
 	*out = (struct pipeline_generation){0};
-	if (!pipeline_history_valid(history))
-		return mosaic_errorf(err, -EINVAL, "'%s' is not a history name", history);
 	struct store *s;
-	int r = open_store(store, &s, err);
-	if (r < 0)
-		return r;
-	_cleanup_free_ char *dir = history_dir(s, history);
+	_cleanup_free_ char *dir = NULL;
 	_cleanup_free_ unsigned *numbers = NULL;
 	size_t m = 0;
-	r = record_numbers(dir, &numbers, &m);
-	if (r == -ENOENT || (r == 0 && m == 0))
-		r = no_history(s, history, err);
-	else if (r < 0)
-		r = mosaic_errorf(err, r, "%s: %s", dir, strerror(-r));
-	else if (number && !bsearch(&number, numbers, m, sizeof(*numbers), cmp_unsigned))
+	int r = open_history(store, history, &s, &dir, &numbers, &m, err);
+	if (r < 0)
+		return r;
+	if (number && !bsearch(&number, numbers, m, sizeof(*numbers), cmp_unsigned))
 		r = mosaic_errorf(err, -ENOENT, "'%s' has no generation %u (it has %u to %u)",
 		                  history, number, numbers[0], numbers[m - 1]);
 	else
